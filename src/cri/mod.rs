@@ -1,0 +1,37 @@
+//! The CRI face of the runtime: request validation and translation between CRI
+//! messages and the containerizer. One module per gRPC service.
+
+pub mod image;
+pub mod runtime;
+
+use tonic::Status;
+
+/// Answer for an RPC whose issue has not landed yet: kubelet treats `Unimplemented` as
+/// "feature absent" for optional RPCs, which is the truth.
+pub(crate) fn not_yet(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by cri-mesos yet"))
+}
+
+/// Implements a tonic service trait with the given methods, answering every method
+/// listed under `unimplemented` with [`not_yet`]. The trait impl is produced whole so
+/// that `async_trait` sees every method after expansion.
+macro_rules! service_impl {
+    (
+        impl $trait:ident for $ty:ty { $($body:tt)* }
+        unimplemented { $($method:ident($req:ty) -> $resp:ty = $rpc:literal;)* }
+    ) => {
+        #[tonic::async_trait]
+        impl $trait for $ty {
+            $($body)*
+            $(
+                async fn $method(
+                    &self,
+                    _request: tonic::Request<$req>,
+                ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    Err($crate::cri::not_yet($rpc))
+                }
+            )*
+        }
+    };
+}
+pub(crate) use service_impl;

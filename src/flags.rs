@@ -1,0 +1,752 @@
+//! Mesos-named agent flags, resolved from the command line, the environment
+//! (`CRI_MESOS_<FLAG>`), a YAML config file (`--config`) and embedded defaults, in that
+//! order of precedence.
+//!
+//! Every flag is accepted in Mesos's spelling (`--work_dir`) and the dashed one
+//! (`--work-dir`), because operators copy Mesos agent command lines as they are.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::isolators::{self, IsolatorName};
+
+/// What went wrong in the configuration; the daemon exits with status 2 on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("--{flag}: invalid value '{value}': {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("--{flag}={value}: {reason}")]
+    Unsupported {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("--config {path}: {reason}")]
+    ConfigFile { path: String, reason: String },
+    #[error(transparent)]
+    Isolation(#[from] isolators::SelectionError),
+}
+
+/// The command line. Every value is optional here so that the environment and the
+/// config file can fill what the command line leaves out.
+#[derive(Debug, Parser)]
+#[command(name = "cri-mesos", version, about = "A Kubernetes CRI runtime built like the Apache Mesos containerizer")]
+struct Cli {
+    /// YAML file with any of the flags below as keys (Mesos spelling).
+    #[arg(long, env = "CRI_MESOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Unix socket serving the CRI RuntimeService and ImageService.
+    #[arg(long, env = "CRI_MESOS_LISTEN")]
+    listen: Option<PathBuf>,
+    #[arg(long = "work_dir", visible_alias = "work-dir", env = "CRI_MESOS_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    #[arg(long = "runtime_dir", visible_alias = "runtime-dir", env = "CRI_MESOS_RUNTIME_DIR")]
+    runtime_dir: Option<PathBuf>,
+    #[arg(long, env = "CRI_MESOS_CONTAINERIZERS")]
+    containerizers: Option<String>,
+    #[arg(long, env = "CRI_MESOS_ISOLATION")]
+    isolation: Option<String>,
+    #[arg(long, env = "CRI_MESOS_LAUNCHER")]
+    launcher: Option<String>,
+    #[arg(long = "image_providers", visible_alias = "image-providers", env = "CRI_MESOS_IMAGE_PROVIDERS")]
+    image_providers: Option<String>,
+    #[arg(
+        long = "image_provisioner_backend",
+        visible_alias = "image-provisioner-backend",
+        env = "CRI_MESOS_IMAGE_PROVISIONER_BACKEND"
+    )]
+    image_provisioner_backend: Option<String>,
+    #[arg(long = "docker_registry", visible_alias = "docker-registry", env = "CRI_MESOS_DOCKER_REGISTRY")]
+    docker_registry: Option<String>,
+    #[arg(long = "docker_store_dir", visible_alias = "docker-store-dir", env = "CRI_MESOS_DOCKER_STORE_DIR")]
+    docker_store_dir: Option<PathBuf>,
+    #[arg(
+        long = "network_cni_config_dir",
+        visible_alias = "network-cni-config-dir",
+        env = "CRI_MESOS_NETWORK_CNI_CONFIG_DIR"
+    )]
+    network_cni_config_dir: Option<PathBuf>,
+    #[arg(
+        long = "network_cni_plugins_dir",
+        visible_alias = "network-cni-plugins-dir",
+        env = "CRI_MESOS_NETWORK_CNI_PLUGINS_DIR"
+    )]
+    network_cni_plugins_dir: Option<String>,
+    #[arg(long = "fetcher_cache_dir", visible_alias = "fetcher-cache-dir", env = "CRI_MESOS_FETCHER_CACHE_DIR")]
+    fetcher_cache_dir: Option<PathBuf>,
+    #[arg(long = "fetcher_cache_size", visible_alias = "fetcher-cache-size", env = "CRI_MESOS_FETCHER_CACHE_SIZE")]
+    fetcher_cache_size: Option<String>,
+    #[arg(
+        long = "container_disk_watch_interval",
+        visible_alias = "container-disk-watch-interval",
+        env = "CRI_MESOS_CONTAINER_DISK_WATCH_INTERVAL"
+    )]
+    container_disk_watch_interval: Option<String>,
+    /// Boolean; `--enforce_container_disk_quota` alone means true.
+    #[arg(
+        long = "enforce_container_disk_quota",
+        visible_alias = "enforce-container-disk-quota",
+        env = "CRI_MESOS_ENFORCE_CONTAINER_DISK_QUOTA",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    enforce_container_disk_quota: Option<String>,
+    #[arg(long = "cgroups_root", visible_alias = "cgroups-root", env = "CRI_MESOS_CGROUPS_ROOT")]
+    cgroups_root: Option<String>,
+    #[arg(long = "cgroups_hierarchy", visible_alias = "cgroups-hierarchy", env = "CRI_MESOS_CGROUPS_HIERARCHY")]
+    cgroups_hierarchy: Option<PathBuf>,
+    #[arg(long = "cgroup_driver", visible_alias = "cgroup-driver", env = "CRI_MESOS_CGROUP_DRIVER")]
+    cgroup_driver: Option<String>,
+    #[arg(long, env = "CRI_MESOS_RESOURCES")]
+    resources: Option<String>,
+    #[arg(long = "http_address", visible_alias = "http-address", env = "CRI_MESOS_HTTP_ADDRESS")]
+    http_address: Option<String>,
+    #[arg(long = "logging_level", visible_alias = "logging-level", env = "CRI_MESOS_LOGGING_LEVEL")]
+    logging_level: Option<String>,
+}
+
+/// The config file: the same keys as the flags, Mesos spelling (dashes accepted too).
+/// Unknown keys are an error so that a typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<PathBuf>,
+    #[serde(alias = "work-dir")]
+    work_dir: Option<PathBuf>,
+    #[serde(alias = "runtime-dir")]
+    runtime_dir: Option<PathBuf>,
+    containerizers: Option<String>,
+    isolation: Option<String>,
+    launcher: Option<String>,
+    #[serde(alias = "image-providers")]
+    image_providers: Option<String>,
+    #[serde(alias = "image-provisioner-backend")]
+    image_provisioner_backend: Option<String>,
+    #[serde(alias = "docker-registry")]
+    docker_registry: Option<String>,
+    #[serde(alias = "docker-store-dir")]
+    docker_store_dir: Option<PathBuf>,
+    #[serde(alias = "network-cni-config-dir")]
+    network_cni_config_dir: Option<PathBuf>,
+    #[serde(alias = "network-cni-plugins-dir")]
+    network_cni_plugins_dir: Option<String>,
+    #[serde(alias = "fetcher-cache-dir")]
+    fetcher_cache_dir: Option<PathBuf>,
+    #[serde(alias = "fetcher-cache-size")]
+    fetcher_cache_size: Option<Scalar>,
+    #[serde(alias = "container-disk-watch-interval")]
+    container_disk_watch_interval: Option<Scalar>,
+    #[serde(alias = "enforce-container-disk-quota")]
+    enforce_container_disk_quota: Option<Scalar>,
+    #[serde(alias = "cgroups-root")]
+    cgroups_root: Option<String>,
+    #[serde(alias = "cgroups-hierarchy")]
+    cgroups_hierarchy: Option<PathBuf>,
+    #[serde(alias = "cgroup-driver")]
+    cgroup_driver: Option<String>,
+    resources: Option<String>,
+    #[serde(alias = "http-address")]
+    http_address: Option<String>,
+    #[serde(alias = "logging-level")]
+    logging_level: Option<String>,
+}
+
+/// YAML lets `2GB`, `15` and `true` be written bare; they are all read as the text a
+/// flag would carry, so one parser serves the command line, the environment and the file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Scalar {
+    fn into_text(self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Text(s) => s,
+        }
+    }
+}
+
+/// Launchers as Mesos has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Launcher {
+    Linux,
+    Posix,
+}
+
+/// The effective configuration, after every source was merged and validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flags {
+    pub listen: PathBuf,
+    pub work_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub containerizers: Vec<String>,
+    /// The isolator chain in Mesos's fixed order, after aliases and implied isolators.
+    pub isolation: Vec<IsolatorName>,
+    pub launcher: Launcher,
+    pub image_providers: Vec<String>,
+    pub image_provisioner_backend: Option<String>,
+    pub docker_registry: String,
+    pub docker_store_dir: PathBuf,
+    pub network_cni_config_dir: PathBuf,
+    pub network_cni_plugins_dir: Vec<PathBuf>,
+    pub fetcher_cache_dir: PathBuf,
+    pub fetcher_cache_size: u64,
+    #[serde(serialize_with = "serialize_duration")]
+    pub container_disk_watch_interval: Duration,
+    pub enforce_container_disk_quota: bool,
+    pub cgroups_root: String,
+    pub cgroups_hierarchy: PathBuf,
+    pub cgroup_driver: String,
+    pub resources: Option<String>,
+    pub http_address: SocketAddr,
+    pub logging_level: String,
+    pub config_file: Option<PathBuf>,
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}secs", d.as_secs_f64()))
+}
+
+pub const DEFAULT_LISTEN: &str = "/run/cri-mesos/cri-mesos.sock";
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/cri-mesos";
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/cri-mesos";
+pub const DEFAULT_ISOLATION: &str =
+    "filesystem/linux,docker/runtime,namespaces/pid,namespaces/ipc,volume/host_path,network/cni";
+
+impl Flags {
+    /// Resolves the flags of this process (its arguments and environment).
+    /// Clap's own errors (unknown flag, `--help`) exit the process as clap does.
+    pub fn from_env() -> Result<Flags, FlagError> {
+        Self::resolve(Cli::parse())
+    }
+
+    /// Resolves flags from explicit arguments (the first one is the program name).
+    pub fn from_args<I, T>(args: I) -> Result<Flags, FlagError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args).map_err(|e| FlagError::Invalid {
+            flag: "args",
+            value: String::new(),
+            reason: e.to_string(),
+        })?;
+        Self::resolve(cli)
+    }
+
+    fn resolve(cli: Cli) -> Result<Flags, FlagError> {
+        let file = match &cli.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+
+        let work_dir = cli
+            .work_dir
+            .or(file.work_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
+        absolute("work_dir", &work_dir)?;
+        let runtime_dir = cli
+            .runtime_dir
+            .or(file.runtime_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+        absolute("runtime_dir", &runtime_dir)?;
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LISTEN));
+        absolute("listen", &listen)?;
+
+        let containerizers = parse_containerizers(
+            &cli.containerizers
+                .or(file.containerizers)
+                .unwrap_or_else(|| "mesos".into()),
+        )?;
+
+        let launcher = match cli
+            .launcher
+            .or(file.launcher)
+            .unwrap_or_else(|| "linux".into())
+            .as_str()
+        {
+            "linux" => Launcher::Linux,
+            "posix" => Launcher::Posix,
+            other => {
+                return Err(FlagError::Invalid {
+                    flag: "launcher",
+                    value: other.into(),
+                    reason: "expected 'linux' or 'posix'".into(),
+                });
+            }
+        };
+
+        let image_providers =
+            parse_image_providers(&cli.image_providers.or(file.image_providers).unwrap_or_else(|| "docker".into()))?;
+
+        let isolation_text = cli
+            .isolation
+            .or(file.isolation)
+            .unwrap_or_else(|| DEFAULT_ISOLATION.into());
+        let isolation = isolators::select(&isolation_text)?;
+        check_image_requirements(&image_providers, &isolation, launcher)?;
+
+        let image_provisioner_backend = cli.image_provisioner_backend.or(file.image_provisioner_backend);
+        if let Some(backend) = &image_provisioner_backend {
+            if !["overlay", "aufs", "copy", "bind"].contains(&backend.as_str()) {
+                return Err(FlagError::Invalid {
+                    flag: "image_provisioner_backend",
+                    value: backend.clone(),
+                    reason: "expected one of overlay, aufs, copy, bind".into(),
+                });
+            }
+        }
+
+        let docker_registry = cli
+            .docker_registry
+            .or(file.docker_registry)
+            .unwrap_or_else(|| "https://registry-1.docker.io".into());
+        if docker_registry.is_empty() {
+            return Err(FlagError::Invalid {
+                flag: "docker_registry",
+                value: docker_registry,
+                reason: "must be a registry URL or a local directory".into(),
+            });
+        }
+        let docker_store_dir = cli
+            .docker_store_dir
+            .or(file.docker_store_dir)
+            .unwrap_or_else(|| work_dir.join("store/docker"));
+        absolute("docker_store_dir", &docker_store_dir)?;
+
+        let network_cni_config_dir = cli
+            .network_cni_config_dir
+            .or(file.network_cni_config_dir)
+            .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d"));
+        absolute("network_cni_config_dir", &network_cni_config_dir)?;
+        let plugins = cli
+            .network_cni_plugins_dir
+            .or(file.network_cni_plugins_dir)
+            .unwrap_or_else(|| "/usr/lib/cni:/opt/cni/bin".into());
+        let network_cni_plugins_dir: Vec<PathBuf> =
+            plugins.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        if network_cni_plugins_dir.is_empty() {
+            return Err(FlagError::Invalid {
+                flag: "network_cni_plugins_dir",
+                value: plugins,
+                reason: "needs at least one directory".into(),
+            });
+        }
+        for dir in &network_cni_plugins_dir {
+            absolute("network_cni_plugins_dir", dir)?;
+        }
+
+        let fetcher_cache_dir = cli
+            .fetcher_cache_dir
+            .or(file.fetcher_cache_dir)
+            .unwrap_or_else(|| work_dir.join("fetch"));
+        absolute("fetcher_cache_dir", &fetcher_cache_dir)?;
+        let size_text = cli
+            .fetcher_cache_size
+            .or(file.fetcher_cache_size.map(Scalar::into_text))
+            .unwrap_or_else(|| "2GB".into());
+        let fetcher_cache_size = parse_bytes(&size_text).map_err(|reason| FlagError::Invalid {
+            flag: "fetcher_cache_size",
+            value: size_text.clone(),
+            reason,
+        })?;
+
+        let interval_text = cli
+            .container_disk_watch_interval
+            .or(file.container_disk_watch_interval.map(Scalar::into_text))
+            .unwrap_or_else(|| "15secs".into());
+        let container_disk_watch_interval = parse_duration(&interval_text).map_err(|reason| FlagError::Invalid {
+            flag: "container_disk_watch_interval",
+            value: interval_text.clone(),
+            reason,
+        })?;
+
+        let quota_text = cli
+            .enforce_container_disk_quota
+            .or(file.enforce_container_disk_quota.map(Scalar::into_text))
+            .unwrap_or_else(|| "false".into());
+        let enforce_container_disk_quota = parse_bool(&quota_text).ok_or_else(|| FlagError::Invalid {
+            flag: "enforce_container_disk_quota",
+            value: quota_text.clone(),
+            reason: "expected true or false".into(),
+        })?;
+
+        let cgroups_root = cli
+            .cgroups_root
+            .or(file.cgroups_root)
+            .unwrap_or_else(|| "cri-mesos".into());
+        if cgroups_root.is_empty() || cgroups_root.split('/').any(|c| c == "..") {
+            return Err(FlagError::Invalid {
+                flag: "cgroups_root",
+                value: cgroups_root,
+                reason: "must be a non-empty cgroup path without '..'".into(),
+            });
+        }
+        let cgroups_hierarchy = cli
+            .cgroups_hierarchy
+            .or(file.cgroups_hierarchy)
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        absolute("cgroups_hierarchy", &cgroups_hierarchy)?;
+
+        let cgroup_driver = cli
+            .cgroup_driver
+            .or(file.cgroup_driver)
+            .unwrap_or_else(|| "cgroupfs".into());
+        match cgroup_driver.as_str() {
+            "cgroupfs" => {}
+            "systemd" => {
+                return Err(FlagError::Unsupported {
+                    flag: "cgroup_driver",
+                    value: cgroup_driver,
+                    reason: "not supported yet: cri-mesos manages cgroupfs paths only".into(),
+                });
+            }
+            _ => {
+                return Err(FlagError::Invalid {
+                    flag: "cgroup_driver",
+                    value: cgroup_driver,
+                    reason: "expected 'cgroupfs' or 'systemd'".into(),
+                });
+            }
+        }
+
+        let resources = cli.resources.or(file.resources);
+        if let Some(text) = &resources {
+            validate_resources(text).map_err(|reason| FlagError::Invalid {
+                flag: "resources",
+                value: text.clone(),
+                reason,
+            })?;
+        }
+
+        let http_text = cli
+            .http_address
+            .or(file.http_address)
+            .unwrap_or_else(|| "127.0.0.1:5051".into());
+        let http_address: SocketAddr = http_text.parse().map_err(|_| FlagError::Invalid {
+            flag: "http_address",
+            value: http_text.clone(),
+            reason: "expected IP:PORT (port 0 picks a free one)".into(),
+        })?;
+
+        let logging_level = cli
+            .logging_level
+            .or(file.logging_level)
+            .unwrap_or_else(|| "INFO".into());
+        if tracing_level(&logging_level).is_none() {
+            return Err(FlagError::Invalid {
+                flag: "logging_level",
+                value: logging_level,
+                reason: "expected one of INFO, WARNING, ERROR (Mesos), or trace, debug".into(),
+            });
+        }
+
+        Ok(Flags {
+            listen,
+            work_dir,
+            runtime_dir,
+            containerizers,
+            isolation,
+            launcher,
+            image_providers,
+            image_provisioner_backend,
+            docker_registry,
+            docker_store_dir,
+            network_cni_config_dir,
+            network_cni_plugins_dir,
+            fetcher_cache_dir,
+            fetcher_cache_size,
+            container_disk_watch_interval,
+            enforce_container_disk_quota,
+            cgroups_root,
+            cgroups_hierarchy,
+            cgroup_driver,
+            resources,
+            http_address,
+            logging_level,
+            config_file: cli.config,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, FlagError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FlagError::ConfigFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(&text).map_err(|e| FlagError::ConfigFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn absolute(flag: &'static str, path: &Path) -> Result<(), FlagError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(FlagError::Invalid {
+            flag,
+            value: path.display().to_string(),
+            reason: "must be an absolute path".into(),
+        })
+    }
+}
+
+/// Mesos knows the `mesos` and `docker` containerizers; only `mesos` is built here.
+fn parse_containerizers(text: &str) -> Result<Vec<String>, FlagError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        match name {
+            "mesos" => {}
+            "docker" => {
+                return Err(FlagError::Unsupported {
+                    flag: "containerizers",
+                    value: name.into(),
+                    reason: "the docker containerizer is not supported yet".into(),
+                });
+            }
+            _ => {
+                return Err(FlagError::Invalid {
+                    flag: "containerizers",
+                    value: name.into(),
+                    reason: "unknown containerizer (Mesos has 'mesos' and 'docker')".into(),
+                });
+            }
+        }
+        if out.iter().any(|n| n == name) {
+            return Err(FlagError::Invalid {
+                flag: "containerizers",
+                value: name.into(),
+                reason: "listed twice".into(),
+            });
+        }
+        out.push(name.into());
+    }
+    Ok(out)
+}
+
+fn parse_image_providers(text: &str) -> Result<Vec<String>, FlagError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name.to_ascii_lowercase().as_str() {
+            "docker" => {}
+            "appc" => {
+                return Err(FlagError::Unsupported {
+                    flag: "image_providers",
+                    value: name.into(),
+                    reason: "the appc image provider is not supported yet".into(),
+                });
+            }
+            _ => {
+                return Err(FlagError::Invalid {
+                    flag: "image_providers",
+                    value: name.into(),
+                    reason: "unknown image provider (Mesos has 'docker' and 'appc')".into(),
+                });
+            }
+        }
+        let lower = name.to_ascii_lowercase();
+        if out.contains(&lower) {
+            return Err(FlagError::Invalid {
+                flag: "image_providers",
+                value: name.into(),
+                reason: "listed twice".into(),
+            });
+        }
+        out.push(lower);
+    }
+    Ok(out)
+}
+
+/// Mesos's rule: image providers need `filesystem/linux` and the linux launcher, and the
+/// docker provider needs `docker/runtime` to apply the image config.
+fn check_image_requirements(
+    providers: &[String],
+    isolation: &[IsolatorName],
+    launcher: Launcher,
+) -> Result<(), FlagError> {
+    if providers.is_empty() {
+        return Ok(());
+    }
+    let has = |name: &str| isolation.iter().any(|i| i.as_str() == name);
+    if !has("filesystem/linux") {
+        return Err(FlagError::Invalid {
+            flag: "isolation",
+            value: isolation.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(","),
+            reason: "--image_providers needs the 'filesystem/linux' isolator".into(),
+        });
+    }
+    if launcher != Launcher::Linux {
+        return Err(FlagError::Invalid {
+            flag: "launcher",
+            value: "posix".into(),
+            reason: "--image_providers needs the linux launcher".into(),
+        });
+    }
+    if providers.iter().any(|p| p == "docker") && !has("docker/runtime") {
+        return Err(FlagError::Invalid {
+            flag: "isolation",
+            value: isolation.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(","),
+            reason: "the docker image provider needs the 'docker/runtime' isolator".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Mesos byte sizes: a number followed by B, KB, MB, GB or TB (powers of 1024).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| "expected a number with a unit, e.g. 2GB".to_string())?;
+    let multiplier: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}' (B, KB, MB, GB, TB)")),
+    };
+    if number < 0.0 {
+        return Err("must not be negative".into());
+    }
+    Ok((number * multiplier as f64) as u64)
+}
+
+/// Mesos durations: a number followed by ns, us, ms, secs, mins, hrs, days or weeks.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "expected a number with a unit, e.g. 15secs".to_string())?;
+    let seconds_per_unit = match unit.trim() {
+        "ns" => 1e-9,
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "secs" | "s" => 1.0,
+        "mins" => 60.0,
+        "hrs" => 3600.0,
+        "days" => 86400.0,
+        "weeks" => 604800.0,
+        other => return Err(format!("unknown unit '{other}' (ns, us, ms, secs, mins, hrs, days, weeks)")),
+    };
+    if number < 0.0 {
+        return Err("must not be negative".into());
+    }
+    Ok(Duration::from_secs_f64(number * seconds_per_unit))
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Mesos resource strings: `name(role):value;...` with scalar, range `[a-b,...]` or set
+/// `{a,b}` values. Only the shape is checked here; the resources isolators read values.
+fn validate_resources(text: &str) -> Result<(), String> {
+    let text = text.trim();
+    if text.starts_with('[') {
+        serde_json::from_str::<serde_json::Value>(text).map_err(|e| format!("bad JSON resources: {e}"))?;
+        return Ok(());
+    }
+    for item in text.split(';').filter(|s| !s.trim().is_empty()) {
+        let (name, value) = item
+            .split_once(':')
+            .ok_or_else(|| format!("'{item}' is not name:value"))?;
+        if name.trim().is_empty() {
+            return Err(format!("'{item}' has no resource name"));
+        }
+        let value = value.trim();
+        let ok = (value.starts_with('[') && value.ends_with(']'))
+            || (value.starts_with('{') && value.ends_with('}'))
+            || value.parse::<f64>().is_ok_and(|v| v >= 0.0);
+        if !ok {
+            return Err(format!("'{item}': value must be a number, [ranges] or {{set}}"));
+        }
+    }
+    Ok(())
+}
+
+/// Maps Mesos logging levels (and the usual tracing names) onto a tracing filter.
+pub fn tracing_level(level: &str) -> Option<&'static str> {
+    match level.to_ascii_uppercase().as_str() {
+        "TRACE" => Some("trace"),
+        "DEBUG" => Some("debug"),
+        "INFO" => Some("info"),
+        "WARNING" | "WARN" => Some("warn"),
+        "ERROR" => Some("error"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_follow_mesos_units() {
+        assert_eq!(parse_bytes("2GB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("512MB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("2XB").is_err());
+        assert!(parse_bytes("GB").is_err());
+    }
+
+    #[test]
+    fn durations_follow_mesos_units() {
+        assert_eq!(parse_duration("15secs").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("1mins").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("15 parsecs").is_err());
+    }
+
+    #[test]
+    fn resources_shape_is_checked() {
+        assert!(validate_resources("cpus:2;mem:1024;ports:[31000-32000]").is_ok());
+        assert!(validate_resources("cpus").is_err());
+        assert!(validate_resources("cpus:lots").is_err());
+    }
+
+    #[test]
+    fn defaults_resolve_without_any_source() {
+        let flags = Flags::from_args(["cri-mesos"]).unwrap();
+        assert_eq!(flags.work_dir, PathBuf::from(DEFAULT_WORK_DIR));
+        assert_eq!(flags.docker_store_dir, PathBuf::from("/var/lib/cri-mesos/store/docker"));
+        assert_eq!(flags.launcher, Launcher::Linux);
+        assert_eq!(flags.fetcher_cache_size, 2 << 30);
+    }
+
+    #[test]
+    fn posix_launcher_conflicts_with_image_providers() {
+        let err = Flags::from_args(["cri-mesos", "--launcher=posix"]).unwrap_err();
+        assert!(err.to_string().contains("linux launcher"), "{err}");
+        Flags::from_args(["cri-mesos", "--launcher=posix", "--image_providers="]).unwrap();
+    }
+}

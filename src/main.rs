@@ -1,0 +1,63 @@
+//! The cri-mesos daemon: flags, logging, the CRI socket, signals.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cri_mesos::flags::{self, Flags};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let flags = match Flags::from_env() {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("cri-mesos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&flags);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cri-mesos: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Arc::new(flags))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cri-mesos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(flags: &Flags) {
+    // RUST_LOG, when set, wins: it can target modules, which --logging_level cannot.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(flags::tracing_level(&flags.logging_level).unwrap_or("info"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(flags: Arc<Flags>) -> anyhow::Result<()> {
+    for dir in [&flags.work_dir, &flags.runtime_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener = cri_mesos::server::bind(&flags.listen)?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping, containers keep running"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
+        }
+    };
+    cri_mesos::server::serve(flags, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Rootfs backends (overlay, aufs, copy, bind).

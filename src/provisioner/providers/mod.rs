@@ -1,0 +1,4 @@
+//! Image providers: where images come from (a registry, or a local directory of archives).
+
+pub mod docker;
+pub mod local;

@@ -1,0 +1,3 @@
+//! The content-addressed layer store (`--docker_store_dir`).
+
+pub mod extract;
