@@ -5,6 +5,7 @@
 //! Every flag is accepted in Mesos's spelling (`--work_dir`) and the dashed one
 //! (`--work-dir`), because operators copy Mesos agent command lines as they are.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,6 +69,22 @@ struct Cli {
     docker_registry: Option<String>,
     #[arg(long = "docker_store_dir", visible_alias = "docker-store-dir", env = "CRI_MESOS_DOCKER_STORE_DIR")]
     docker_store_dir: Option<PathBuf>,
+    /// Comma list of registry hosts spoken to over plain http.
+    #[arg(
+        long = "insecure_registries",
+        visible_alias = "insecure-registries",
+        env = "CRI_MESOS_INSECURE_REGISTRIES"
+    )]
+    insecure_registries: Option<String>,
+    /// Comma list of `host=endpoint` mirrors, tried in order before the host itself.
+    #[arg(long = "registry_mirrors", visible_alias = "registry-mirrors", env = "CRI_MESOS_REGISTRY_MIRRORS")]
+    registry_mirrors: Option<String>,
+    #[arg(
+        long = "max_concurrent_downloads",
+        visible_alias = "max-concurrent-downloads",
+        env = "CRI_MESOS_MAX_CONCURRENT_DOWNLOADS"
+    )]
+    max_concurrent_downloads: Option<String>,
     #[arg(
         long = "network_cni_config_dir",
         visible_alias = "network-cni-config-dir",
@@ -134,6 +151,15 @@ struct FileConfig {
     docker_registry: Option<String>,
     #[serde(alias = "docker-store-dir")]
     docker_store_dir: Option<PathBuf>,
+    #[serde(alias = "insecure-registries")]
+    insecure_registries: Option<String>,
+    #[serde(alias = "registry-mirrors")]
+    registry_mirrors: Option<String>,
+    #[serde(alias = "max-concurrent-downloads")]
+    max_concurrent_downloads: Option<Scalar>,
+    /// Per-registry settings, only in the file: `registries: {HOST: {insecure, mirrors, ca_file}}`.
+    #[serde(default)]
+    registries: BTreeMap<String, RegistryHost>,
     #[serde(alias = "network-cni-config-dir")]
     network_cni_config_dir: Option<PathBuf>,
     #[serde(alias = "network-cni-plugins-dir")]
@@ -181,6 +207,22 @@ impl Scalar {
     }
 }
 
+/// Settings of one registry host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryHost {
+    /// Plain http instead of https.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Endpoints (`http://127.0.0.1:5000`) tried in order before the host itself; the
+    /// repository path and the image's name stay as written.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// PEM file of CAs trusted for this host (and its mirrors), beside the system roots.
+    #[serde(default, alias = "ca-file")]
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Launchers as Mesos has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,6 +245,10 @@ pub struct Flags {
     pub image_provisioner_backend: Option<String>,
     pub docker_registry: String,
     pub docker_store_dir: PathBuf,
+    /// Per-host registry settings: the config file's `registries` merged with the
+    /// `--insecure_registries` and `--registry_mirrors` shortcuts.
+    pub registries: BTreeMap<String, RegistryHost>,
+    pub max_concurrent_downloads: usize,
     pub network_cni_config_dir: PathBuf,
     pub network_cni_plugins_dir: Vec<PathBuf>,
     pub fetcher_cache_dir: PathBuf,
@@ -332,6 +378,37 @@ impl Flags {
             .or(file.docker_store_dir)
             .unwrap_or_else(|| work_dir.join("store/docker"));
         absolute("docker_store_dir", &docker_store_dir)?;
+
+        let mut registries = file.registries;
+        let insecure = cli.insecure_registries.or(file.insecure_registries).unwrap_or_default();
+        for host in insecure.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            registries.entry(host.to_string()).or_default().insecure = true;
+        }
+        let mirrors = cli.registry_mirrors.or(file.registry_mirrors).unwrap_or_default();
+        for item in mirrors.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let (host, endpoint) = item
+                .split_once('=')
+                .filter(|(h, e)| !h.is_empty() && (e.starts_with("http://") || e.starts_with("https://")))
+                .ok_or_else(|| FlagError::Invalid {
+                    flag: "registry_mirrors",
+                    value: item.to_string(),
+                    reason: "expected HOST=http(s)://ENDPOINT".into(),
+                })?;
+            registries.entry(host.to_string()).or_default().mirrors.push(endpoint.to_string());
+        }
+        let downloads_text = cli
+            .max_concurrent_downloads
+            .or(file.max_concurrent_downloads.map(Scalar::into_text))
+            .unwrap_or_else(|| "3".into());
+        let max_concurrent_downloads = downloads_text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| FlagError::Invalid {
+                flag: "max_concurrent_downloads",
+                value: downloads_text.clone(),
+                reason: "expected a whole number from 1 to 64".into(),
+            })?;
 
         let network_cni_config_dir = cli
             .network_cni_config_dir
@@ -471,6 +548,8 @@ impl Flags {
             image_provisioner_backend,
             docker_registry,
             docker_store_dir,
+            registries,
+            max_concurrent_downloads,
             network_cni_config_dir,
             network_cni_plugins_dir,
             fetcher_cache_dir,

@@ -1,7 +1,12 @@
 //! cri-mesos: a CRI v1 runtime whose inside is Apache Mesos's containerizer.
 
+pub mod cgroups;
+pub mod containerizer;
 pub mod cri;
 pub mod flags;
+pub mod inflight;
 pub mod isolators;
+pub mod launcher;
 pub mod provisioner;
 pub mod server;
+pub mod state;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cri_mesos::flags::{self, Flags};
+use cri_mesos::provisioner::Provisioner;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -24,7 +25,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(Arc::new(flags))) {
+    let flags = Arc::new(flags);
+    // Configuration the kernel or the disk refuses (an aufs backend without aufs, a bad CA
+    // file) is a flag error too: exit 2 before the socket is opened.
+    let provisioner = {
+        let _guard = runtime.enter();
+        match Provisioner::from_flags(&flags) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("cri-mesos: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    match runtime.block_on(run(flags, provisioner)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cri-mesos: {e:#}");
@@ -45,9 +59,15 @@ fn init_tracing(flags: &Flags) {
         .init();
 }
 
-async fn run(flags: Arc<Flags>) -> anyhow::Result<()> {
+async fn run(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Canonical: mountinfo shows resolved paths, and bidirectional volumes under these
+        // dirs must find them shared.
+        let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        if let Err(e) = cri_mesos::launcher::propagation::make_shared(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make a shared mount; bidirectional volumes under it will be refused");
+        }
     }
     let listener = cri_mesos::server::bind(&flags.listen)?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -58,6 +78,6 @@ async fn run(flags: Arc<Flags>) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
         }
     };
-    cri_mesos::server::serve(flags, listener, shutdown).await?;
+    cri_mesos::server::serve(flags, provisioner, listener, shutdown).await?;
     Ok(())
 }

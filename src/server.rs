@@ -10,9 +10,11 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::containerizer::mesos::MesosContainerizer;
 use crate::cri::image::CriImages;
 use crate::cri::runtime::CriRuntime;
 use crate::flags::Flags;
+use crate::provisioner::Provisioner;
 
 /// kubelet's own limit for CRI messages; large ListContainers answers need it.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -23,6 +25,8 @@ pub enum ServeError {
     SocketInUse(PathBuf),
     #[error("cannot prepare the socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
+    #[error("cannot start the containerizer: {0}")]
+    Containerizer(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -60,13 +64,16 @@ fn set_umask(mask: libc::mode_t) -> libc::mode_t {
 /// Containers are left alone: a restart must not touch running workloads.
 pub async fn serve(
     flags: Arc<Flags>,
+    provisioner: Arc<Provisioner>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let runtime = RuntimeServiceServer::new(CriRuntime::new(flags.clone()))
+    let containerizer = MesosContainerizer::new(flags.clone(), provisioner.clone())
+        .map_err(|e| ServeError::Containerizer(e.to_string()))?;
+    let runtime = RuntimeServiceServer::new(CriRuntime::new(flags.clone(), containerizer))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let images = ImageServiceServer::new(CriImages::default())
+    let images = ImageServiceServer::new(CriImages::new(provisioner))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tracing::info!(socket = %flags.listen.display(), "serving CRI v1");

@@ -4,12 +4,32 @@
 pub mod image;
 pub mod runtime;
 
-use tonic::Status;
+use tonic::{Code, Status};
+
+use crate::containerizer::ContainerizerError;
 
 /// Answer for an RPC whose issue has not landed yet: kubelet treats `Unimplemented` as
 /// "feature absent" for optional RPCs, which is the truth.
 pub(crate) fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by cri-mesos yet"))
+}
+
+/// Maps containerizer failures onto the gRPC codes the CRI documents.
+pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
+    use crate::isolators::chain::IsolatorError;
+    let code = match error.root() {
+        ContainerizerError::InvalidArgument { .. } => Code::InvalidArgument,
+        ContainerizerError::NotFound { .. } => Code::NotFound,
+        ContainerizerError::AlreadyExists(_) => Code::AlreadyExists,
+        ContainerizerError::FailedPrecondition(_) => Code::FailedPrecondition,
+        ContainerizerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        ContainerizerError::Isolator(IsolatorError::InvalidArgument { .. }) => Code::InvalidArgument,
+        ContainerizerError::Isolator(IsolatorError::FailedPrecondition { .. }) => Code::FailedPrecondition,
+        ContainerizerError::Isolator(IsolatorError::NotFound { .. }) => Code::NotFound,
+        ContainerizerError::Provision(p) => image::provision_status(p).code(),
+        _ => Code::Internal,
+    };
+    Status::new(code, error.to_string())
 }
 
 /// Implements a tonic service trait with the given methods, answering every method

@@ -9,7 +9,9 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use super::service_impl;
+use super::{containerizer_status, service_impl};
+use crate::containerizer::mesos::MesosContainerizer;
+use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::flags::Flags;
 
 /// The version of the kubelet runtime API this runtime speaks (what kubelet itself sends).
@@ -19,15 +21,17 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 #[derive(Debug)]
 pub struct CriRuntime {
     flags: Arc<Flags>,
+    containerizer: Arc<MesosContainerizer>,
     /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); the default CNI
     /// network allocates from it.
     pod_cidr: RwLock<Option<String>>,
 }
 
 impl CriRuntime {
-    pub fn new(flags: Arc<Flags>) -> Self {
+    pub fn new(flags: Arc<Flags>, containerizer: Arc<MesosContainerizer>) -> Self {
         Self {
             flags,
+            containerizer,
             pod_cidr: RwLock::new(None),
         }
     }
@@ -54,6 +58,72 @@ impl CriRuntime {
                 ),
             },
         ]
+    }
+}
+
+fn required(value: String, field: &str) -> Result<String, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} must not be empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Kubernetes label selectors in the CRI are plain equality on every listed label.
+fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
+    let options = pod
+        .info
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    cri::PodSandboxStatus {
+        id: pod.id().to_string(),
+        metadata: pod.metadata(),
+        state: pod.cri_state() as i32,
+        created_at: pod.created_at,
+        network: Some(cri::PodSandboxNetworkStatus::default()),
+        linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options }) }),
+        labels: pod.info.config.labels.clone(),
+        annotations: pod.info.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
+    let exit = c.exit();
+    let state = c.cri_state(&exit);
+    let (exit_code, finished_at, reason, message) = match (&exit, &c.start_error) {
+        (_, Some(error)) => (128, exit.as_ref().map(|e| e.finished_at_ns).unwrap_or(c.created_at), "StartError", error.clone()),
+        (Some(e), None) if e.oom_killed => (e.exit_code, e.finished_at_ns, "OOMKilled", String::new()),
+        (Some(e), None) if e.exit_code == 0 => (0, e.finished_at_ns, "Completed", String::new()),
+        (Some(e), None) => (e.exit_code, e.finished_at_ns, "Error", e.error.clone().unwrap_or_default()),
+        (None, None) => (0, 0, "", String::new()),
+    };
+    cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.metadata(),
+        state: state as i32,
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at,
+        exit_code,
+        image: c.image_spec(),
+        image_ref: c.image_id.clone(),
+        reason: reason.to_string(),
+        message,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: c.config.mounts.clone(),
+        log_path: c.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        resources: None,
+        image_id: c.image_id.clone(),
+        user: None,
     }
 }
 
@@ -148,6 +218,225 @@ service_impl! {
             Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
         }
 
+        async fn run_pod_sandbox(
+            &self,
+            request: Request<cri::RunPodSandboxRequest>,
+        ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+            let request = request.into_inner();
+            let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+            let pod_sandbox_id = self
+                .containerizer
+                .launch_pod(config, request.runtime_handler)
+                .await
+                .map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
+        }
+
+        async fn stop_pod_sandbox(
+            &self,
+            request: Request<cri::StopPodSandboxRequest>,
+        ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+            let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
+            self.containerizer.stop_pod(&id).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::StopPodSandboxResponse {}))
+        }
+
+        async fn remove_pod_sandbox(
+            &self,
+            request: Request<cri::RemovePodSandboxRequest>,
+        ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+            let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
+            self.containerizer.remove_pod(&id).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::RemovePodSandboxResponse {}))
+        }
+
+        async fn pod_sandbox_status(
+            &self,
+            request: Request<cri::PodSandboxStatusRequest>,
+        ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+            let request = request.into_inner();
+            let id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
+            let pod = self.containerizer.pod(&id).map_err(|e| containerizer_status(&e))?;
+            let mut info = HashMap::new();
+            if request.verbose {
+                let details = serde_json::json!({
+                    "mesosState": pod.mesos_state,
+                    "supervisorPid": pod.supervisor_pid,
+                    "supervisorSocket": pod.supervisor_socket,
+                    "cgroup": pod.info.cgroup.relative,
+                    "netNamespace": pod.info.net_ns,
+                    "utsNamespace": pod.info.uts_ns,
+                    "ipcNamespace": pod.info.ipc_ns,
+                    "pidMode": pod.info.pid_mode,
+                    "isolators": self.containerizer.isolator_names(),
+                    "config": pod.info.config,
+                });
+                info.insert("info".to_string(), details.to_string());
+            }
+            Ok(Response::new(cri::PodSandboxStatusResponse {
+                status: Some(pod_status(&pod)),
+                info,
+                containers_statuses: vec![],
+                timestamp: crate::containerizer::now_ns(),
+            }))
+        }
+
+        async fn list_pod_sandbox(
+            &self,
+            request: Request<cri::ListPodSandboxRequest>,
+        ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+            let filter = request.into_inner().filter.unwrap_or_default();
+            let items = self
+                .containerizer
+                .pods()
+                .iter()
+                .filter(|p| filter.id.is_empty() || p.id().starts_with(&filter.id))
+                .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == p.cri_state() as i32))
+                .filter(|p| labels_match(&p.info.config.labels, &filter.label_selector))
+                .map(|p| cri::PodSandbox {
+                    id: p.id().to_string(),
+                    metadata: p.metadata(),
+                    state: p.cri_state() as i32,
+                    created_at: p.created_at,
+                    labels: p.info.config.labels.clone(),
+                    annotations: p.info.config.annotations.clone(),
+                    runtime_handler: p.runtime_handler.clone(),
+                })
+                .collect();
+            Ok(Response::new(cri::ListPodSandboxResponse { items }))
+        }
+
+        async fn create_container(
+            &self,
+            request: Request<cri::CreateContainerRequest>,
+        ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+            let request = request.into_inner();
+            let pod_id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
+            let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+            let container_id = self
+                .containerizer
+                .launch_container(&pod_id, config)
+                .await
+                .map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::CreateContainerResponse { container_id }))
+        }
+
+        async fn start_container(
+            &self,
+            request: Request<cri::StartContainerRequest>,
+        ) -> Result<Response<cri::StartContainerResponse>, Status> {
+            let id = required(request.into_inner().container_id, "container_id")?;
+            self.containerizer.start_container(&id).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::StartContainerResponse {}))
+        }
+
+        async fn stop_container(
+            &self,
+            request: Request<cri::StopContainerRequest>,
+        ) -> Result<Response<cri::StopContainerResponse>, Status> {
+            let request = request.into_inner();
+            let id = required(request.container_id, "container_id")?;
+            self.containerizer
+                .stop_container(&id, request.timeout.max(0))
+                .await
+                .map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::StopContainerResponse {}))
+        }
+
+        async fn remove_container(
+            &self,
+            request: Request<cri::RemoveContainerRequest>,
+        ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+            let id = required(request.into_inner().container_id, "container_id")?;
+            self.containerizer.remove_container(&id).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::RemoveContainerResponse {}))
+        }
+
+        async fn list_containers(
+            &self,
+            request: Request<cri::ListContainersRequest>,
+        ) -> Result<Response<cri::ListContainersResponse>, Status> {
+            let filter = request.into_inner().filter.unwrap_or_default();
+            let containers = self
+                .containerizer
+                .containers()
+                .iter()
+                .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+                .filter(|c| filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id))
+                .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
+                .filter_map(|c| {
+                    let state = c.cri_state(&c.exit());
+                    if filter.state.as_ref().is_some_and(|s| s.state != state as i32) {
+                        return None;
+                    }
+                    Some(cri::Container {
+                        id: c.id.clone(),
+                        pod_sandbox_id: c.pod_id.clone(),
+                        metadata: c.metadata(),
+                        image: c.image_spec(),
+                        image_ref: c.image_id.clone(),
+                        state: state as i32,
+                        created_at: c.created_at,
+                        labels: c.config.labels.clone(),
+                        annotations: c.config.annotations.clone(),
+                        image_id: c.image_id.clone(),
+                    })
+                })
+                .collect();
+            Ok(Response::new(cri::ListContainersResponse { containers }))
+        }
+
+        async fn container_status(
+            &self,
+            request: Request<cri::ContainerStatusRequest>,
+        ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+            let request = request.into_inner();
+            let id = required(request.container_id, "container_id")?;
+            let container = self.containerizer.container(&id).map_err(|e| containerizer_status(&e))?;
+            let mut info = HashMap::new();
+            if request.verbose {
+                let details = serde_json::json!({
+                    "mesosState": container.mesos_state,
+                    "pid": container.pid,
+                    "rootfs": container.rootfs,
+                    "backend": container.backend,
+                    "cgroup": container.cgroup.relative,
+                    "isolators": self.containerizer.isolator_names(),
+                    "process": container.process,
+                    "stopSignal": container.stop_signal,
+                });
+                info.insert("info".to_string(), details.to_string());
+            }
+            Ok(Response::new(cri::ContainerStatusResponse { status: Some(container_status(&container)), info }))
+        }
+
+        async fn reopen_container_log(
+            &self,
+            request: Request<cri::ReopenContainerLogRequest>,
+        ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+            let id = required(request.into_inner().container_id, "container_id")?;
+            self.containerizer.reopen_log(&id).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::ReopenContainerLogResponse {}))
+        }
+
+        async fn exec_sync(
+            &self,
+            request: Request<cri::ExecSyncRequest>,
+        ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+            let request = request.into_inner();
+            let id = required(request.container_id, "container_id")?;
+            let result = self
+                .containerizer
+                .exec_sync(&id, request.cmd, request.timeout)
+                .await
+                .map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::ExecSyncResponse {
+                stdout: result.stdout(),
+                stderr: result.stderr(),
+                exit_code: result.exit_code,
+            }))
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<cri::GetEventsRequest>,
@@ -156,20 +445,7 @@ service_impl! {
         }
     }
     unimplemented {
-        run_pod_sandbox(cri::RunPodSandboxRequest) -> cri::RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(cri::StopPodSandboxRequest) -> cri::StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(cri::RemovePodSandboxRequest) -> cri::RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(cri::PodSandboxStatusRequest) -> cri::PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(cri::ListPodSandboxRequest) -> cri::ListPodSandboxResponse = "ListPodSandbox";
-        create_container(cri::CreateContainerRequest) -> cri::CreateContainerResponse = "CreateContainer";
-        start_container(cri::StartContainerRequest) -> cri::StartContainerResponse = "StartContainer";
-        stop_container(cri::StopContainerRequest) -> cri::StopContainerResponse = "StopContainer";
-        remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse = "RemoveContainer";
-        list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse = "ListContainers";
-        container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse = "ContainerStatus";
         update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(cri::ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse = "ExecSync";
         exec(cri::ExecRequest) -> cri::ExecResponse = "Exec";
         attach(cri::AttachRequest) -> cri::AttachResponse = "Attach";
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse = "PortForward";

@@ -2,6 +2,14 @@
 //! how `--isolation` becomes an ordered chain (the rules of Mesos's
 //! `MesosContainerizer::create`).
 
+pub mod chain;
+pub mod docker;
+pub mod filesystem;
+pub mod namespaces;
+pub mod network;
+pub mod registry;
+pub mod volume;
+
 use std::fmt;
 
 use serde::Serialize;

@@ -1,7 +1,462 @@
 //! Mesos's provisioner: image providers fetch images, the store keeps their layers
 //! once, and a backend turns an ordered list of layers into a container rootfs.
+//!
+//! Pulls are deduplicated at two levels, as Mesos's fetcher cache does for URIs: two
+//! pulls of one image wait on one pull, and two images sharing a layer download it once.
+//! The work runs on detached tasks, so a client that gives up (kubelet's deadline) never
+//! leaves a half-pulled layer behind, and the next caller reuses the finished work.
 
 pub mod backends;
 pub mod providers;
 pub mod reference;
 pub mod store;
+
+use std::collections::HashSet;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use self::backends::{Backend, BackendError, LayerRef};
+use self::providers::docker::{Credentials, HostConfig, LayerDescriptor, RegistryConfig, RegistryProvider};
+use self::providers::local::LocalProvider;
+use self::providers::{Provider, ProviderError};
+use self::reference::{ImageReference, ReferenceError};
+use self::store::extract::{self, ExtractError};
+use self::store::{ImageRecord, Store, StoreError};
+use crate::flags::Flags;
+use crate::inflight::Inflight;
+use crate::state::{self, CheckpointError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("layer {blob}: {source}")]
+    Extract { blob: String, source: ExtractError },
+    #[error("layer {blob}: uncompressed digest {actual} does not match the config's diff_id {expected}")]
+    DiffIdMismatch { blob: String, expected: String, actual: String },
+    #[error("image {image}: bad image config: {reason}")]
+    BadConfig { image: String, reason: String },
+    #[error("image {0} is not in the image store")]
+    ImageNotFound(String),
+    #[error("{0}")]
+    Shared(Arc<ProvisionError>),
+    #[error("provisioner task failed: {0}")]
+    Task(String),
+}
+
+impl ProvisionError {
+    /// The error behind the sharing wrapper, for callers that map error kinds.
+    pub fn root(&self) -> &ProvisionError {
+        match self {
+            ProvisionError::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+}
+
+type SharedResult<T> = Result<T, Arc<ProvisionError>>;
+
+fn task_died<T>(reason: String) -> SharedResult<T> {
+    Err(Arc::new(ProvisionError::Task(reason)))
+}
+
+/// What the provisioner remembers of a container's rootfs, checkpointed before the rootfs
+/// is made so that a crash in between still lets destroy and layer GC find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ContainerRootfs {
+    backend: String,
+    rootfs_id: String,
+    image_id: String,
+    layers: Vec<String>,
+}
+
+/// What a container gets from [`Provisioner::provision`].
+#[derive(Debug, Clone)]
+pub struct ProvisionInfo {
+    pub rootfs: PathBuf,
+    pub backend: &'static str,
+    pub image: ImageRecord,
+}
+
+#[derive(Debug)]
+pub struct Provisioner {
+    store: Arc<Store>,
+    provider: Provider,
+    backend: Arc<dyn Backend>,
+    containers_dir: PathBuf,
+    downloads: Arc<Semaphore>,
+    pulls: Inflight<SharedResult<ImageRecord>>,
+    layers: Inflight<SharedResult<()>>,
+}
+
+impl std::fmt::Debug for dyn Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Provisioner {
+    pub fn new(
+        store: Store,
+        provider: Provider,
+        backend: Box<dyn Backend>,
+        work_dir: &Path,
+        max_concurrent_downloads: usize,
+    ) -> Result<Arc<Provisioner>, ProvisionError> {
+        let containers_dir = work_dir.join("provisioner/containers");
+        fs::create_dir_all(&containers_dir).map_err(|source| StoreError::Io {
+            path: containers_dir.clone(),
+            source,
+        })?;
+        Ok(Arc::new(Provisioner {
+            store: Arc::new(store),
+            provider,
+            backend: Arc::from(backend),
+            containers_dir,
+            downloads: Arc::new(Semaphore::new(max_concurrent_downloads.max(1))),
+            pulls: Inflight::default(),
+            layers: Inflight::default(),
+        }))
+    }
+
+    /// Builds the provisioner the flags describe: store, provider and backend. Fails on a
+    /// backend the kernel or the store's filesystem cannot serve, or a bad registry setting.
+    pub fn from_flags(flags: &Flags) -> Result<Arc<Provisioner>, ProvisionError> {
+        let store = Store::open(&flags.docker_store_dir)?;
+        let provider = if flags.docker_registry.starts_with('/') {
+            Provider::Local(LocalProvider::new(&flags.docker_registry))
+        } else {
+            let hosts = flags
+                .registries
+                .iter()
+                .map(|(host, c)| {
+                    let config = HostConfig {
+                        insecure: c.insecure,
+                        mirrors: c.mirrors.clone(),
+                        ca_file: c.ca_file.clone(),
+                    };
+                    (host.clone(), config)
+                })
+                .collect();
+            Provider::Registry(RegistryProvider::new(RegistryConfig {
+                hosts,
+                default_registry: Some(flags.docker_registry.clone()),
+            })?)
+        };
+        let backend = backends::create(flags.image_provisioner_backend.as_deref(), &flags.docker_store_dir)?;
+        tracing::info!(backend = backend.name(), store = %flags.docker_store_dir.display(), "provisioner ready");
+        Provisioner::new(store, provider, backend, &flags.work_dir, flags.max_concurrent_downloads)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Pulls an image into the store and records its names.
+    pub async fn pull(
+        self: &Arc<Self>,
+        image: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<ImageRecord, ProvisionError> {
+        let reference = ImageReference::parse(image)?;
+        // Pulls with different credentials must not share an answer (one may be refused).
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        if let Some(c) = &credentials {
+            (&c.username, &c.password, &c.auth, &c.identity_token, &c.registry_token).hash(&mut hasher);
+        }
+        let key = format!("{reference}#{:x}", hasher.finish());
+        let this = self.clone();
+        self.pulls
+            .run(
+                &key,
+                move || async move { this.pull_uncached(reference, credentials).await.map_err(Arc::new) },
+                task_died,
+            )
+            .await
+            .map_err(ProvisionError::Shared)
+    }
+
+    async fn pull_uncached(
+        self: Arc<Self>,
+        reference: ImageReference,
+        credentials: Option<Credentials>,
+    ) -> Result<ImageRecord, ProvisionError> {
+        let resolved = self.provider.resolve(&reference, credentials.as_ref()).await?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&resolved.config).map_err(|e| ProvisionError::BadConfig {
+                image: reference.to_string(),
+                reason: e.to_string(),
+            })?;
+        let diff_ids: Vec<String> = config
+            .pointer("/rootfs/diff_ids")
+            .and_then(|v| v.as_array())
+            .map(|ids| ids.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        if diff_ids.len() != resolved.layers.len() {
+            return Err(ProvisionError::BadConfig {
+                image: reference.to_string(),
+                reason: format!(
+                    "{} diff_ids for {} layers",
+                    diff_ids.len(),
+                    resolved.layers.len()
+                ),
+            });
+        }
+        let mut fetches = Vec::new();
+        for (descriptor, diff_id) in resolved.layers.iter().zip(&diff_ids) {
+            let layer = layer_id(diff_id).ok_or_else(|| ProvisionError::BadConfig {
+                image: reference.to_string(),
+                reason: format!("diff_id '{diff_id}' is not a sha256 digest"),
+            })?;
+            fetches.push(self.clone().ensure_layer(reference.clone(), credentials.clone(), descriptor.clone(), layer));
+        }
+        for result in futures_util::future::join_all(fetches).await {
+            result?;
+        }
+        let size = resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
+        let record = ImageRecord {
+            id: resolved.config_digest.clone(),
+            repo_tags: reference.tagged_name().into_iter().collect(),
+            repo_digests: vec![reference.digested_name(&resolved.manifest_digest)],
+            layers: diff_ids.iter().filter_map(|d| layer_id(d)).collect(),
+            size,
+            config,
+            manifest_digest: resolved.manifest_digest.clone(),
+        };
+        let record = self.store.put_image(record)?;
+        tracing::info!(image = %reference, id = %record.id, "image pulled");
+        Ok(record)
+    }
+
+    /// Makes sure one layer is in the store, downloading and extracting it at most once
+    /// however many pulls ask for it at the same time.
+    async fn ensure_layer(
+        self: Arc<Self>,
+        reference: ImageReference,
+        credentials: Option<Credentials>,
+        descriptor: LayerDescriptor,
+        layer: String,
+    ) -> Result<(), ProvisionError> {
+        if self.store.has_layer(&layer) {
+            return Ok(());
+        }
+        let this = self.clone();
+        let key = layer.clone();
+        self.layers
+            .run(
+                &key,
+                move || async move {
+                    this.fetch_layer(reference, credentials, descriptor, layer)
+                        .await
+                        .map_err(Arc::new)
+                },
+                task_died,
+            )
+            .await
+            .map_err(ProvisionError::Shared)
+    }
+
+    async fn fetch_layer(
+        self: Arc<Self>,
+        reference: ImageReference,
+        credentials: Option<Credentials>,
+        descriptor: LayerDescriptor,
+        layer: String,
+    ) -> Result<(), ProvisionError> {
+        if self.store.has_layer(&layer) {
+            return Ok(());
+        }
+        let _permit = self
+            .downloads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProvisionError::Task(e.to_string()))?;
+        let staging = self.store.staging_dir()?;
+        let result = self
+            .fetch_layer_into(&reference, credentials.as_ref(), &descriptor, &layer, &staging)
+            .await;
+        if result.is_err() {
+            let staging = staging.clone();
+            let _ = tokio::task::spawn_blocking(move || store::remove_tree(&staging)).await;
+        }
+        result
+    }
+
+    async fn fetch_layer_into(
+        &self,
+        reference: &ImageReference,
+        credentials: Option<&Credentials>,
+        descriptor: &LayerDescriptor,
+        layer: &str,
+        staging: &Path,
+    ) -> Result<(), ProvisionError> {
+        let blob = staging.join("blob");
+        self.provider.fetch_blob(reference, credentials, descriptor, &blob).await?;
+        let store = self.store.clone();
+        let staging = staging.to_path_buf();
+        let descriptor = descriptor.clone();
+        let layer = layer.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), ProvisionError> {
+            let rootfs = staging.join("rootfs");
+            fs::create_dir(&rootfs).map_err(|source| StoreError::Io { path: rootfs.clone(), source })?;
+            let file = fs::File::open(&blob).map_err(|source| StoreError::Io { path: blob.clone(), source })?;
+            let compression = extract::Compression::from_media_type(&descriptor.media_type);
+            let summary = extract::unpack_layer(std::io::BufReader::with_capacity(1 << 20, file), compression, &rootfs)
+                .map_err(|source| ProvisionError::Extract { blob: descriptor.digest.clone(), source })?;
+            let expected = format!("sha256:{layer}");
+            if summary.diff_id != expected {
+                return Err(ProvisionError::DiffIdMismatch {
+                    blob: descriptor.digest.clone(),
+                    expected,
+                    actual: summary.diff_id.clone(),
+                });
+            }
+            fs::remove_file(&blob).map_err(|source| StoreError::Io { path: blob.clone(), source })?;
+            store.commit_layer(&layer, &staging, &summary)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ProvisionError::Task(e.to_string()))?
+    }
+
+    /// Removes an image (all its names) and collects the layers nobody uses any more.
+    pub async fn remove_image(&self, id: &str) -> Result<Option<ImageRecord>, ProvisionError> {
+        let removed = self.store.remove_image(id)?;
+        if removed.is_some() {
+            self.collect().await?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes layers referenced by no image and no container rootfs.
+    pub async fn collect(&self) -> Result<Vec<String>, ProvisionError> {
+        let store = self.store.clone();
+        let containers_dir = self.containers_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let in_use = layers_in_use(&containers_dir);
+            store.collect(&in_use).map_err(ProvisionError::from)
+        })
+        .await
+        .map_err(|e| ProvisionError::Task(e.to_string()))?
+    }
+
+    /// Makes the rootfs of container `cid` from image `image` (an id or a name in the store).
+    pub async fn provision(&self, cid: &str, image: &str) -> Result<ProvisionInfo, ProvisionError> {
+        let record = self
+            .store
+            .lookup(image)
+            .or_else(|| {
+                ImageReference::parse(image)
+                    .ok()
+                    .and_then(|r| self.store.lookup(&r.to_string()))
+            })
+            .ok_or_else(|| ProvisionError::ImageNotFound(image.to_string()))?;
+        let backend = self.backend.clone();
+        let rootfs_id = uuid::Uuid::new_v4().simple().to_string();
+        let checkpoint = ContainerRootfs {
+            backend: backend.name().to_string(),
+            rootfs_id: rootfs_id.clone(),
+            image_id: record.id.clone(),
+            layers: record.layers.clone(),
+        };
+        let container_dir = self.containers_dir.join(cid);
+        let (rootfs, scratch) = paths(&container_dir, &checkpoint);
+        state::checkpoint(&container_dir.join("rootfs.json"), &checkpoint)?;
+        let layers = record
+            .layers
+            .iter()
+            .map(|layer| {
+                Ok(LayerRef {
+                    rootfs: self.store.layer_rootfs(layer),
+                    summary: self.store.layer_summary(layer)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>();
+        let made = match layers {
+            Ok(layers) => {
+                let (rootfs, scratch) = (rootfs.clone(), scratch.clone());
+                let backend = backend.clone();
+                tokio::task::spawn_blocking(move || backend.provision(&layers, &rootfs, &scratch))
+                    .await
+                    .map_err(|e| ProvisionError::Task(e.to_string()))
+                    .and_then(|r| r.map_err(ProvisionError::from))
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = made {
+            // Undo everything this call created, so a failed create leaves nothing behind.
+            let _ = self.destroy(cid).await;
+            return Err(e);
+        }
+        Ok(ProvisionInfo { rootfs, backend: backend.name(), image: record })
+    }
+
+    /// Removes container `cid`'s rootfs (idempotent; unknown containers are fine).
+    pub async fn destroy(&self, cid: &str) -> Result<(), ProvisionError> {
+        let container_dir = self.containers_dir.join(cid);
+        let checkpoint: Option<ContainerRootfs> = state::recover(&container_dir.join("rootfs.json"))?;
+        if let Some(checkpoint) = checkpoint {
+            let (rootfs, scratch) = paths(&container_dir, &checkpoint);
+            let backend = self.backend.clone();
+            if checkpoint.backend != backend.name() {
+                tracing::warn!(container = cid, backend = %checkpoint.backend, "rootfs made by another backend; removing with the current one");
+            }
+            tokio::task::spawn_blocking(move || backend.destroy(&rootfs, &scratch))
+                .await
+                .map_err(|e| ProvisionError::Task(e.to_string()))??;
+        }
+        let dir = container_dir.clone();
+        tokio::task::spawn_blocking(move || store::remove_tree(&dir))
+            .await
+            .map_err(|e| ProvisionError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Io { path: container_dir, source })?;
+        self.collect().await?;
+        Ok(())
+    }
+}
+
+fn paths(container_dir: &Path, checkpoint: &ContainerRootfs) -> (PathBuf, PathBuf) {
+    let base = container_dir.join("backends").join(&checkpoint.backend);
+    (
+        base.join("rootfses").join(&checkpoint.rootfs_id),
+        base.join("scratch").join(&checkpoint.rootfs_id),
+    )
+}
+
+/// Layers used by container rootfses, from their checkpoints (survives restarts).
+fn layers_in_use(containers_dir: &Path) -> HashSet<String> {
+    let mut in_use = HashSet::new();
+    if let Ok(entries) = fs::read_dir(containers_dir) {
+        for entry in entries.flatten() {
+            if let Ok(Some(c)) = state::recover::<ContainerRootfs>(&entry.path().join("rootfs.json")) {
+                in_use.extend(c.layers);
+            }
+        }
+    }
+    in_use
+}
+
+/// The store's layer id for a diff_id: its hex, when it is a well-formed sha256 digest.
+fn layer_id(diff_id: &str) -> Option<String> {
+    let hex = diff_id.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+        .then(|| hex.to_string())
+}

@@ -1,4 +1,55 @@
 //! Image providers: where images come from (a registry, or a local directory of archives).
 
+pub mod auth;
 pub mod docker;
 pub mod local;
+
+use std::path::Path;
+
+pub use self::docker::{ProviderError, ProviderErrorKind};
+use self::docker::{Credentials, LayerDescriptor, RegistryProvider, ResolvedImage};
+use self::local::LocalProvider;
+use super::reference::ImageReference;
+
+/// The image provider selected by `--docker_registry`: a registry URL, or — as Mesos
+/// allows — a local directory of image archives.
+#[derive(Clone)]
+pub enum Provider {
+    Registry(RegistryProvider),
+    Local(LocalProvider),
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Provider::Registry(_) => f.write_str("Provider::Registry"),
+            Provider::Local(p) => write!(f, "Provider::Local({})", p.dir().display()),
+        }
+    }
+}
+
+impl Provider {
+    pub async fn resolve(
+        &self,
+        image: &ImageReference,
+        credentials: Option<&Credentials>,
+    ) -> Result<ResolvedImage, ProviderError> {
+        match self {
+            Provider::Registry(p) => p.resolve(image, credentials).await,
+            Provider::Local(p) => p.resolve(image).await,
+        }
+    }
+
+    pub async fn fetch_blob(
+        &self,
+        image: &ImageReference,
+        credentials: Option<&Credentials>,
+        blob: &LayerDescriptor,
+        dest: &Path,
+    ) -> Result<(), ProviderError> {
+        match self {
+            Provider::Registry(p) => p.fetch_blob(image, credentials, blob, dest).await,
+            Provider::Local(p) => p.fetch_blob(image, blob, dest).await,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what cri-mesos and its tests need on a fresh Debian machine. Idempotent:
+# packages already present are not touched, so it is cheap to call before every run.
+set -euo pipefail
+
+packages=(
+  protobuf-compiler            # protoc, for the k8s-cri bindings
+  containernetworking-plugins  # real CNI plugins (/usr/lib/cni)
+  docker-registry              # the registry the pull tests talk to on 127.0.0.1
+  busybox-static               # the test images are built from /bin/busybox
+  iproute2 iptables jq
+  util-linux                   # nsenter, unshare, mount tools used by tests
+  ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages ${missing[*]} and not root; install them with apt-get" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi

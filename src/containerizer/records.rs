@@ -1,0 +1,98 @@
+//! What the containerizer checkpoints about pods and containers (under `<work_dir>/meta`),
+//! and the state it derives from them.
+
+use std::path::PathBuf;
+
+use cri_mesos_supervisor::protocol::{ExitRecord, ProcessSpec};
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+
+use super::MesosState;
+use crate::cgroups::Cgroup;
+use crate::isolators::chain::PodInfo;
+
+/// A pod sandbox (top-level container).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub info: PodInfo,
+    pub created_at: i64,
+    pub ready: bool,
+    pub mesos_state: MesosState,
+    pub runtime_handler: String,
+    pub supervisor_pid: i32,
+    pub supervisor_socket: PathBuf,
+    /// The supervisor's own cgroup (a child of the pod cgroup).
+    pub supervisor_cgroup: Cgroup,
+    /// Whether the pod cgroup was made by us (no `cgroup_parent`) and so is ours to remove.
+    pub owns_pod_cgroup: bool,
+}
+
+impl PodRecord {
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    pub fn metadata(&self) -> Option<cri::PodSandboxMetadata> {
+        self.info.config.metadata.clone()
+    }
+
+    pub fn cri_state(&self) -> cri::PodSandboxState {
+        if self.ready {
+            cri::PodSandboxState::SandboxReady
+        } else {
+            cri::PodSandboxState::SandboxNotready
+        }
+    }
+}
+
+/// A CRI container (nested container).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub config: cri::ContainerConfig,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub mesos_state: MesosState,
+    /// The image id (`sha256:<config digest>`) the rootfs was made from.
+    pub image_id: String,
+    pub rootfs: PathBuf,
+    pub backend: String,
+    pub cgroup: Cgroup,
+    /// Host pid of the container's init, once forked.
+    pub pid: i32,
+    pub log_path: Option<PathBuf>,
+    pub stop_signal: i32,
+    /// The process as launched; exec sessions reuse its env, user and cwd.
+    pub process: ProcessSpec,
+    /// Where the supervisor writes the exit status.
+    pub exit_file: PathBuf,
+    /// Why StartContainer failed, when it did.
+    #[serde(default)]
+    pub start_error: Option<String>,
+}
+
+impl ContainerRecord {
+    pub fn exit(&self) -> Option<ExitRecord> {
+        crate::state::recover(&self.exit_file).ok().flatten()
+    }
+
+    /// The CRI state: an exit record means EXITED, a start means RUNNING.
+    pub fn cri_state(&self, exit: &Option<ExitRecord>) -> cri::ContainerState {
+        if exit.is_some() || self.start_error.is_some() {
+            cri::ContainerState::ContainerExited
+        } else if self.started_at > 0 {
+            cri::ContainerState::ContainerRunning
+        } else {
+            cri::ContainerState::ContainerCreated
+        }
+    }
+
+    pub fn metadata(&self) -> Option<cri::ContainerMetadata> {
+        self.config.metadata.clone()
+    }
+
+    pub fn image_spec(&self) -> Option<cri::ImageSpec> {
+        self.config.image.clone()
+    }
+}

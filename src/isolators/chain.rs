@@ -1,0 +1,123 @@
+//! The isolator interface (Mesos's `Isolator`) and what its hooks see.
+//!
+//! Mesos's `prepare` returns a `ContainerLaunchInfo` that the containerizer merges; here
+//! each isolator adds to the one launch info being built, in chain order, which is the
+//! same merge with less copying.
+
+use std::path::{Path, PathBuf};
+
+use cri_mesos_supervisor::protocol::LaunchInfo;
+use k8s_cri::v1 as cri;
+
+use super::IsolatorName;
+use crate::cgroups::Cgroup;
+use crate::provisioner::store::ImageRecord;
+
+/// Why an isolator refused or failed; the CRI layer maps the kind to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolatorError {
+    /// The request is wrong (bad mount, missing device): InvalidArgument.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// The request is right but the host is not ready for it (a bidirectional mount whose
+    /// source is not on a shared mount): FailedPrecondition.
+    #[error("{field}: {reason}")]
+    FailedPrecondition { field: String, reason: String },
+    /// A name that does not exist (e.g. run_as_username missing from /etc/passwd): NotFound.
+    #[error("{field}: {reason}")]
+    NotFound { field: String, reason: String },
+    #[error("{isolator}: {path}: {source}")]
+    Io {
+        isolator: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{isolator}: {reason}")]
+    Other { isolator: &'static str, reason: String },
+}
+
+/// Namespace sharing of a pod, from `NamespaceOption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsMode {
+    /// One namespace for the whole pod.
+    Pod,
+    /// One namespace per container.
+    Container,
+    /// The host's namespace.
+    Node,
+}
+
+/// The pod a nested container belongs to: what its top-level container made.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PodInfo {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+    /// `<runtime_dir>/pods/<id>`: `hostname`, `hosts`, `resolv.conf` and `shm/` live here.
+    pub dir: PathBuf,
+    /// Pinned namespace files (bind mounts of nsfs); `None` means the host's.
+    pub net_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    pub ipc_ns: Option<PathBuf>,
+    pub pid_mode: NsMode,
+    /// The pod's cgroup; containers get a child of it.
+    pub cgroup: Cgroup,
+}
+
+impl PodInfo {
+    pub fn hostname_file(&self) -> PathBuf {
+        self.dir.join("hostname")
+    }
+    pub fn hosts_file(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+    /// The pod's /dev/shm: a tmpfs of its own, or the host's /dev/shm in host IPC mode.
+    pub fn shm(&self) -> PathBuf {
+        if self.ipc_ns.is_none() {
+            PathBuf::from("/dev/shm")
+        } else {
+            self.dir.join("shm")
+        }
+    }
+}
+
+/// What `prepare` sees of a nested container (Mesos's `ContainerConfig`).
+#[derive(Debug)]
+pub struct ContainerPrep<'a> {
+    pub id: &'a str,
+    pub pod: &'a PodInfo,
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ImageRecord,
+    /// The provisioned rootfs, mounted on the host.
+    pub rootfs: &'a Path,
+    /// The container's cgroup (already created).
+    pub cgroup: &'a Cgroup,
+}
+
+/// One isolator of the chain. Hooks default to doing nothing, as most isolators care
+/// about a few of them only.
+#[tonic::async_trait]
+pub trait Isolator: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> IsolatorName;
+
+    /// Adds this isolator's part to the container's launch info. Runs serially, in chain
+    /// order, before the container is forked.
+    async fn prepare(&self, _container: &ContainerPrep<'_>, _launch: &mut LaunchInfo) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Attaches the forked, still blocked container (`pid`, a host pid) to the
+    /// isolator's mechanism. Runs for all isolators at once.
+    async fn isolate(&self, _container_id: &str, _pid: i32) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Releases what `prepare`/`isolate` set up. Runs in reverse chain order after the
+    /// container's processes are gone; must accept ids it never saw.
+    async fn cleanup(&self, _container_id: &str) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Network isolators (Mesos's `network/*`).
+
+pub mod cni;

@@ -1,0 +1,253 @@
+//! From the `--isolation` chain to isolator objects, as Mesos's
+//! `MesosContainerizer::create` instantiates each named isolator through its creator.
+
+use std::path::PathBuf;
+
+use cri_mesos_supervisor::protocol::LaunchInfo;
+
+use super::IsolatorName;
+use super::chain::{ContainerPrep, Isolator, IsolatorError};
+use super::docker::runtime::DockerRuntime;
+use super::filesystem::linux::LinuxFilesystem;
+use super::namespaces::ipc::IpcNamespace;
+use super::namespaces::pid::PidNamespace;
+use super::network::cni::Cni;
+use super::volume::host_path::HostPathVolume;
+
+/// What isolators may need from the agent's flags to be created.
+#[derive(Debug, Clone)]
+pub struct IsolatorContext {
+    /// `--runtime_dir`: volatile state (pinned namespaces, pod directories).
+    pub runtime_dir: PathBuf,
+    /// `--work_dir`: state that survives a reboot.
+    pub work_dir: PathBuf,
+}
+
+/// The isolators of `chain`, in its order (the order of [`super::select`], which is Mesos's).
+pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isolator>> {
+    // None of today's isolators keeps state of its own yet; the context is for those
+    // that will (the pod side of network/cni, cgroups, disk).
+    let _ = ctx;
+    chain
+        .iter()
+        .map(|name| -> Box<dyn Isolator> {
+            match name.as_str() {
+                "filesystem/linux" => Box::new(LinuxFilesystem),
+                "docker/runtime" => Box::new(DockerRuntime),
+                "volume/host_path" => Box::new(HostPathVolume),
+                "namespaces/pid" => Box::new(PidNamespace),
+                "namespaces/ipc" => Box::new(IpcNamespace),
+                "network/cni" => Box::new(Cni),
+                _ => Box::new(NotBuilt(*name)),
+            }
+        })
+        .collect()
+}
+
+/// Stands for a chain member this module has no implementation of (the catalog calls it
+/// built, e.g. `filesystem/posix`). Refusing containers is safer than silently launching
+/// them without what the operator asked for.
+#[derive(Debug)]
+struct NotBuilt(IsolatorName);
+
+#[tonic::async_trait]
+impl Isolator for NotBuilt {
+    fn name(&self) -> IsolatorName {
+        self.0
+    }
+
+    async fn prepare(
+        &self,
+        _container: &ContainerPrep<'_>,
+        _launch: &mut LaunchInfo,
+    ) -> Result<(), IsolatorError> {
+        Err(IsolatorError::Other {
+            isolator: self.0.as_str(),
+            reason: "this isolator has no implementation in cri-mesos yet".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A container ready for `prepare`: a fake rootfs, pod, image and CRI config.
+
+    use std::fs;
+    use std::path::PathBuf;
+
+    use cri_mesos_supervisor::protocol::LaunchInfo;
+    use k8s_cri::v1 as cri;
+
+    use crate::cgroups::Cgroup;
+    use crate::isolators::chain::{ContainerPrep, Isolator, IsolatorError, NsMode, PodInfo};
+    use crate::provisioner::store::ImageRecord;
+
+    pub const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+# a comment
+app:x:1000:1000:app:/home/app:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+";
+
+    pub const GROUP: &str = "\
+root:x:0:
+wheel:x:10:root,app
+app:x:1000:app
+audio:x:29:app
+docker:x:999:other, app
+staff:x:50:
+nogroup:x:65534:
+";
+
+    pub struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub pod: PodInfo,
+        pub config: cri::ContainerConfig,
+        pub image: ImageRecord,
+        pub cgroup: Cgroup,
+    }
+
+    impl Fixture {
+        pub fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let rootfs = dir.path().join("rootfs");
+            fs::create_dir_all(rootfs.join("etc")).unwrap();
+            fs::write(rootfs.join("etc/passwd"), PASSWD).unwrap();
+            fs::write(rootfs.join("etc/group"), GROUP).unwrap();
+            let pod_dir = dir.path().join("pod");
+            fs::create_dir_all(pod_dir.join("shm")).unwrap();
+            let cgroup = Cgroup {
+                relative: "test/pod1".into(),
+                dirs: Vec::new(),
+            };
+            let pod = PodInfo {
+                id: "pod1".into(),
+                config: cri::PodSandboxConfig {
+                    hostname: "mypod".into(),
+                    ..Default::default()
+                },
+                dir: pod_dir,
+                net_ns: Some(dir.path().join("ns/net")),
+                uts_ns: Some(dir.path().join("ns/uts")),
+                ipc_ns: Some(dir.path().join("ns/ipc")),
+                pid_mode: NsMode::Container,
+                cgroup: cgroup.clone(),
+            };
+            let image = ImageRecord {
+                id: "sha256:0123".into(),
+                repo_tags: vec!["example.com/app:1".into()],
+                repo_digests: Vec::new(),
+                layers: Vec::new(),
+                size: 0,
+                config: serde_json::json!({
+                    "architecture": "amd64",
+                    "os": "linux",
+                    "config": {
+                        "Entrypoint": ["/entry"],
+                        "Cmd": ["serve", "--port=80"],
+                        "Env": ["PATH=/usr/bin:/bin", "LANG=C"],
+                        "WorkingDir": "/app",
+                    }
+                }),
+                manifest_digest: "sha256:4567".into(),
+            };
+            Fixture {
+                dir,
+                pod,
+                config: cri::ContainerConfig::default(),
+                image,
+                cgroup,
+            }
+        }
+
+        pub fn rootfs(&self) -> PathBuf {
+            self.dir.path().join("rootfs")
+        }
+
+        /// The image config's `config` object, to edit.
+        pub fn image_config(&mut self) -> &mut serde_json::Map<String, serde_json::Value> {
+            self.image.config["config"].as_object_mut().unwrap()
+        }
+
+        /// The container's security context, created on first use.
+        pub fn security_context(&mut self) -> &mut cri::LinuxContainerSecurityContext {
+            self.config
+                .linux
+                .get_or_insert_with(Default::default)
+                .security_context
+                .get_or_insert_with(Default::default)
+        }
+
+        pub async fn prepare(&self, isolator: &dyn Isolator) -> Result<LaunchInfo, IsolatorError> {
+            let mut launch = LaunchInfo::default();
+            self.prepare_onto(isolator, &mut launch).await?;
+            Ok(launch)
+        }
+
+        pub async fn prepare_onto(
+            &self,
+            isolator: &dyn Isolator,
+            launch: &mut LaunchInfo,
+        ) -> Result<(), IsolatorError> {
+            let rootfs = self.rootfs();
+            let prep = ContainerPrep {
+                id: "c1",
+                pod: &self.pod,
+                config: &self.config,
+                image: &self.image,
+                rootfs: &rootfs,
+                cgroup: &self.cgroup,
+            };
+            isolator.prepare(&prep, launch).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::Fixture;
+    use super::*;
+    use crate::isolators::select;
+
+    fn ctx() -> IsolatorContext {
+        IsolatorContext {
+            runtime_dir: "/run/cri-mesos".into(),
+            work_dir: "/var/lib/cri-mesos".into(),
+        }
+    }
+
+    #[test]
+    fn builds_the_chain_in_order() {
+        let chain = select(crate::flags::DEFAULT_ISOLATION).unwrap();
+        let built = build(&chain, &ctx());
+        let names: Vec<IsolatorName> = built.iter().map(|i| i.name()).collect();
+        assert_eq!(names, chain);
+    }
+
+    #[tokio::test]
+    async fn the_default_chain_prepares_a_container() {
+        let chain = select(crate::flags::DEFAULT_ISOLATION).unwrap();
+        let f = Fixture::new();
+        let mut launch = LaunchInfo::default();
+        for isolator in build(&chain, &ctx()) {
+            f.prepare_onto(isolator.as_ref(), &mut launch)
+                .await
+                .unwrap();
+        }
+        assert_eq!(launch.rootfs, f.rootfs());
+        assert_eq!(launch.process.args, ["/entry", "serve", "--port=80"]);
+        assert!(launch.namespaces.new_pid);
+        assert_eq!(launch.namespaces.join.len(), 3);
+        assert_eq!(launch.mounts.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_isolator_without_implementation_refuses() {
+        let chain = select("filesystem/posix").unwrap();
+        let built = build(&chain, &ctx());
+        assert_eq!(built[0].name().as_str(), "filesystem/posix");
+        let err = Fixture::new().prepare(built[0].as_ref()).await.unwrap_err();
+        assert!(err.to_string().starts_with("filesystem/posix: "), "{err}");
+    }
+}

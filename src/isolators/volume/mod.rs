@@ -1,0 +1,3 @@
+//! Volume isolators (Mesos's `volume/*`): the CRI's mounts.
+
+pub mod host_path;

@@ -1,0 +1,165 @@
+//! Pod namespaces pinned by bind mounts, Mesos's way: no sleeping process holds them.
+//!
+//! unshare(2) of net, uts and ipc namespaces affects only the calling thread, so a short
+//! dedicated thread of the (multi-threaded) daemon makes them, sets the hostname, brings
+//! loopback up and bind-mounts its `/proc/thread-self/ns/*` onto files; the thread then
+//! ends and the namespaces live on through the mounts.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("pod namespaces: {step}: {source}")]
+    Sys { step: String, source: nix::Error },
+    #[error("pod namespaces: {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("pod namespaces: the namespace thread died")]
+    Thread,
+}
+
+/// Which namespaces a pod gets of its own (false: the host's).
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub net: bool,
+    pub uts: bool,
+    pub ipc: bool,
+}
+
+/// The pinned namespace files made by [`create`].
+#[derive(Debug, Clone, Default)]
+pub struct Pinned {
+    pub net: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+}
+
+/// Makes the wanted namespaces and pins them as `dir/{net,uts,ipc}`. On failure nothing
+/// stays pinned.
+pub fn create(dir: &Path, wanted: Wanted, hostname: &str) -> Result<Pinned, NamespaceError> {
+    fs::create_dir_all(dir).map_err(|source| NamespaceError::Io { path: dir.to_path_buf(), source })?;
+    let dir = dir.to_path_buf();
+    let hostname = hostname.to_string();
+    std::thread::spawn(move || {
+        let mut pinned = Pinned::default();
+        let result = pin_in_this_thread(&dir, wanted, &hostname, &mut pinned);
+        if result.is_err() {
+            remove(&pinned);
+        }
+        result.map(|_| pinned)
+    })
+    .join()
+    .map_err(|_| NamespaceError::Thread)?
+}
+
+fn pin_in_this_thread(dir: &Path, wanted: Wanted, hostname: &str, pinned: &mut Pinned) -> Result<(), NamespaceError> {
+    let sys = |step: &str| {
+        let step = step.to_string();
+        move |source| NamespaceError::Sys { step, source }
+    };
+    let mut flags = CloneFlags::empty();
+    if wanted.net {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if wanted.uts {
+        flags |= CloneFlags::CLONE_NEWUTS;
+    }
+    if wanted.ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if flags.is_empty() {
+        return Ok(());
+    }
+    nix::sched::unshare(flags).map_err(sys("unshare"))?;
+    if wanted.uts {
+        nix::unistd::sethostname(hostname).map_err(sys("sethostname"))?;
+    }
+    if wanted.net {
+        loopback_up().map_err(sys("bring lo up"))?;
+    }
+    for (want, kind, slot) in [
+        (wanted.net, "net", &mut pinned.net),
+        (wanted.uts, "uts", &mut pinned.uts),
+        (wanted.ipc, "ipc", &mut pinned.ipc),
+    ] {
+        if !want {
+            continue;
+        }
+        let target = dir.join(kind);
+        fs::File::create(&target).map_err(|source| NamespaceError::Io { path: target.clone(), source })?;
+        let source = format!("/proc/thread-self/ns/{kind}");
+        nix::mount::mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(sys(&format!("pin {kind} at {}", target.display())))?;
+        *slot = Some(target);
+    }
+    Ok(())
+}
+
+/// Unpins namespaces (the kernel frees each once nothing else holds it). Idempotent.
+pub fn remove(pinned: &Pinned) {
+    for path in [&pinned.net, &pinned.uts, &pinned.ipc].into_iter().flatten() {
+        unpin(path);
+    }
+}
+
+/// Unmounts and deletes one pinned namespace file; missing ones are fine.
+pub fn unpin(path: &Path) {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::ENOENT) | Err(nix::Error::EINVAL) => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unpin namespace"),
+    }
+    let _ = fs::remove_file(path);
+}
+
+/// Sets IFF_UP on `lo` of the calling thread's network namespace.
+fn loopback_up() -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value. The name fits (3 bytes of
+    // IFNAMSIZ). The ioctls only read/write the ifreq we own, on a socket we own.
+    unsafe {
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(nix::Error::last());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(nix::Error::last());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_and_unpins_pod_namespaces() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root to make namespaces");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = create(dir.path(), Wanted { net: true, uts: true, ipc: true }, "pod-host").unwrap();
+        let net = pinned.net.clone().unwrap();
+        let st = nix::sys::stat::stat(&net).unwrap();
+        let host = nix::sys::stat::stat("/proc/self/ns/net").unwrap();
+        assert_ne!(st.st_ino, host.st_ino, "a new net namespace");
+        remove(&pinned);
+        assert!(!pinned.uts.unwrap().exists());
+        assert!(!net.exists());
+    }
+}

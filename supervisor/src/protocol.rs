@@ -1,0 +1,363 @@
+//! The wire protocol between the `cri-mesos` daemon and a pod supervisor.
+//!
+//! Transport: the supervisor's unix stream socket (mode 0600). **One request per connection**:
+//! the client writes one JSON object ([`Request`]) followed by `\n`; the supervisor answers
+//! with one JSON object ([`Response`]) followed by `\n` and closes the connection. Replies to
+//! `launch`, `start`, `exec` and `shutdown` are deferred until the work is done (other
+//! connections are served meanwhile), so clients must not use a short read timeout for them.
+//! [`Request::Attach`] is the only reply that carries a file descriptor (SCM_RIGHTS).
+//!
+//! Pids in replies are *host* pids (as seen by the daemon's `/proc`), even when the supervisor
+//! holds its own pod pid namespace.
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One request (JSON: `{"op": "<snake_case name>", ...fields}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness/identity check -> [`Response::Pong`].
+    Ping,
+    /// Fork a container child that sets itself up and then waits for `start`.
+    /// -> [`Response::Launched`] once the child has finished its setup and is blocked on the
+    /// start pipe (its cgroups are joined, so the daemon may run its isolators on `pid`), or
+    /// [`Response::Error`] (the child is gone then and no record is kept).
+    Launch(Box<LaunchInfo>),
+    /// Release the start pipe of a launched container -> [`Response::Started`] once `execve`
+    /// succeeded, or [`Response::Error`] with e.g. `exec: "foo": executable file not found in
+    /// $PATH`; the container is then recorded as exited with code 128 and that message.
+    Start { container_id: String },
+    /// `kill(pid, signal)` of the container's init; with `all`, also every other process the
+    /// supervisor can attribute to it (exec sessions and every process in the container's mount
+    /// namespace) -> [`Response::Ok`]. Signalling an exited container is not an error.
+    Signal { container_id: String, signal: i32, all: bool },
+    /// Run a process inside a running container and collect its output (ExecSync)
+    /// -> [`Response::ExecResult`] when it ends (or times out), or [`Response::Error`] if it
+    /// could not be started (e.g. command not found).
+    Exec(Box<ExecInfo>),
+    /// Close and reopen the container's log file by path (kubelet rotated it)
+    /// -> [`Response::Ok`] / [`Response::Error`].
+    ReopenLog { container_id: String },
+    /// Every container record -> [`Response::StateReply`].
+    State,
+    /// Drop an exited (or never started) container's record -> [`Response::Ok`]; refused for a
+    /// running container.
+    Forget { container_id: String },
+    /// Hand out the container's stdin: the reply [`Response::Attached`] carries (SCM_RIGHTS) a
+    /// write descriptor for the container's stdin pipe, or the pty master for tty containers.
+    /// With `stdin_once` the supervisor gives away its own copy of a pipe, so the container
+    /// sees EOF when the receiver closes it. Output is read from the log file.
+    Attach { container_id: String },
+    /// Set the window size of a tty container's pty -> [`Response::Ok`].
+    Resize { container_id: String, width: u16, height: u16 },
+    /// SIGKILL every remaining process, wait (at most ~2 s) for their exit records, remove the
+    /// socket and pid file and exit -> [`Response::Ok`] (sent just before exiting).
+    Shutdown,
+}
+
+/// One reply (JSON: `{"reply": "<snake_case name>", ...fields}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    /// `pid`: the supervisor's host pid; `pod_id` as given on its command line.
+    Pong { pod_id: String, pid: i32, version: String },
+    /// Host pid of the container's init (blocked on its start pipe).
+    Launched { pid: i32 },
+    /// Host pid of the container's init, now running the container's command.
+    Started { pid: i32 },
+    ExecResult(ExecResult),
+    StateReply { containers: Vec<ContainerState> },
+    /// A descriptor accompanies this reply (see [`Request::Attach`]).
+    Attached { tty: bool },
+    Error { message: String },
+}
+
+/// Everything the container child needs to set itself up (the work of Mesos's
+/// `mesos-containerizer launch`). Optional fields may be omitted in JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaunchInfo {
+    /// Unique within the pod; names the record in every later request.
+    pub container_id: String,
+    /// Host path of the container's root filesystem (already provisioned).
+    pub rootfs: PathBuf,
+    /// Remount the root filesystem read-only after all mounts are made.
+    #[serde(default)]
+    pub rootfs_readonly: bool,
+    #[serde(default)]
+    pub namespaces: NamespaceSpec,
+    /// `cgroup.procs` files the child writes itself into first, before any other setup
+    /// (cgroup v1: one per controller; v2: one).
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Extra mounts, made in order after the standard ones (/proc, /dev, /dev/pts,
+    /// /dev/mqueue, /sys). /dev/shm, /etc/hosts, /etc/resolv.conf, volumes... come from here.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    /// Device nodes to create (after the mounts).
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+    /// Paths hidden from the container: /dev/null is bound over files, an empty read-only
+    /// tmpfs over directories. Missing paths are skipped.
+    #[serde(default)]
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths made read-only (bound onto themselves, remounted ro). Missing paths are skipped.
+    #[serde(default)]
+    pub readonly_paths: Vec<PathBuf>,
+    /// Hostname; only applied when `namespaces.join` contains a `uts` namespace (never the
+    /// supervisor's own UTS namespace, which is the host's).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub process: ProcessSpec,
+    /// CRI log file (absolute host path), created with its parent directories; `None` discards
+    /// the output.
+    #[serde(default)]
+    pub log_path: Option<PathBuf>,
+    /// Where the [`ExitRecord`] JSON is written (atomically) when the container ends.
+    pub exit_file: PathBuf,
+}
+
+/// Namespaces of the container child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceSpec {
+    /// A new mount namespace (required by the filesystem/linux setup; must be true).
+    #[serde(default = "yes")]
+    pub new_mount: bool,
+    /// A new pid namespace: the container's init is PID 1 of its own namespace.
+    #[serde(default)]
+    pub new_pid: bool,
+    /// Existing namespaces to join with setns: pinned pod namespaces (bind-mounted nsfs
+    /// files) or `/proc/<pid>/ns/*` paths. A `pid` entry equal to the supervisor's own pid
+    /// namespace is a no-op (pod-shared pid namespace); another one is entered for the child
+    /// (and is incompatible with `new_pid`).
+    #[serde(default)]
+    pub join: Vec<JoinNs>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NamespaceSpec {
+    fn default() -> Self {
+        NamespaceSpec { new_mount: true, new_pid: false, join: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinNs {
+    pub kind: NsKind,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NsKind {
+    Net,
+    Uts,
+    Ipc,
+    Pid,
+    Mnt,
+}
+
+/// One mount inside the container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Host path for bind mounts; the device/fs name (e.g. "tmpfs") otherwise.
+    pub source: PathBuf,
+    /// Path inside the container; resolved component by component inside the rootfs, so a
+    /// symlink never leads out of it.
+    pub destination: PathBuf,
+    /// Filesystem type; `None` (or "bind"/"none") for bind mounts.
+    #[serde(default)]
+    pub fstype: Option<String>,
+    /// fstab-like options: "bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec",
+    /// "relatime", "noatime", "strictatime", ... ; propagation "private", "rprivate", "slave",
+    /// "rslave", "shared", "rshared", "unbindable", "runbindable" (applied after the mount);
+    /// anything else ("mode=755", "size=65536k") is passed as filesystem data.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// What to create at the destination when it is missing.
+    #[serde(default)]
+    pub create: CreateKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateKind {
+    /// A file when the mount is a bind mount of a non-directory, a directory otherwise.
+    #[default]
+    Auto,
+    Dir,
+    File,
+    /// Nothing: the destination must exist.
+    None,
+}
+
+/// A device node created in the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Path inside the container.
+    pub path: PathBuf,
+    /// 'c' (character) or 'b' (block).
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    /// Permission bits (e.g. 0o666).
+    pub file_mode: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// Host node to bind-mount when mknod is not permitted (defaults to `path` on the host).
+    #[serde(default)]
+    pub host_path: Option<PathBuf>,
+}
+
+/// The container's process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the container's `PATH` (from `env`, default
+    /// `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`) unless it contains '/'.
+    pub args: Vec<String>,
+    /// "KEY=value" entries, the complete environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory inside the container; created if missing (as runc does).
+    #[serde(default = "root_dir")]
+    pub cwd: PathBuf,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// Allocate a pty: the container gets the slave as controlling terminal and its output is
+    /// logged as `stdout`.
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep a stdin pipe (see [`Request::Attach`]); otherwise stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close stdin after the first attach session ends.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// Written to /proc/self/oom_score_adj; a value below the current one that the kernel
+    /// refuses (no CAP_SYS_RESOURCE) keeps the current value.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// prctl(PR_SET_NO_NEW_PRIVS).
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+fn root_dir() -> PathBuf {
+    PathBuf::from("/")
+}
+
+/// A process to run in a running container's namespaces and cgroups (ExecSync).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecInfo {
+    pub container_id: String,
+    /// argv, looked up in `PATH` of `env` like the container's command.
+    pub args: Vec<String>,
+    /// Complete environment (the daemon passes the container's environment).
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default = "root_dir")]
+    pub cwd: PathBuf,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// Run on a pty; all output is reported as stdout.
+    #[serde(default)]
+    pub tty: bool,
+    /// Kill the whole exec process tree (SIGKILL) after this long; `timed_out` is then set.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Bytes written to the process's stdin (then closed); `None`: stdin is /dev/null.
+    #[serde(default)]
+    pub stdin_b64: Option<String>,
+}
+
+/// The outcome of an [`Request::Exec`]. Output is capped at 16 MiB per stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit code; 128 + signal when killed by a signal.
+    pub exit_code: i32,
+    /// Standard output, base64 (standard alphabet, padded); omitted when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_b64: Option<String>,
+    pub timed_out: bool,
+}
+
+impl ExecResult {
+    /// Decoded stdout (empty when absent or malformed).
+    pub fn stdout(&self) -> Vec<u8> {
+        self.stdout_b64.as_deref().and_then(crate::b64::decode).unwrap_or_default()
+    }
+    /// Decoded stderr (empty when absent or malformed).
+    pub fn stderr(&self) -> Vec<u8> {
+        self.stderr_b64.as_deref().and_then(crate::b64::decode).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// Launched (or still setting up), waiting for `start`.
+    Created,
+    Running,
+    Exited,
+}
+
+/// One container record in a [`Response::StateReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    /// Host pid of the container's init (0 while it is still being set up).
+    pub pid: i32,
+    pub status: ContainerStatus,
+    /// Set once exited (128 + signal for a signal death; 128 for a start error).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Wall clock (ns since the epoch) of the successful exec; 0 if never started.
+    pub started_at_ns: i64,
+    /// Wall clock of the exit; 0 while not exited.
+    pub finished_at_ns: i64,
+    /// Why the container failed to start, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The exit file's content (written atomically: temp file, fsync, rename, fsync dir).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub finished_at_ns: i64,
+    pub started_at_ns: i64,
+    /// Always false here: the daemon knows OOM kills from the memory cgroup.
+    pub oom_killed: bool,
+    /// The start error, when the container never ran its command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Parses the line the spawned `cri-mesos-supervisor` process prints (on stdout, or on
+/// `--ready-fd`) before it exits: `pid <N>` -> `Ok(N)` (host pid of the supervisor, which is
+/// then serving its socket); `error: <message>` -> `Err(message)`.
+pub fn parse_spawn_line(line: &str) -> Result<i32, String> {
+    let line = line.trim();
+    if let Some(pid) = line.strip_prefix("pid ") {
+        return pid.trim().parse().map_err(|_| format!("bad supervisor pid line: {line:?}"));
+    }
+    Err(line.strip_prefix("error: ").unwrap_or(line).to_string())
+}

@@ -1,0 +1,229 @@
+//! The daemon through its CRI socket: handshake RPCs, configuration sources and their
+//! precedence, refusal of bad flags, socket ownership and shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+
+use k8s_cri::v1 as cri;
+use test_support::{Daemon, run_once};
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cri-mesos");
+
+async fn verbose_config(daemon: &Daemon) -> serde_json::Value {
+    let mut client = daemon.runtime_client().await.unwrap();
+    let status = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(status.info.get("config").expect("verbose status has config")).unwrap()
+}
+
+#[tokio::test]
+async fn version_status_and_runtime_config() {
+    let daemon = Daemon::start(BIN).await.unwrap();
+    let mut client = daemon.runtime_client().await.unwrap();
+
+    let version = client
+        .version(cri::VersionRequest { version: "0.1.0".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.runtime_name, "cri-mesos");
+    assert_eq!(version.runtime_api_version, "v1");
+    assert_eq!(version.version, "0.1.0");
+    assert!(!version.runtime_version.is_empty());
+
+    let status = client
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.info.is_empty(), "info only when verbose");
+    let conditions = status.status.unwrap().conditions;
+    let runtime = conditions.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
+    assert!(runtime.status);
+    let network = conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(!network.status);
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(!network.message.is_empty());
+
+    let config = client
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(config.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
+
+    let verbose = verbose_config(&daemon).await;
+    assert_eq!(verbose["listen"], daemon.socket().display().to_string());
+    assert_eq!(
+        verbose["isolation"],
+        serde_json::json!([
+            "filesystem/linux",
+            "docker/runtime",
+            "volume/host_path",
+            "namespaces/ipc",
+            "namespaces/pid",
+            "network/cni"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn update_runtime_config_stores_the_pod_cidr() {
+    let daemon = Daemon::start(BIN).await.unwrap();
+    let mut client = daemon.runtime_client().await.unwrap();
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig { pod_cidr: cidr.into() }),
+        }),
+    };
+    client.update_runtime_config(update("10.244.3.0/24")).await.unwrap();
+    let status = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.info["podCIDR"], "\"10.244.3.0/24\"");
+
+    let err = client.update_runtime_config(update("10.244.3.0/99")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("pod_cidr"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn rpcs_of_later_issues_answer_unimplemented() {
+    let daemon = Daemon::start(BIN).await.unwrap();
+    let mut client = daemon.runtime_client().await.unwrap();
+    let err = client
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("ListMetricDescriptors"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn flag_beats_env_beats_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "cgroups_root: from-file\n\
+         fetcher_cache_size: 1GB\n\
+         logging_level: WARNING\n\
+         container_disk_watch_interval: 1mins\n\
+         network-cni-plugins-dir: /opt/file-plugins\n",
+    )
+    .unwrap();
+    let daemon = Daemon::builder(BIN)
+        .arg("--config")
+        .arg(&file)
+        .arg("--cgroups-root=from-flag")
+        .env("CRI_MESOS_CGROUPS_ROOT", "from-env")
+        .env("CRI_MESOS_FETCHER_CACHE_SIZE", "512MB")
+        .start()
+        .await
+        .unwrap();
+    let config = verbose_config(&daemon).await;
+    assert_eq!(config["cgroups_root"], "from-flag", "flag beats env and file");
+    assert_eq!(config["fetcher_cache_size"], 512u64 << 20, "env beats file");
+    assert_eq!(config["logging_level"], "WARNING", "file beats default");
+    assert_eq!(config["container_disk_watch_interval"], "60secs");
+    assert_eq!(config["network_cni_plugins_dir"], serde_json::json!(["/opt/file-plugins"]));
+    assert_eq!(config["max_concurrent_downloads"], 3, "default");
+    assert_eq!(config["config_file"], file.display().to_string());
+}
+
+/// Each bad value exits 2 before the socket exists, with a message naming the value.
+#[test]
+fn bad_flags_exit_2_naming_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("never.sock");
+    let bad_file = dir.path().join("bad.yaml");
+    std::fs::write(&bad_file, "wrok_dir: /tmp/x\n").unwrap();
+    let bad_file_arg = format!("--config={}", bad_file.display());
+    let cases: &[(&[&str], &str)] = &[
+        (&["--isolation=bogus/thing"], "bogus/thing"),
+        (&["--isolation=namespaces/pid,namespaces/pid"], "namespaces/pid"),
+        (&["--isolation=filesystem/linux,filesystem/posix"], "filesystem/posix"),
+        (&["--isolation=gpu/nvidia"], "gpu/nvidia"),
+        (&["--isolation=cgroups"], "not support"),
+        (&["--containerizers=mesos,kubernetes"], "kubernetes"),
+        (&["--containerizers=docker"], "not supported yet"),
+        (&["--launcher=magic"], "magic"),
+        (&["--image_providers=appc"], "appc"),
+        (&["--fetcher_cache_size=2XB"], "2XB"),
+        (&["--container_disk_watch_interval=soon"], "soon"),
+        (&["--http_address=localhost"], "localhost"),
+        (&["--work_dir=relative/dir"], "relative/dir"),
+        (&["--cgroup_driver=systemd"], "not supported yet"),
+        (&["--logging_level=LOUD"], "LOUD"),
+        (&["--resources=cpus:lots"], "cpus:lots"),
+        (&["--registry_mirrors=registry.k8s.io"], "registry.k8s.io"),
+        (&["--image_provisioner_backend=zfs"], "zfs"),
+        (&[bad_file_arg.as_str()], "wrok_dir"),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec![format!("--listen={}", socket.display())];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = run_once(BIN, &all).unwrap();
+        assert_eq!(out.code, Some(2), "{args:?} should exit 2; stderr: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{args:?}: stderr should name {needle:?}: {}", out.stderr);
+        assert!(!socket.exists(), "{args:?} opened the socket");
+    }
+}
+
+#[test]
+fn bad_environment_value_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg(format!("--listen={}", dir.path().join("s.sock").display()))
+        .env("CRI_MESOS_LAUNCHER", "weird")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weird"));
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_a_live_socket_refuses_to_start() {
+    let daemon = Daemon::start(BIN).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = run_once(
+        BIN,
+        [
+            format!("--listen={}", daemon.socket().display()),
+            format!("--work_dir={}", other.path().join("work").display()),
+            format!("--runtime_dir={}", other.path().join("run").display()),
+            "--http_address=127.0.0.1:0".to_string(),
+        ],
+    )
+    .unwrap();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("already serving"), "{}", out.stderr);
+    // The first one still answers on its socket.
+    let mut client = daemon.runtime_client().await.unwrap();
+    client.version(cri::VersionRequest::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn socket_is_root_only_and_sigterm_removes_it() {
+    let mut daemon = Daemon::start(BIN).await.unwrap();
+    let mode = std::fs::metadata(daemon.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let status = daemon.stop().await.unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+    assert!(!daemon.socket().exists(), "socket removed on SIGTERM");
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced() {
+    let mut daemon = Daemon::start(BIN).await.unwrap();
+    daemon.kill9().unwrap();
+    assert!(daemon.socket().exists(), "SIGKILL leaves the socket file behind");
+    daemon.restart().await.unwrap();
+    let mut client = daemon.runtime_client().await.unwrap();
+    client.version(cri::VersionRequest::default()).await.unwrap();
+}
