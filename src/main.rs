@@ -62,6 +62,11 @@ fn init_tracing(flags: &Flags) {
 async fn run(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // The socket first: a daemon that must refuse to start (another one serves) leaves the
+    // host as it found it.
+    let listener = cri_mesos::server::bind(&flags.listen)?;
+    for dir in [&flags.work_dir, &flags.runtime_dir] {
         // Canonical: mountinfo shows resolved paths, and bidirectional volumes under these
         // dirs must find them shared.
         let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -69,7 +74,6 @@ async fn run(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> anyhow::Result
             tracing::warn!(dir = %dir.display(), error = %e, "cannot make a shared mount; bidirectional volumes under it will be refused");
         }
     }
-    let listener = cri_mesos::server::bind(&flags.listen)?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {

@@ -55,10 +55,19 @@ fn cs(p: &Path) -> io::Result<CString> {
     sys::cpath(p)
 }
 
-fn mount(src: &Path, dst: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+fn mount(
+    src: &Path,
+    dst: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
     let src = cs(src)?;
     let dst = cs(dst)?;
-    let fstype = fstype.map(CString::new).transpose().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fstype = fstype
+        .map(CString::new)
+        .transpose()
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let data = (!data.is_empty())
         .then(|| CString::new(data))
         .transpose()
@@ -251,7 +260,13 @@ fn do_mount(m: &MountSpec, dst: &Path) -> io::Result<()> {
     };
     create_target(dst, kind)?;
     if bind {
-        mount(&m.source, dst, None, libc::MS_BIND | (o.flags & libc::MS_REC), "")?;
+        mount(
+            &m.source,
+            dst,
+            None,
+            libc::MS_BIND | (o.flags & libc::MS_REC),
+            "",
+        )?;
         let f = o.flags & BIND_REMOUNT_FLAGS;
         if f != 0 {
             remount_bind(dst, f)?;
@@ -266,8 +281,14 @@ fn do_mount(m: &MountSpec, dst: &Path) -> io::Result<()> {
 }
 
 /// The standard nodes of the container's /dev (bound from the host if mknod is refused).
-const DEV_NODES: [(&str, u64, u64); 6] =
-    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+const DEV_NODES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 const DEV_LINKS: [(&str, &str); 6] = [
     ("fd", "/proc/self/fd"),
@@ -280,7 +301,13 @@ const DEV_LINKS: [(&str, &str); 6] = [
 
 /// mknod with `mode` (type + permissions), replacing whatever is there; falls back to an
 /// empty file with `host` bound onto it.
-fn make_node(path: &Path, mode: libc::mode_t, major: u64, minor: u64, host: &Path) -> io::Result<()> {
+fn make_node(
+    path: &Path,
+    mode: libc::mode_t,
+    major: u64,
+    minor: u64,
+    host: &Path,
+) -> io::Result<()> {
     if fs::symlink_metadata(path).is_ok() {
         fs::remove_file(path)?;
     }
@@ -301,20 +328,44 @@ fn standard_mounts(root: &Path, tty: bool) -> Step<()> {
     };
     let nosuid_noexec_nodev = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
     let proc_dir = at("/proc")?;
-    step("mount /proc", mount(Path::new("proc"), &proc_dir, Some("proc"), nosuid_noexec_nodev, ""))?;
+    step(
+        "mount /proc",
+        mount(
+            Path::new("proc"),
+            &proc_dir,
+            Some("proc"),
+            nosuid_noexec_nodev,
+            "",
+        ),
+    )?;
     let dev = at("/dev")?;
     step(
         "mount /dev",
-        mount(Path::new("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_STRICTATIME, "mode=755,size=65536k"),
+        mount(
+            Path::new("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            "mode=755,size=65536k",
+        ),
     )?;
     for (name, major, minor) in DEV_NODES {
         let p = dev.join(name);
         let host = Path::new("/dev").join(name);
-        step(&format!("mknod /dev/{name}"), make_node(&p, libc::S_IFCHR | 0o666, major, minor, &host))?;
-        step(&format!("chmod /dev/{name}"), fs::set_permissions(&p, fs::Permissions::from_mode(0o666)))?;
+        step(
+            &format!("mknod /dev/{name}"),
+            make_node(&p, libc::S_IFCHR | 0o666, major, minor, &host),
+        )?;
+        step(
+            &format!("chmod /dev/{name}"),
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o666)),
+        )?;
     }
     for (name, target) in DEV_LINKS {
-        step(&format!("symlink /dev/{name}"), std::os::unix::fs::symlink(target, dev.join(name)))?;
+        step(
+            &format!("symlink /dev/{name}"),
+            std::os::unix::fs::symlink(target, dev.join(name)),
+        )?;
     }
     let pts = at("/dev/pts")?;
     step(
@@ -328,23 +379,59 @@ fn standard_mounts(root: &Path, tty: bool) -> Step<()> {
         ),
     )?;
     let shm = at("/dev/shm")?;
-    step("chmod /dev/shm", fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)))?;
+    step(
+        "chmod /dev/shm",
+        fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)),
+    )?;
     let mq = at("/dev/mqueue")?;
-    step("mount /dev/mqueue", mount(Path::new("mqueue"), &mq, Some("mqueue"), nosuid_noexec_nodev, ""))?;
+    step(
+        "mount /dev/mqueue",
+        mount(
+            Path::new("mqueue"),
+            &mq,
+            Some("mqueue"),
+            nosuid_noexec_nodev,
+            "",
+        ),
+    )?;
     if tty {
         // runc binds the pty slave over /dev/console.
         let slave = step("readlink tty", fs::read_link("/proc/self/fd/0"))?;
         let console = dev.join("console");
-        step("create /dev/console", create_target(&console, CreateKind::File))?;
-        step("mount /dev/console", mount(&slave, &console, None, libc::MS_BIND, ""))?;
+        step(
+            "create /dev/console",
+            create_target(&console, CreateKind::File),
+        )?;
+        step(
+            "mount /dev/console",
+            mount(&slave, &console, None, libc::MS_BIND, ""),
+        )?;
     }
     let sys_dir = at("/sys")?;
-    let sysfs = mount(Path::new("sysfs"), &sys_dir, Some("sysfs"), nosuid_noexec_nodev | libc::MS_RDONLY, "");
+    let sysfs = mount(
+        Path::new("sysfs"),
+        &sys_dir,
+        Some("sysfs"),
+        nosuid_noexec_nodev | libc::MS_RDONLY,
+        "",
+    );
     match sysfs {
         // Not allowed to mount a sysfs for this network namespace: bind the host's, read-only.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            step("bind /sys", mount(Path::new("/sys"), &sys_dir, None, libc::MS_BIND | libc::MS_REC, ""))?;
-            step("remount /sys", remount_bind(&sys_dir, libc::MS_RDONLY | nosuid_noexec_nodev))?;
+            step(
+                "bind /sys",
+                mount(
+                    Path::new("/sys"),
+                    &sys_dir,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    "",
+                ),
+            )?;
+            step(
+                "remount /sys",
+                remount_bind(&sys_dir, libc::MS_RDONLY | nosuid_noexec_nodev),
+            )?;
         }
         r => step("mount /sys", r)?,
     }
@@ -366,9 +453,15 @@ fn masked_and_readonly(root: &Path, info: &LaunchInfo) -> Step<()> {
         let Ok(meta) = fs::metadata(&d) else { continue };
         let what = format!("mask {}", p.display());
         if meta.is_dir() {
-            step(&what, mount(Path::new("tmpfs"), &d, Some("tmpfs"), libc::MS_RDONLY, ""))?;
+            step(
+                &what,
+                mount(Path::new("tmpfs"), &d, Some("tmpfs"), libc::MS_RDONLY, ""),
+            )?;
         } else {
-            step(&what, mount(Path::new("/dev/null"), &d, None, libc::MS_BIND, ""))?;
+            step(
+                &what,
+                mount(Path::new("/dev/null"), &d, None, libc::MS_BIND, ""),
+            )?;
         }
     }
     Ok(())
@@ -378,7 +471,9 @@ fn masked_and_readonly(root: &Path, info: &LaunchInfo) -> Step<()> {
 /// whose `self` link names the pid in the pid namespace that mounted it.
 pub fn host_pid() -> io::Result<i32> {
     let l = fs::read_link("/proc/self")?;
-    l.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    l.to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// Writes "0" (= the writing process) into each `cgroup.procs` file.
@@ -423,12 +518,23 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
 
     // Namespaces to join (pid ones were handled by the supervisor around the clone).
     let mut opened = Vec::new();
-    for j in info.namespaces.join.iter().filter(|j| j.kind != NsKind::Pid) {
-        let f = step(&format!("open {}", j.path.display()), fs::File::open(&j.path))?;
+    for j in info
+        .namespaces
+        .join
+        .iter()
+        .filter(|j| j.kind != NsKind::Pid)
+    {
+        let f = step(
+            &format!("open {}", j.path.display()),
+            fs::File::open(&j.path),
+        )?;
         opened.push((j.kind, f));
     }
     for (kind, f) in &opened {
-        step(&format!("setns {kind:?}"), sys::setns(f.as_raw_fd(), ns_type(*kind)))?;
+        step(
+            &format!("setns {kind:?}"),
+            sys::setns(f.as_raw_fd(), ns_type(*kind)),
+        )?;
     }
     if opened.iter().any(|(k, _)| *k == NsKind::Mnt) {
         step("unshare mnt", sys::unshare(libc::CLONE_NEWNS))?;
@@ -437,13 +543,22 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
     drop(opened);
 
     // Nothing we mount propagates back to the host; host mounts still propagate in.
-    step("make / rslave", mount_change(Path::new("/"), libc::MS_SLAVE | libc::MS_REC))?;
+    step(
+        "make / rslave",
+        mount_change(Path::new("/"), libc::MS_SLAVE | libc::MS_REC),
+    )?;
     let root = step("rootfs", fs::canonicalize(&info.rootfs))?;
-    step("bind rootfs", mount(&root, &root, None, libc::MS_BIND | libc::MS_REC, ""))?;
+    step(
+        "bind rootfs",
+        mount(&root, &root, None, libc::MS_BIND | libc::MS_REC, ""),
+    )?;
     standard_mounts(&root, fds.tty)?;
     for m in &info.mounts {
         let d = step("resolve", resolve_in_root(&root, &m.destination))?;
-        step(&format!("mount {}", m.destination.display()), do_mount(m, &d))?;
+        step(
+            &format!("mount {}", m.destination.display()),
+            do_mount(m, &d),
+        )?;
     }
     for d in &info.devices {
         let p = step("resolve", resolve_in_root(&root, &d.path))?;
@@ -451,13 +566,28 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         if let Some(parent) = p.parent() {
             step(&what, mkdir_all(parent, 0o755))?;
         }
-        let t = if d.kind == 'b' { libc::S_IFBLK } else { libc::S_IFCHR };
+        let t = if d.kind == 'b' {
+            libc::S_IFBLK
+        } else {
+            libc::S_IFCHR
+        };
         let host = d.host_path.clone().unwrap_or_else(|| d.path.clone());
-        step(&what, make_node(&p, t | (d.file_mode & 0o7777), d.major, d.minor, &host))?;
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device()) {
-            step(&what, fs::set_permissions(&p, fs::Permissions::from_mode(d.file_mode & 0o7777)))?;
+        step(
+            &what,
+            make_node(&p, t | (d.file_mode & 0o7777), d.major, d.minor, &host),
+        )?;
+        if fs::symlink_metadata(&p)
+            .is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device())
+        {
+            step(
+                &what,
+                fs::set_permissions(&p, fs::Permissions::from_mode(d.file_mode & 0o7777)),
+            )?;
         }
-        step(&what, std::os::unix::fs::lchown(&p, Some(d.uid), Some(d.gid)))?;
+        step(
+            &what,
+            std::os::unix::fs::lchown(&p, Some(d.uid), Some(d.gid)),
+        )?;
     }
     masked_and_readonly(&root, info)?;
     if let Some(h) = info.hostname.as_deref().filter(|_| own_uts) {
@@ -474,7 +604,10 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
     // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
     step("chdir rootfs", std::env::set_current_dir(&root))?;
     step("pivot_root", sys::pivot_root_dot())?;
-    step("make old root rslave", mount_change(Path::new("."), libc::MS_SLAVE | libc::MS_REC))?;
+    step(
+        "make old root rslave",
+        mount_change(Path::new("."), libc::MS_SLAVE | libc::MS_REC),
+    )?;
     step("umount old root", sys::umount_detach(c"."))?;
     step("chdir /", std::env::set_current_dir("/"))?;
 
@@ -489,8 +622,14 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         step("controlling tty", sys::set_controlling_tty(0))?;
     }
     let p = &info.process;
-    step("set user", sys::set_identity(p.uid, p.gid, &p.additional_gids))?;
-    step(&format!("chdir {}", p.cwd.display()), std::env::set_current_dir(&p.cwd))?;
+    step(
+        "set user",
+        sys::set_identity(p.uid, p.gid, &p.additional_gids),
+    )?;
+    step(
+        &format!("chdir {}", p.cwd.display()),
+        std::env::set_current_dir(&p.cwd),
+    )?;
     sys::umask(0o022);
     Ok(pid)
 }
@@ -507,7 +646,11 @@ pub fn find_program(arg0: &str, env: &[String]) -> Result<CString, String> {
             Err(e) => Err(format!("exec: {arg0:?}: stat {arg0}: {}", errstr(&e))),
         };
     }
-    let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
     for dir in path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
         let cand = Path::new(dir).join(arg0);
@@ -518,7 +661,9 @@ pub fn find_program(arg0: &str, env: &[String]) -> Result<CString, String> {
             }
         }
     }
-    Err(format!("exec: {arg0:?}: executable file not found in $PATH"))
+    Err(format!(
+        "exec: {arg0:?}: executable file not found in $PATH"
+    ))
 }
 
 /// Resolves and execs `args` with `env`; returns the error message on failure.
@@ -528,7 +673,9 @@ pub fn exec(args: &[String], env: &[String]) -> String {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let to_c = |v: &[String]| -> Option<Vec<CString>> { v.iter().map(|s| CString::new(s.as_str()).ok()).collect() };
+    let to_c = |v: &[String]| -> Option<Vec<CString>> {
+        v.iter().map(|s| CString::new(s.as_str()).ok()).collect()
+    };
     let (Some(argv), Some(envp)) = (to_c(args), to_c(env)) else {
         return format!("exec: {arg0:?}: argument contains a NUL byte");
     };
@@ -583,7 +730,13 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse_options(&["rbind".into(), "ro".into(), "rslave".into(), "mode=755".into(), "size=1k".into()]);
+        let o = parse_options(&[
+            "rbind".into(),
+            "ro".into(),
+            "rslave".into(),
+            "mode=755".into(),
+            "size=1k".into(),
+        ]);
         assert!(o.bind);
         assert_eq!(o.flags, libc::MS_REC | libc::MS_RDONLY);
         assert_eq!(o.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
@@ -601,11 +754,25 @@ mod tests {
         std::os::unix::fs::symlink("../../..", root.join("a/b/up")).unwrap();
         std::os::unix::fs::symlink("b", root.join("a/rel")).unwrap();
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert_eq!(resolve_in_root(&root, Path::new("/abs/passwd")).unwrap(), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(&root, Path::new("/a/b/up/x")).unwrap(), root.join("x"));
-        assert_eq!(resolve_in_root(&root, Path::new("../../a/rel/c")).unwrap(), root.join("a/b/c"));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/abs/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/a/b/up/x")).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("../../a/rel/c")).unwrap(),
+            root.join("a/b/c")
+        );
         assert_eq!(resolve_in_root(&root, Path::new("/")).unwrap(), root);
-        assert_eq!(resolve_in_root(&root, Path::new("/loop")).unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/loop"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ELOOP)
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
@@ -621,6 +788,9 @@ mod tests {
             find_program("/no/such", &env).unwrap_err(),
             "exec: \"/no/such\": stat /no/such: no such file or directory"
         );
-        assert_eq!(errstr(&io::Error::from_raw_os_error(libc::EACCES)), "permission denied");
+        assert_eq!(
+            errstr(&io::Error::from_raw_os_error(libc::EACCES)),
+            "permission denied"
+        );
     }
 }

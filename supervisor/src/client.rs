@@ -20,7 +20,10 @@ fn connect(socket: &Path, req: &Request, timeout: Option<Duration>) -> io::Resul
 
 fn parse(line: &[u8]) -> io::Result<Response> {
     if line.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "supervisor closed the connection"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "supervisor closed the connection",
+        ));
     }
     serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -11,7 +11,10 @@ pub const MAX_RECORD: usize = 16 * 1024;
 
 /// Wall clock, ns since the Unix epoch.
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
@@ -79,7 +82,10 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(stream: Stream) -> LineSplitter {
-        LineSplitter { stream, partial: Vec::new() }
+        LineSplitter {
+            stream,
+            partial: Vec::new(),
+        }
     }
 
     /// Formats the complete records contained in `partial + data` into `out`.
@@ -110,7 +116,13 @@ impl LineSplitter {
         if self.partial.len() > MAX_RECORD {
             let mut off = 0;
             while self.partial.len() - off > MAX_RECORD {
-                record(out, ts, self.stream, false, &[&self.partial[off..off + MAX_RECORD]]);
+                record(
+                    out,
+                    ts,
+                    self.stream,
+                    false,
+                    &[&self.partial[off..off + MAX_RECORD]],
+                );
                 off += MAX_RECORD;
             }
             self.partial.drain(..off);
@@ -138,7 +150,10 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn open(path: &Path) -> io::Result<LogFile> {
-        let mut l = LogFile { path: path.to_path_buf(), file: None };
+        let mut l = LogFile {
+            path: path.to_path_buf(),
+            file: None,
+        };
         l.reopen()?;
         Ok(l)
     }
@@ -179,11 +194,17 @@ mod tests {
         v.clear();
         // 2016-10-06T00:17:09.669794202Z
         format_timestamp(1_475_713_029_669_794_202, &mut v);
-        assert_eq!(std::str::from_utf8(&v).unwrap(), "2016-10-06T00:17:09.669794202Z");
+        assert_eq!(
+            std::str::from_utf8(&v).unwrap(),
+            "2016-10-06T00:17:09.669794202Z"
+        );
         v.clear();
         // 2000-02-29T23:59:59.000000001Z (leap day)
         format_timestamp(951_868_799_000_000_001, &mut v);
-        assert_eq!(std::str::from_utf8(&v).unwrap(), "2000-02-29T23:59:59.000000001Z");
+        assert_eq!(
+            std::str::from_utf8(&v).unwrap(),
+            "2000-02-29T23:59:59.000000001Z"
+        );
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
     }
@@ -218,7 +239,11 @@ mod tests {
         s.push(b"\n", b"TS", &mut out);
         assert_eq!(
             lines(&out),
-            vec![("stdout P".into(), 16384), ("stdout P".into(), 16384), ("stdout F".into(), 8192)]
+            vec![
+                ("stdout P".into(), 16384),
+                ("stdout P".into(), 16384),
+                ("stdout F".into(), 8192)
+            ]
         );
         out.clear();
         // exactly 16 KiB + newline in one chunk: a single F record

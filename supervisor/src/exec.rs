@@ -59,7 +59,11 @@ pub fn run_helper(info: &ExecInfo, target: i32, cgroup_procs: &[PathBuf], fds: E
     for (name, t) in NAMESPACES {
         match fs::File::open(proc_path(target, &format!("ns/{name}"))) {
             Ok(f) => files.push((name, t, f)),
-            Err(e) => fail(st, &format!("open {name} namespace of pid {target}: {}", errstr(&e)), 127),
+            Err(e) => fail(
+                st,
+                &format!("open {name} namespace of pid {target}: {}", errstr(&e)),
+                127,
+            ),
         }
     }
     for (name, t, f) in &files {
@@ -106,7 +110,11 @@ fn grandchild(info: &ExecInfo, fds: &ExecFds) -> ! {
         fail(st, &format!("set user: {}", errstr(&e)), 127);
     }
     if let Err(e) = std::env::set_current_dir(&info.cwd) {
-        fail(st, &format!("chdir {}: {}", info.cwd.display(), errstr(&e)), 127);
+        fail(
+            st,
+            &format!("chdir {}: {}", info.cwd.display(), errstr(&e)),
+            127,
+        );
     }
     let msg = child::exec(&info.args, &info.env);
     fail(st, &msg, 127)

@@ -30,7 +30,11 @@ pub enum Request {
     /// `kill(pid, signal)` of the container's init; with `all`, also every other process the
     /// supervisor can attribute to it (exec sessions and every process in the container's mount
     /// namespace) -> [`Response::Ok`]. Signalling an exited container is not an error.
-    Signal { container_id: String, signal: i32, all: bool },
+    Signal {
+        container_id: String,
+        signal: i32,
+        all: bool,
+    },
     /// Run a process inside a running container and collect its output (ExecSync)
     /// -> [`Response::ExecResult`] when it ends (or times out), or [`Response::Error`] if it
     /// could not be started (e.g. command not found).
@@ -49,7 +53,11 @@ pub enum Request {
     /// sees EOF when the receiver closes it. Output is read from the log file.
     Attach { container_id: String },
     /// Set the window size of a tty container's pty -> [`Response::Ok`].
-    Resize { container_id: String, width: u16, height: u16 },
+    Resize {
+        container_id: String,
+        width: u16,
+        height: u16,
+    },
     /// SIGKILL every remaining process, wait (at most ~2 s) for their exit records, remove the
     /// socket and pid file and exit -> [`Response::Ok`] (sent just before exiting).
     Shutdown,
@@ -61,16 +69,30 @@ pub enum Request {
 pub enum Response {
     Ok,
     /// `pid`: the supervisor's host pid; `pod_id` as given on its command line.
-    Pong { pod_id: String, pid: i32, version: String },
+    Pong {
+        pod_id: String,
+        pid: i32,
+        version: String,
+    },
     /// Host pid of the container's init (blocked on its start pipe).
-    Launched { pid: i32 },
+    Launched {
+        pid: i32,
+    },
     /// Host pid of the container's init, now running the container's command.
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     ExecResult(ExecResult),
-    StateReply { containers: Vec<ContainerState> },
+    StateReply {
+        containers: Vec<ContainerState>,
+    },
     /// A descriptor accompanies this reply (see [`Request::Attach`]).
-    Attached { tty: bool },
-    Error { message: String },
+    Attached {
+        tty: bool,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Everything the container child needs to set itself up (the work of Mesos's
@@ -140,7 +162,11 @@ fn yes() -> bool {
 
 impl Default for NamespaceSpec {
     fn default() -> Self {
-        NamespaceSpec { new_mount: true, new_pid: false, join: Vec::new() }
+        NamespaceSpec {
+            new_mount: true,
+            new_pid: false,
+            join: Vec::new(),
+        }
     }
 }
 
@@ -299,11 +325,17 @@ pub struct ExecResult {
 impl ExecResult {
     /// Decoded stdout (empty when absent or malformed).
     pub fn stdout(&self) -> Vec<u8> {
-        self.stdout_b64.as_deref().and_then(crate::b64::decode).unwrap_or_default()
+        self.stdout_b64
+            .as_deref()
+            .and_then(crate::b64::decode)
+            .unwrap_or_default()
     }
     /// Decoded stderr (empty when absent or malformed).
     pub fn stderr(&self) -> Vec<u8> {
-        self.stderr_b64.as_deref().and_then(crate::b64::decode).unwrap_or_default()
+        self.stderr_b64
+            .as_deref()
+            .and_then(crate::b64::decode)
+            .unwrap_or_default()
     }
 }
 
@@ -357,7 +389,10 @@ pub struct ExitRecord {
 pub fn parse_spawn_line(line: &str) -> Result<i32, String> {
     let line = line.trim();
     if let Some(pid) = line.strip_prefix("pid ") {
-        return pid.trim().parse().map_err(|_| format!("bad supervisor pid line: {line:?}"));
+        return pid
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad supervisor pid line: {line:?}"));
     }
     Err(line.strip_prefix("error: ").unwrap_or(line).to_string())
 }

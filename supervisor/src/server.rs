@@ -4,7 +4,8 @@ use crate::child::{self, ChildFds, proc_path, same_file};
 use crate::crilog::{self, LineSplitter, LogFile, Stream};
 use crate::exec::{self, ExecFds};
 use crate::protocol::{
-    ContainerState, ContainerStatus, ExecInfo, ExecResult, ExitRecord, LaunchInfo, NsKind, Request, Response,
+    ContainerState, ContainerStatus, ExecInfo, ExecResult, ExitRecord, LaunchInfo, NsKind, Request,
+    Response,
 };
 use crate::{b64, sys};
 use std::fs::{self, File, OpenOptions};
@@ -46,18 +47,30 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, Stri
             Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
             _ => (a.clone(), None),
         };
-        let mut val = || inline.clone().or_else(|| args.next()).ok_or(format!("{key} needs a value"));
+        let mut val = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{key} needs a value"))
+        };
         match key.as_str() {
             "--pod-id" => c.pod_id = val()?,
             "--socket" => c.socket = val()?.into(),
             "--state-dir" => c.state_dir = val()?.into(),
             "--new-pid-ns" => c.new_pid_ns = true,
-            "--ready-fd" => c.ready_fd = Some(val()?.parse().map_err(|_| "--ready-fd needs a number".to_string())?),
+            "--ready-fd" => {
+                c.ready_fd = Some(
+                    val()?
+                        .parse()
+                        .map_err(|_| "--ready-fd needs a number".to_string())?,
+                )
+            }
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
-    if c.pod_id.is_empty() || c.socket.as_os_str().is_empty() || c.state_dir.as_os_str().is_empty() {
+    if c.pod_id.is_empty() || c.socket.as_os_str().is_empty() || c.state_dir.as_os_str().is_empty()
+    {
         return Err(USAGE.into());
     }
     Ok(c)
@@ -110,7 +123,11 @@ pub fn main_entry() -> ! {
             }
             let _ = sys::wait_nohang(pid);
             let msg = msg.trim();
-            let msg = if msg.is_empty() { "supervisor exited during start-up" } else { msg };
+            let msg = if msg.is_empty() {
+                "supervisor exited during start-up"
+            } else {
+                msg
+            };
             report(format!("error: {msg}\n"), 1)
         }
     }
@@ -146,7 +163,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     drop(f);
@@ -163,14 +185,26 @@ struct DiagLog {
 
 impl DiagLog {
     fn open(path: PathBuf) -> DiagLog {
-        let mut d = DiagLog { path, file: None, size: 0 };
+        let mut d = DiagLog {
+            path,
+            file: None,
+            size: 0,
+        };
         d.reopen();
         d
     }
 
     fn reopen(&mut self) {
-        let f = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path);
-        self.size = f.as_ref().ok().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path);
+        self.size = f
+            .as_ref()
+            .ok()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
         self.file = f.ok();
     }
 
@@ -315,7 +349,9 @@ struct Supervisor {
 }
 
 fn err(message: impl Into<String>) -> Response {
-    Response::Error { message: message.into() }
+    Response::Error {
+        message: message.into(),
+    }
 }
 
 impl Supervisor {
@@ -344,9 +380,14 @@ impl Supervisor {
         let listener = UnixListener::bind(&cfg.socket);
         sys::umask(0o022);
         let listener = listener.map_err(|e| format!("bind {}: {e}", cfg.socket.display()))?;
-        listener.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
-        write_atomic(&cfg.state_dir.join("supervisor.pid"), format!("{host_pid}\n").as_bytes())
-            .map_err(|e| format!("pid file: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket: {e}"))?;
+        write_atomic(
+            &cfg.state_dir.join("supervisor.pid"),
+            format!("{host_pid}\n").as_bytes(),
+        )
+        .map_err(|e| format!("pid file: {e}"))?;
         let _ = std::env::set_current_dir("/");
         Ok(Supervisor {
             cfg,
@@ -380,7 +421,11 @@ impl Supervisor {
             fds.clear();
             toks.clear();
             let mut add = |fd: RawFd, events: libc::c_short, t: Tok| {
-                fds.push(libc::pollfd { fd, events, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
                 toks.push(t);
             };
             if let (Some(l), None) = (&self.listener, &self.shutdown) {
@@ -400,10 +445,18 @@ impl Supervisor {
                     add(f.as_raw_fd(), libc::POLLIN, Tok::CStatus(c.key));
                 }
                 if let Some(p) = &c.stdout {
-                    add(p.fd.as_raw_fd(), libc::POLLIN, Tok::COut(c.key, Stream::Stdout));
+                    add(
+                        p.fd.as_raw_fd(),
+                        libc::POLLIN,
+                        Tok::COut(c.key, Stream::Stdout),
+                    );
                 }
                 if let Some(p) = &c.stderr {
-                    add(p.fd.as_raw_fd(), libc::POLLIN, Tok::COut(c.key, Stream::Stderr));
+                    add(
+                        p.fd.as_raw_fd(),
+                        libc::POLLIN,
+                        Tok::COut(c.key, Stream::Stderr),
+                    );
                 }
             }
             for e in &self.execs {
@@ -411,10 +464,18 @@ impl Supervisor {
                     add(f.as_raw_fd(), libc::POLLIN, Tok::EStatus(e.key));
                 }
                 if let Some(f) = &e.stdout {
-                    add(f.as_raw_fd(), libc::POLLIN, Tok::EOut(e.key, Stream::Stdout));
+                    add(
+                        f.as_raw_fd(),
+                        libc::POLLIN,
+                        Tok::EOut(e.key, Stream::Stdout),
+                    );
                 }
                 if let Some(f) = &e.stderr {
-                    add(f.as_raw_fd(), libc::POLLIN, Tok::EOut(e.key, Stream::Stderr));
+                    add(
+                        f.as_raw_fd(),
+                        libc::POLLIN,
+                        Tok::EOut(e.key, Stream::Stderr),
+                    );
                 }
                 if let Some(f) = &e.stdin {
                     add(f.as_raw_fd(), libc::POLLOUT, Tok::EIn(e.key));
@@ -444,7 +505,10 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let c = self.containers.iter().filter(|c| c.exit.is_some() && c.phase != Phase::Exited);
+        let c = self
+            .containers
+            .iter()
+            .filter(|c| c.exit.is_some() && c.phase != Phase::Exited);
         let grace = c.filter_map(|c| c.reaped_at.map(|t| t + PIPE_GRACE));
         let ex = self.execs.iter().flat_map(|e| {
             let timeout = e.deadline.filter(|_| !e.timed_out && e.exit.is_none());
@@ -500,7 +564,9 @@ impl Supervisor {
     }
 
     fn conn_event(&mut self, id: u64, revents: libc::c_short) {
-        let Some(i) = self.conns.iter().position(|c| c.id == id) else { return };
+        let Some(i) = self.conns.iter().position(|c| c.id == id) else {
+            return;
+        };
         match self.conns[i].state {
             ConnState::Reading => self.conn_read(i),
             ConnState::Writing => self.conn_write(i),
@@ -578,9 +644,12 @@ impl Supervisor {
 
     /// Queues `resp` on connection `id` (if still there) and starts writing it.
     fn reply(&mut self, id: u64, resp: Response, fd: Option<OwnedFd>) {
-        let Some(i) = self.conns.iter().position(|c| c.id == id && !c.closed) else { return };
+        let Some(i) = self.conns.iter().position(|c| c.id == id && !c.closed) else {
+            return;
+        };
         let c = &mut self.conns[i];
-        c.buf = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"reply\":\"error\",\"message\":\"encode\"}".to_vec());
+        c.buf = serde_json::to_vec(&resp)
+            .unwrap_or_else(|_| b"{\"reply\":\"error\",\"message\":\"encode\"}".to_vec());
         c.buf.push(b'\n');
         c.sent = 0;
         c.fd_to_send = fd;
@@ -591,7 +660,9 @@ impl Supervisor {
     // ---- requests ----------------------------------------------------------------------
 
     fn find(&self, id: &str) -> Option<usize> {
-        self.containers.iter().position(|c| c.id == id && !c.discard)
+        self.containers
+            .iter()
+            .position(|c| c.id == id && !c.discard)
     }
 
     fn handle(&mut self, req: Request, conn: u64) -> Option<Response> {
@@ -606,10 +677,16 @@ impl Supervisor {
             }),
             Request::Launch(info) => self.launch(*info, conn),
             Request::Start { container_id } => self.start(&container_id, conn),
-            Request::Signal { container_id, signal, all } => Some(self.signal(&container_id, signal, all)),
+            Request::Signal {
+                container_id,
+                signal,
+                all,
+            } => Some(self.signal(&container_id, signal, all)),
             Request::Exec(info) => self.exec(*info, conn),
             Request::ReopenLog { container_id } => Some(self.reopen_log(&container_id)),
-            Request::State => Some(Response::StateReply { containers: self.state() }),
+            Request::State => Some(Response::StateReply {
+                containers: self.state(),
+            }),
             Request::Forget { container_id } => Some(self.forget(&container_id)),
             Request::Attach { container_id } => {
                 match self.attach(&container_id) {
@@ -618,7 +695,11 @@ impl Supervisor {
                 }
                 None
             }
-            Request::Resize { container_id, width, height } => Some(self.resize(&container_id, width, height)),
+            Request::Resize {
+                container_id,
+                width,
+                height,
+            } => Some(self.resize(&container_id, width, height)),
             Request::Shutdown => {
                 self.begin_shutdown(Some(conn));
                 None
@@ -660,7 +741,9 @@ impl Supervisor {
             return Err("namespaces: new_pid and joining a pid namespace are exclusive".into());
         }
         let log = match &info.log_path {
-            Some(p) => Some(LogFile::open(p).map_err(|e| format!("open log {}: {e}", p.display()))?),
+            Some(p) => {
+                Some(LogFile::open(p).map_err(|e| format!("open log {}: {e}", p.display()))?)
+            }
             None => None,
         };
         fn e(what: &'static str) -> impl Fn(io::Error) -> String {
@@ -730,11 +813,19 @@ impl Supervisor {
             Some(pid) => pid,
         };
         drop((status_w, start_r, child_in, child_out, child_err));
-        for f in [Some(&status_r), out_r.as_ref(), err_r.as_ref()].into_iter().flatten() {
+        for f in [Some(&status_r), out_r.as_ref(), err_r.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let _ = sys::set_nonblocking(f.as_raw_fd(), true);
         }
         let key = self.key();
-        let pipe = |fd: Option<OwnedFd>, s: Stream| fd.map(|fd| Pipe { fd, split: LineSplitter::new(s) });
+        let pipe = |fd: Option<OwnedFd>, s: Stream| {
+            fd.map(|fd| Pipe {
+                fd,
+                split: LineSplitter::new(s),
+            })
+        };
         self.containers.push(Container {
             key,
             id,
@@ -766,12 +857,16 @@ impl Supervisor {
     }
 
     fn start(&mut self, id: &str, conn: u64) -> Option<Response> {
-        let Some(i) = self.find(id) else { return Some(err(format!("container {id} not found"))) };
+        let Some(i) = self.find(id) else {
+            return Some(err(format!("container {id} not found")));
+        };
         let c = &mut self.containers[i];
         if c.phase != Phase::Created || c.exit.is_some() {
             return Some(err(format!("container {id} is not in created state")));
         }
-        let Some(start) = c.start_fd.take() else { return Some(err("no start pipe")) };
+        let Some(start) = c.start_fd.take() else {
+            return Some(err("no start pipe"));
+        };
         if let Err(e) = sys::write(start.as_raw_fd(), b"S") {
             return Some(err(format!("release start pipe: {e}")));
         }
@@ -781,7 +876,9 @@ impl Supervisor {
     }
 
     fn signal(&mut self, id: &str, sig: i32, all: bool) -> Response {
-        let Some(i) = self.find(id) else { return err(format!("container {id} not found")) };
+        let Some(i) = self.find(id) else {
+            return err(format!("container {id} not found"));
+        };
         let c = &self.containers[i];
         if c.exit.is_some() {
             return Response::Ok;
@@ -794,8 +891,12 @@ impl Supervisor {
         if all {
             let key = c.key;
             let mnt = c.mnt_ns;
-            let helpers: Vec<i32> =
-                self.execs.iter().filter(|e| e.container_key == key && e.exit.is_none()).filter_map(|e| e.host_pid).collect();
+            let helpers: Vec<i32> = self
+                .execs
+                .iter()
+                .filter(|e| e.container_key == key && e.exit.is_none())
+                .filter_map(|e| e.host_pid)
+                .collect();
             for h in helpers {
                 kill_tree(h, sig);
             }
@@ -812,7 +913,9 @@ impl Supervisor {
     }
 
     fn reopen_log(&mut self, id: &str) -> Response {
-        let Some(i) = self.find(id) else { return err(format!("container {id} not found")) };
+        let Some(i) = self.find(id) else {
+            return err(format!("container {id} not found"));
+        };
         let c = &mut self.containers[i];
         match &mut c.log {
             Some(l) => match l.reopen() {
@@ -851,7 +954,9 @@ impl Supervisor {
     }
 
     fn forget(&mut self, id: &str) -> Response {
-        let Some(i) = self.find(id) else { return Response::Ok };
+        let Some(i) = self.find(id) else {
+            return Response::Ok;
+        };
         if self.containers[i].phase != Phase::Exited {
             return err(format!("container {id} has not exited; signal it first"));
         }
@@ -860,24 +965,36 @@ impl Supervisor {
     }
 
     fn attach(&mut self, id: &str) -> Result<(bool, OwnedFd), Response> {
-        let Some(i) = self.find(id) else { return Err(err(format!("container {id} not found"))) };
+        let Some(i) = self.find(id) else {
+            return Err(err(format!("container {id} not found")));
+        };
         let c = &mut self.containers[i];
         if c.phase == Phase::Exited {
             return Err(err(format!("container {id} has exited")));
         }
         if let Some(m) = &c.master {
-            return m.try_clone().map(|fd| (true, fd)).map_err(|e| err(format!("dup: {e}")));
+            return m
+                .try_clone()
+                .map(|fd| (true, fd))
+                .map_err(|e| err(format!("dup: {e}")));
         }
         let fd = if c.stdin_once {
             c.stdin.take()
         } else {
-            c.stdin.as_ref().map(|f| f.try_clone()).transpose().map_err(|e| err(format!("dup: {e}")))?
+            c.stdin
+                .as_ref()
+                .map(|f| f.try_clone())
+                .transpose()
+                .map_err(|e| err(format!("dup: {e}")))?
         };
-        fd.map(|fd| (false, fd)).ok_or_else(|| err(format!("container {id} has no stdin")))
+        fd.map(|fd| (false, fd))
+            .ok_or_else(|| err(format!("container {id} has no stdin")))
     }
 
     fn resize(&mut self, id: &str, width: u16, height: u16) -> Response {
-        let Some(i) = self.find(id) else { return err(format!("container {id} not found")) };
+        let Some(i) = self.find(id) else {
+            return err(format!("container {id} not found"));
+        };
         match &self.containers[i].master {
             Some(m) => match sys::set_winsize(m.as_raw_fd(), height, width) {
                 Ok(()) => Response::Ok,
@@ -896,7 +1013,9 @@ impl Supervisor {
 
     fn try_exec(&mut self, info: ExecInfo, conn: u64) -> Result<(), String> {
         let id = &info.container_id;
-        let i = self.find(id).ok_or_else(|| format!("container {id} not found"))?;
+        let i = self
+            .find(id)
+            .ok_or_else(|| format!("container {id} not found"))?;
         let c = &self.containers[i];
         if c.phase != Phase::Running || c.exit.is_some() {
             return Err(format!("container {id} is not running"));
@@ -953,7 +1072,15 @@ impl Supervisor {
             Some(pid) => pid,
         };
         drop((status_w, child_in, child_out, child_err));
-        for f in [Some(&status_r), out_r.as_ref(), err_r.as_ref(), stdin.as_ref()].into_iter().flatten() {
+        for f in [
+            Some(&status_r),
+            out_r.as_ref(),
+            err_r.as_ref(),
+            stdin.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = sys::set_nonblocking(f.as_raw_fd(), true);
         }
         let key = self.key();
@@ -966,13 +1093,20 @@ impl Supervisor {
             status_fd: Some(status_r),
             status_buf: Vec::new(),
             stdin,
-            stdin_data: info.stdin_b64.as_deref().and_then(b64::decode).unwrap_or_default(),
+            stdin_data: info
+                .stdin_b64
+                .as_deref()
+                .and_then(b64::decode)
+                .unwrap_or_default(),
             stdin_off: 0,
             stdout: out_r,
             stderr: err_r,
             out: Vec::new(),
             err: Vec::new(),
-            deadline: info.timeout_ms.filter(|&t| t > 0).map(|t| Instant::now() + Duration::from_millis(t)),
+            deadline: info
+                .timeout_ms
+                .filter(|&t| t > 0)
+                .map(|t| Instant::now() + Duration::from_millis(t)),
             timed_out: false,
             exit: None,
             reaped_at: None,
@@ -992,11 +1126,19 @@ impl Supervisor {
         }
         while let Ok(Some((pid, exit))) = sys::wait_nohang(-1) {
             let now = Instant::now();
-            if let Some(c) = self.containers.iter_mut().find(|c| c.pid == pid && c.exit.is_none()) {
+            if let Some(c) = self
+                .containers
+                .iter_mut()
+                .find(|c| c.pid == pid && c.exit.is_none())
+            {
                 c.exit = Some(exit);
                 c.reaped_at = Some(now);
                 c.finished_at_ns = crilog::now_ns();
-            } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid && e.exit.is_none()) {
+            } else if let Some(e) = self
+                .execs
+                .iter_mut()
+                .find(|e| e.pid == pid && e.exit.is_none())
+            {
                 e.exit = Some(exit);
                 e.reaped_at = Some(now);
             }
@@ -1008,14 +1150,20 @@ impl Supervisor {
     }
 
     fn container_status(&mut self, key: u64) {
-        let Some(i) = self.containers.iter().position(|c| c.key == key) else { return };
-        let Some(fd) = self.containers[i].status_fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+        let Some(i) = self.containers.iter().position(|c| c.key == key) else {
+            return;
+        };
+        let Some(fd) = self.containers[i].status_fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
         let (lines, eof) = read_lines(fd, &mut self.containers[i].status_buf);
         for line in lines {
             let c = &mut self.containers[i];
             if let Some(pid) = line.strip_prefix("ready ") {
                 c.host_pid = pid.trim().parse().unwrap_or(0);
-                c.mnt_ns = fs::metadata(proc_path(c.host_pid, "ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
+                c.mnt_ns = fs::metadata(proc_path(c.host_pid, "ns/mnt"))
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()));
                 if c.phase == Phase::Launching {
                     c.phase = Phase::Created;
                     let (w, pid) = (c.waiter.take(), c.host_pid);
@@ -1062,7 +1210,9 @@ impl Supervisor {
     }
 
     fn container_output(&mut self, key: u64, stream: Stream) {
-        let Some(i) = self.containers.iter().position(|c| c.key == key) else { return };
+        let Some(i) = self.containers.iter().position(|c| c.key == key) else {
+            return;
+        };
         if self.scratch.len() < READ_CHUNK {
             self.scratch.resize(READ_CHUNK, 0);
         }
@@ -1108,7 +1258,9 @@ impl Supervisor {
     }
 
     fn exec_status(&mut self, key: u64) {
-        let Some(e) = self.execs.iter_mut().find(|e| e.key == key) else { return };
+        let Some(e) = self.execs.iter_mut().find(|e| e.key == key) else {
+            return;
+        };
         let Some(fd) = &e.status_fd else { return };
         let fd = fd.as_raw_fd();
         let (lines, eof) = read_lines(fd, &mut e.status_buf);
@@ -1125,7 +1277,9 @@ impl Supervisor {
     }
 
     fn exec_output(&mut self, key: u64, stream: Stream) {
-        let Some(e) = self.execs.iter_mut().find(|e| e.key == key) else { return };
+        let Some(e) = self.execs.iter_mut().find(|e| e.key == key) else {
+            return;
+        };
         if self.scratch.len() < READ_CHUNK {
             self.scratch.resize(READ_CHUNK, 0);
         }
@@ -1146,7 +1300,9 @@ impl Supervisor {
     }
 
     fn exec_stdin(&mut self, key: u64) {
-        let Some(e) = self.execs.iter_mut().find(|e| e.key == key) else { return };
+        let Some(e) = self.execs.iter_mut().find(|e| e.key == key) else {
+            return;
+        };
         let Some(f) = &e.stdin else { return };
         while e.stdin_off < e.stdin_data.len() {
             match sys::write(f.as_raw_fd(), &e.stdin_data[e.stdin_off..]) {
@@ -1243,7 +1399,11 @@ impl Supervisor {
     fn exit_record(&self, c: &Container) -> ExitRecord {
         let start_failed = c.started_at_ns == 0 && c.error.is_some();
         ExitRecord {
-            exit_code: if start_failed { 128 } else { c.exit.map_or(-1, sys::Exit::code) },
+            exit_code: if start_failed {
+                128
+            } else {
+                c.exit.map_or(-1, sys::Exit::code)
+            },
             signal: match c.exit {
                 Some(sys::Exit::Signal(s)) => Some(s),
                 _ => None,
@@ -1272,7 +1432,10 @@ impl Supervisor {
         c.start_fd = None;
         c.log = None;
         if let Some(w) = c.waiter.take() {
-            let msg = c.error.clone().unwrap_or_else(|| "container exited before it could start".into());
+            let msg = c
+                .error
+                .clone()
+                .unwrap_or_else(|| "container exited before it could start".into());
             self.reply(w, err(msg), None);
         }
         let c = &self.containers[i];
@@ -1303,7 +1466,8 @@ impl Supervisor {
         match self.shutdown {
             Some((_, deadline)) => {
                 Instant::now() >= deadline
-                    || (self.containers.iter().all(|c| c.phase == Phase::Exited) && self.execs.is_empty())
+                    || (self.containers.iter().all(|c| c.phase == Phase::Exited)
+                        && self.execs.is_empty())
             }
             None => false,
         }
@@ -1357,7 +1521,11 @@ fn read_lines(fd: RawFd, buf: &mut Vec<u8>) -> (Vec<String>, bool) {
 /// Numeric entries of /proc (host pids).
 fn proc_pids() -> Vec<i32> {
     fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -1368,24 +1536,34 @@ fn signal_host_pid(pid: i32, sig: i32) {
     }
 }
 
-/// The parent (host pid) of a host pid, from /proc/<pid>/stat.
-fn parent_of(pid: i32) -> Option<i32> {
+/// (parent, session) of a host pid, from /proc/<pid>/stat (host numbering).
+fn parent_and_session(pid: i32) -> Option<(i32, i32)> {
     let s = fs::read_to_string(proc_path(pid, "stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
+    let mut f = s[s.rfind(')')? + 2..].split(' ');
+    let ppid = f.nth(1)?.parse().ok()?;
+    let sid = f.nth(1)?.parse().ok()?;
+    Some((ppid, sid))
 }
 
-/// Signals every descendant of `root` (host pids), then `root` itself; repeated a few times
-/// to catch processes forked meanwhile.
+/// Signals every descendant of `root` (host pids) -- and every process in a session led by one
+/// of them, which catches orphans reparented to a pid namespace's init -- then `root` itself.
+/// Repeated a few times to catch processes forked meanwhile.
 fn kill_tree(root: i32, sig: i32) {
     for _ in 0..3 {
-        let pids = proc_pids();
-        let parents: Vec<(i32, i32)> = pids.iter().filter_map(|&p| parent_of(p).map(|pp| (p, pp))).collect();
+        let procs: Vec<(i32, i32, i32)> = proc_pids()
+            .into_iter()
+            .filter_map(|p| parent_and_session(p).map(|(pp, sid)| (p, pp, sid)))
+            .collect();
         let mut tree = vec![root];
         let mut k = 0;
         while k < tree.len() {
             let parent = tree[k];
-            tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+            for &(p, pp, sid) in &procs {
+                let member = pp == parent || (k > 0 && sid == parent);
+                if member && !tree.contains(&p) {
+                    tree.push(p);
+                }
+            }
             k += 1;
         }
         for &p in tree.iter().skip(1) {
@@ -1405,8 +1583,21 @@ mod tests {
     #[test]
     fn args() {
         let a = |v: &[&str]| parse_args(v.iter().map(|s| s.to_string()));
-        let c = a(&["--pod-id", "p", "--socket=/s", "--state-dir", "/d", "--new-pid-ns", "--ready-fd", "5"]).unwrap();
-        assert_eq!((c.pod_id.as_str(), c.new_pid_ns, c.ready_fd), ("p", true, Some(5)));
+        let c = a(&[
+            "--pod-id",
+            "p",
+            "--socket=/s",
+            "--state-dir",
+            "/d",
+            "--new-pid-ns",
+            "--ready-fd",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.pod_id.as_str(), c.new_pid_ns, c.ready_fd),
+            ("p", true, Some(5))
+        );
         assert_eq!(c.socket, PathBuf::from("/s"));
         assert!(a(&["--pod-id", "p"]).is_err());
         assert!(a(&["--bogus"]).is_err());

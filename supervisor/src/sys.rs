@@ -64,7 +64,13 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn fcntl_flag(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int, on: bool) -> io::Result<()> {
+fn fcntl_flag(
+    fd: RawFd,
+    get: libc::c_int,
+    set: libc::c_int,
+    flag: libc::c_int,
+    on: bool,
+) -> io::Result<()> {
     // SAFETY: F_GETFL/F_GETFD and F_SETFL/F_SETFD take and return plain ints.
     unsafe {
         let cur = cvt(libc::fcntl(fd, get))?;
@@ -315,7 +321,13 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
 pub fn signal_procdir(procdir: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: a NULL siginfo asks the kernel to fill in a kill()-like one.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, procdir.as_raw_fd(), sig, std::ptr::null::<u8>(), 0u32)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            procdir.as_raw_fd(),
+            sig,
+            std::ptr::null::<u8>(),
+            0u32,
+        )
     };
     cvt_long(r).map(drop)
 }
@@ -354,7 +366,8 @@ pub fn mount(
 ) -> io::Result<()> {
     let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
     // SAFETY: all pointers are NULL or valid NUL-terminated strings.
-    cvt(unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) }).map(drop)
+    cvt(unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) })
+        .map(drop)
 }
 
 pub fn umount_detach(target: &CStr) -> io::Result<()> {
@@ -417,7 +430,13 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (0, 0);
     // SAFETY: out-pointers are valid; name/termios/winsize are optional and NULL.
     cvt(unsafe {
-        libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
     })?;
     // SAFETY: fresh descriptors owned by nobody else.
     let (m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
@@ -433,7 +452,12 @@ pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
 }
 
 pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize struct from the valid pointer.
     cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
 }
@@ -461,7 +485,10 @@ pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: RawFd) -> io::Result<usize> {
     // and aligned enough (u64 array) for one cmsghdr carrying one int; CMSG_* compute offsets
     // inside it.
     unsafe {
-        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
         let mut cmsg_buf = [0u64; 8];
         let mut msg: libc::msghdr = std::mem::zeroed();
@@ -475,7 +502,11 @@ pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: RawFd) -> io::Result<usize> {
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
         let r = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
     }
 }
 
@@ -484,7 +515,10 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
     // SAFETY: as in send_with_fd; the received fd (if any) is fresh and becomes owned here;
     // MSG_CMSG_CLOEXEC marks it close-on-exec.
     unsafe {
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
         let mut cmsg_buf = [0u64; 8];
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
@@ -510,5 +544,9 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
 
 /// Opens `/dev/null` read-write (close-on-exec).
 pub fn open_devnull() -> io::Result<OwnedFd> {
-    Ok(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?.into())
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
 }

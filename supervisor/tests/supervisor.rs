@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cri-mesos-supervisor");
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "ls", "id", "hostname", "ps", "mount", "readlink", "touch", "pwd", "head", "tr",
-    "grep", "stty", "wc", "true", "tty", "env",
+    "sh", "echo", "cat", "sleep", "ls", "id", "hostname", "ps", "mount", "readlink", "touch",
+    "pwd", "head", "tr", "grep", "stty", "wc", "true", "tty", "env",
 ];
 
 fn skip() -> bool {
     // SAFETY-free check of the effective uid via /proc.
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2));
     if euid != Some("0") {
         eprintln!("skipping: the supervisor tests need root (mounts, namespaces)");
         return true;
@@ -108,19 +111,31 @@ fn spawn(name: &str, extra: &[&str]) -> Sup {
     assert!(out.status.success(), "supervisor start failed: {line}");
     let pid = parse_spawn_line(&line).unwrap();
     let root = make_rootfs(&dir.0);
-    Sup { dir, socket, pid, root }
+    Sup {
+        dir,
+        socket,
+        pid,
+        root,
+    }
 }
 
 /// Running (not gone, not a zombie waiting for init to reap it).
 fn alive(pid: i32) -> bool {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')').is_some_and(|i| !stat[i + 2..].starts_with('Z'))
+    stat.rfind(')')
+        .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
 }
 
 impl Drop for Sup {
     fn drop(&mut self) {
-        let _ = client::call(&self.socket, &Request::Shutdown, Some(Duration::from_secs(10)));
-        let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).status();
+        let _ = client::call(
+            &self.socket,
+            &Request::Shutdown,
+            Some(Duration::from_secs(10)),
+        );
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while alive(self.pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -165,7 +180,9 @@ impl Sup {
     }
 
     fn start(&self, id: &str) -> i32 {
-        match self.call(Request::Start { container_id: id.into() }) {
+        match self.call(Request::Start {
+            container_id: id.into(),
+        }) {
             Response::Started { pid } => pid,
             r => panic!("start: {r:?}"),
         }
@@ -214,14 +231,25 @@ fn log_records(path: &Path) -> Vec<(String, String, String)> {
             let mut it = l.splitn(4, ' ');
             let ts = it.next().unwrap();
             assert_eq!(ts.len(), 30, "timestamp {ts:?}");
-            assert!(ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".", "timestamp {ts:?}");
-            (it.next().unwrap().into(), it.next().unwrap().into(), it.next().unwrap_or("").into())
+            assert!(
+                ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+                "timestamp {ts:?}"
+            );
+            (
+                it.next().unwrap().into(),
+                it.next().unwrap().into(),
+                it.next().unwrap_or("").into(),
+            )
         })
         .collect()
 }
 
 fn texts(path: &Path, stream: &str) -> Vec<String> {
-    log_records(path).into_iter().filter(|r| r.0 == stream).map(|r| r.2).collect()
+    log_records(path)
+        .into_iter()
+        .filter(|r| r.0 == stream)
+        .map(|r| r.2)
+        .collect()
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -245,7 +273,9 @@ fn exec_info(id: &str, args: &[&str]) -> ExecInfo {
 fn processes_with_cmdline(needle: &str) -> Vec<i32> {
     let mut v = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if let Ok(c) = fs::read(e.path().join("cmdline"))
             && String::from_utf8_lossy(&c).replace('\0', " ").trim() == needle
         {
@@ -267,20 +297,43 @@ fn output_and_exit_code() {
     let pidfile = fs::read_to_string(s.dir.0.join("state/supervisor.pid")).unwrap();
     assert_eq!(pidfile.trim(), s.pid.to_string());
 
-    let pid = s.run(s.info("c1", &["sh", "-c", "echo out; echo err >&2; printf tail; exit 3"]));
+    let mut info = s.info(
+        "c1",
+        &["sh", "-c", "echo out; echo err >&2; printf tail; exit 3"],
+    );
+    // Lower than ours: refused without CAP_SYS_RESOURCE, the current value is kept.
+    info.process.oom_score_adj = Some(-999);
+    let pid = s.run(info);
     assert!(pid > 1);
     let st = s.wait_exit("c1");
     assert_eq!((st.exit_code, st.signal), (Some(3), None));
     assert!(st.started_at_ns > 0 && st.finished_at_ns >= st.started_at_ns);
     let rec = s.exit_record("c1");
-    assert_eq!((rec.exit_code, rec.signal, rec.oom_killed), (3, None, false));
+    assert_eq!(
+        (rec.exit_code, rec.signal, rec.oom_killed),
+        (3, None, false)
+    );
     assert_eq!(rec.started_at_ns, st.started_at_ns);
     let recs = log_records(&s.log_path("c1"));
-    assert!(recs.contains(&("stdout".into(), "F".into(), "out".into())), "{recs:?}");
-    assert!(recs.contains(&("stderr".into(), "F".into(), "err".into())), "{recs:?}");
-    assert!(recs.contains(&("stdout".into(), "F".into(), "tail".into())), "{recs:?}");
+    assert!(
+        recs.contains(&("stdout".into(), "F".into(), "out".into())),
+        "{recs:?}"
+    );
+    assert!(
+        recs.contains(&("stderr".into(), "F".into(), "err".into())),
+        "{recs:?}"
+    );
+    assert!(
+        recs.contains(&("stdout".into(), "F".into(), "tail".into())),
+        "{recs:?}"
+    );
     // A record can be forgotten once exited; a second launch with the same id then works.
-    assert_eq!(s.call(Request::Forget { container_id: "c1".into() }), Response::Ok);
+    assert_eq!(
+        s.call(Request::Forget {
+            container_id: "c1".into()
+        }),
+        Response::Ok
+    );
     assert!(s.state("c1").is_none());
 }
 
@@ -290,7 +343,14 @@ fn pid_namespace_user_cwd_env() {
         return;
     }
     let s = spawn("proc", &[]);
-    let mut info = s.info("c", &["sh", "-c", "echo pid=$$; id -u; id -g; id -G; pwd; echo $FOO; umask"]);
+    let mut info = s.info(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; id -u; id -g; id -G; pwd; echo $FOO; umask",
+        ],
+    );
     info.namespaces.new_pid = true;
     info.process.uid = 1000;
     info.process.gid = 1001;
@@ -302,7 +362,19 @@ fn pid_namespace_user_cwd_env() {
     s.run(info);
     assert_eq!(s.wait_exit("c").exit_code, Some(0));
     let out = texts(&s.log_path("c"), "stdout");
-    assert_eq!(out, ["pid=1", "1000", "1001", "1001 2000", "/work/dir", "bar baz", "0022"], "{out:?}");
+    assert_eq!(
+        out,
+        [
+            "pid=1",
+            "1000",
+            "1001",
+            "1001 2000",
+            "/work/dir",
+            "bar baz",
+            "0022"
+        ],
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -338,8 +410,18 @@ fn mounts_masks_and_readonly() {
             options: vec!["rbind".into(), "ro".into(), "rprivate".into()],
             ..Default::default()
         },
-        MountSpec { source: single.clone(), destination: "/etc/one".into(), options: vec!["bind".into()], ..Default::default() },
-        MountSpec { source: single, destination: "/escape/etc/via-link".into(), options: vec!["bind".into()], ..Default::default() },
+        MountSpec {
+            source: single.clone(),
+            destination: "/etc/one".into(),
+            options: vec!["bind".into()],
+            ..Default::default()
+        },
+        MountSpec {
+            source: single,
+            destination: "/escape/etc/via-link".into(),
+            options: vec!["bind".into()],
+            ..Default::default()
+        },
         MountSpec {
             source: "tmpfs".into(),
             destination: "/scratch".into(),
@@ -348,7 +430,11 @@ fn mounts_masks_and_readonly() {
             ..Default::default()
         },
     ];
-    info.masked_paths = vec!["/etc/secret".into(), "/etc/hidden".into(), "/does/not/exist".into()];
+    info.masked_paths = vec![
+        "/etc/secret".into(),
+        "/etc/hidden".into(),
+        "/does/not/exist".into(),
+    ];
     info.readonly_paths = vec!["/rodir".into(), "/missing".into()];
     info.devices = vec![DeviceSpec {
         path: "/dev/mydev".into(),
@@ -365,9 +451,30 @@ fn mounts_masks_and_readonly() {
     assert_eq!(s.wait_exit("m").exit_code, Some(0));
     let out = texts(&s.log_path("m"), "stdout");
     let err = texts(&s.log_path("m"), "stderr");
-    assert_eq!(out[..9], ["hello", "data-ro", "one file", "one file", "", "0", "rodir-ro", "1", out[8].as_str()], "{out:?} {err:?}");
-    for d in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue", "ptmx", "fd", "stdin", "mydev"] {
-        assert!(out[8].split(' ').any(|x| x == d), "/dev lacks {d}: {}", out[8]);
+    assert_eq!(
+        out[..9],
+        [
+            "hello",
+            "data-ro",
+            "one file",
+            "one file",
+            "",
+            "0",
+            "rodir-ro",
+            "1",
+            out[8].as_str()
+        ],
+        "{out:?} {err:?}"
+    );
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue", "ptmx", "fd",
+        "stdin", "mydev",
+    ] {
+        assert!(
+            out[8].split(' ').any(|x| x == d),
+            "/dev lacks {d}: {}",
+            out[8]
+        );
     }
     assert_eq!(out[9..], ["/proc/self/fd", "root-ro"], "{out:?}");
     // The host was not touched through the symlink.
@@ -381,13 +488,25 @@ fn long_lines_are_split() {
         return;
     }
     let s = spawn("long", &[]);
-    s.run(s.info("l", &["sh", "-c", "head -c 40960 /dev/zero | tr '\\0' x; echo; echo short"]));
+    s.run(s.info(
+        "l",
+        &[
+            "sh",
+            "-c",
+            "head -c 40960 /dev/zero | tr '\\0' x; echo; echo short",
+        ],
+    ));
     s.wait_exit("l");
     let recs = log_records(&s.log_path("l"));
     let shape: Vec<(String, usize)> = recs.iter().map(|r| (r.1.clone(), r.2.len())).collect();
     assert_eq!(
         shape,
-        [("P".into(), 16384), ("P".into(), 16384), ("F".into(), 8192), ("F".into(), 5)],
+        [
+            ("P".into(), 16384),
+            ("P".into(), 16384),
+            ("F".into(), 8192),
+            ("F".into(), 5)
+        ],
         "{shape:?}"
     );
 }
@@ -398,19 +517,41 @@ fn reopen_log_and_kill() {
         return;
     }
     let s = spawn("reopen", &[]);
-    s.run(s.info("t", &["sh", "-c", "while true; do echo tick; sleep 0.05; done"]));
+    s.run(s.info(
+        "t",
+        &["sh", "-c", "while true; do echo tick; sleep 0.05; done"],
+    ));
     let log = s.log_path("t");
     wait_for("first tick", || !texts(&log, "stdout").is_empty());
     let rotated = log.with_extension("log.1");
     fs::rename(&log, &rotated).unwrap();
-    assert_eq!(s.call(Request::ReopenLog { container_id: "t".into() }), Response::Ok);
+    assert_eq!(
+        s.call(Request::ReopenLog {
+            container_id: "t".into()
+        }),
+        Response::Ok
+    );
     wait_for("ticks in the new file", || texts(&log, "stdout").len() >= 2);
     assert!(!texts(&rotated, "stdout").is_empty());
-    assert_eq!(s.call(Request::Signal { container_id: "t".into(), signal: 9, all: false }), Response::Ok);
+    assert_eq!(
+        s.call(Request::Signal {
+            container_id: "t".into(),
+            signal: 9,
+            all: false
+        }),
+        Response::Ok
+    );
     let st = s.wait_exit("t");
     assert_eq!((st.exit_code, st.signal), (Some(137), Some(9)));
     // Running containers cannot be forgotten, exited ones can; signalling them is fine.
-    assert_eq!(s.call(Request::Signal { container_id: "t".into(), signal: 15, all: true }), Response::Ok);
+    assert_eq!(
+        s.call(Request::Signal {
+            container_id: "t".into(),
+            signal: 15,
+            all: true
+        }),
+        Response::Ok
+    );
 }
 
 #[test]
@@ -423,9 +564,21 @@ fn exec_sync() {
     info.namespaces.new_pid = true;
     fs::write(s.root.join("etc/marker"), "in-container\n").unwrap();
     s.run(info);
-    assert!(matches!(s.call(Request::Forget { container_id: "e".into() }), Response::Error { .. }));
+    assert!(matches!(
+        s.call(Request::Forget {
+            container_id: "e".into()
+        }),
+        Response::Error { .. }
+    ));
 
-    let mut ex = exec_info("e", &["sh", "-c", "cat /etc/marker; echo e >&2; ps -o pid,args | grep -c '^ *1 sleep 1000'; exit 5"]);
+    let mut ex = exec_info(
+        "e",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/marker; echo e >&2; ps -o pid,args | grep -c '^ *1 sleep 1000'; exit 5",
+        ],
+    );
     ex.uid = 0;
     match s.exec(ex) {
         Response::ExecResult(r) => {
@@ -442,7 +595,10 @@ fn exec_sync() {
     ex.cwd = "/tmp".into();
     ex.uid = 123;
     match s.exec(ex) {
-        Response::ExecResult(r) => assert_eq!(String::from_utf8_lossy(&r.stdout()), "from-stdin\n/tmp\n123\n"),
+        Response::ExecResult(r) => assert_eq!(
+            String::from_utf8_lossy(&r.stdout()),
+            "from-stdin\n/tmp\n123\n"
+        ),
         r => panic!("exec: {r:?}"),
     }
     // a tty exec: output comes back as stdout
@@ -457,21 +613,34 @@ fn exec_sync() {
     }
     // a timeout kills the whole tree
     let t0 = Instant::now();
-    let mut ex = exec_info("e", &["sh", "-c", "sleep 1001 & sleep 1002"]);
+    let mut ex = exec_info(
+        "e",
+        &["sh", "-c", "(sleep 1009 &); sleep 1001 & sleep 1002"],
+    );
     ex.timeout_ms = Some(500);
     match s.exec(ex) {
         Response::ExecResult(r) => assert!(r.timed_out, "{r:?}"),
         r => panic!("exec: {r:?}"),
     }
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    wait_for("exec tree gone", || processes_with_cmdline("sleep 1001").is_empty() && processes_with_cmdline("sleep 1002").is_empty());
+    wait_for("exec tree gone", || {
+        ["sleep 1001", "sleep 1002", "sleep 1009"]
+            .iter()
+            .all(|c| processes_with_cmdline(c).iter().all(|&p| !alive(p)))
+    });
     // a missing command is an error
     match s.exec(exec_info("e", &["no-such-tool"])) {
-        Response::Error { message } => assert!(message.contains("\"no-such-tool\": executable file not found in $PATH"), "{message}"),
+        Response::Error { message } => assert!(
+            message.contains("\"no-such-tool\": executable file not found in $PATH"),
+            "{message}"
+        ),
         r => panic!("exec: {r:?}"),
     }
     // exec into an unknown container
-    assert!(matches!(s.exec(exec_info("nope", &["true"])), Response::Error { .. }));
+    assert!(matches!(
+        s.exec(exec_info("nope", &["true"])),
+        Response::Error { .. }
+    ));
     // the container survived all of that
     assert_eq!(s.state("e").unwrap().status, ContainerStatus::Running);
 }
@@ -483,9 +652,14 @@ fn missing_command() {
     }
     let s = spawn("missing", &[]);
     s.launch(s.info("x", &["nonexistent-cmd", "arg"]));
-    match s.call(Request::Start { container_id: "x".into() }) {
+    match s.call(Request::Start {
+        container_id: "x".into(),
+    }) {
         Response::Error { message } => {
-            assert_eq!(message, "exec: \"nonexistent-cmd\": executable file not found in $PATH")
+            assert_eq!(
+                message,
+                "exec: \"nonexistent-cmd\": executable file not found in $PATH"
+            )
         }
         r => panic!("start: {r:?}"),
     }
@@ -506,7 +680,9 @@ fn missing_command() {
     // A cgroup that does not exist: launch error naming it.
     let mut bad = s.info("bad2", &["true"]);
     bad.cgroup_procs = vec![s.dir.0.join("nocgroup/cgroup.procs")];
-    assert!(matches!(s.call(Request::Launch(Box::new(bad))), Response::Error { message } if message.contains("join cgroup")));
+    assert!(
+        matches!(s.call(Request::Launch(Box::new(bad))), Response::Error { message } if message.contains("join cgroup"))
+    );
 }
 
 #[test]
@@ -518,7 +694,16 @@ fn survives_daemon_death_and_bad_clients() {
     let socket = dir.0.join("sup.sock");
     // A fake daemon that spawns the supervisor and stays around.
     let mut daemon = Command::new("/bin/busybox")
-        .args(["sh", "-c", "\"$@\"; exec sleep 1000", "sh", BIN, "--pod-id", "d", "--socket"])
+        .args([
+            "sh",
+            "-c",
+            "\"$@\"; exec sleep 1000",
+            "sh",
+            BIN,
+            "--pod-id",
+            "d",
+            "--socket",
+        ])
         .arg(&socket)
         .arg("--state-dir")
         .arg(dir.0.join("state"))
@@ -526,16 +711,29 @@ fn survives_daemon_death_and_bad_clients() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(daemon.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let pid = parse_spawn_line(&line).unwrap();
-    let s = Sup { root: make_rootfs(&dir.0), dir, socket, pid };
+    let s = Sup {
+        root: make_rootfs(&dir.0),
+        dir,
+        socket,
+        pid,
+    };
     // The supervisor is not the daemon's child and not in its session.
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     assert_ne!(fields[1], daemon.id().to_string());
-    assert_eq!(fields[3], fields[2], "supervisor is in its own session's group? {fields:?}");
+    assert_eq!(
+        fields[3], fields[2],
+        "supervisor is in its own session's group? {fields:?}"
+    );
 
-    s.run(s.info("t", &["sh", "-c", "while true; do echo tick; sleep 0.05; done"]));
+    s.run(s.info(
+        "t",
+        &["sh", "-c", "while true; do echo tick; sleep 0.05; done"],
+    ));
     let log = s.log_path("t");
     wait_for("ticks", || !texts(&log, "stdout").is_empty());
     // Bad clients: half a request, garbage, immediate close.
@@ -556,7 +754,8 @@ fn survives_daemon_death_and_bad_clients() {
     // A client that launches and disconnects before the reply.
     {
         let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
-        let mut req = serde_json::to_vec(&Request::Launch(Box::new(s.info("orphan", &["true"])))).unwrap();
+        let mut req =
+            serde_json::to_vec(&Request::Launch(Box::new(s.info("orphan", &["true"])))).unwrap();
         req.push(b'\n');
         c.write_all(&req).unwrap();
     }
@@ -564,9 +763,14 @@ fn survives_daemon_death_and_bad_clients() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     let n = texts(&log, "stdout").len();
-    wait_for("ticks after the daemon died", || texts(&log, "stdout").len() > n + 5);
+    wait_for("ticks after the daemon died", || {
+        texts(&log, "stdout").len() > n + 5
+    });
     assert_eq!(s.state("t").unwrap().status, ContainerStatus::Running);
-    wait_for("orphan launched", || s.state("orphan").is_some_and(|c| c.status == ContainerStatus::Created));
+    wait_for("orphan launched", || {
+        s.state("orphan")
+            .is_some_and(|c| c.status == ContainerStatus::Created)
+    });
 }
 
 #[test]
@@ -575,16 +779,30 @@ fn tty_container() {
         return;
     }
     let s = spawn("tty", &[]);
-    let mut info = s.info("t", &["sh", "-c", "sleep 0.5; echo hello-tty; stty size; test -t 0 && echo stdin-tty"]);
+    let mut info = s.info(
+        "t",
+        &[
+            "sh",
+            "-c",
+            "sleep 0.5; echo hello-tty; stty size; test -t 0 && echo stdin-tty",
+        ],
+    );
     info.process.tty = true;
     s.launch(info);
     assert_eq!(
-        s.call(Request::Resize { container_id: "t".into(), width: 100, height: 40 }),
+        s.call(Request::Resize {
+            container_id: "t".into(),
+            width: 100,
+            height: 40
+        }),
         Response::Ok
     );
     s.start("t");
     assert_eq!(s.wait_exit("t").exit_code, Some(0));
-    let out: Vec<String> = texts(&s.log_path("t"), "stdout").into_iter().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let out: Vec<String> = texts(&s.log_path("t"), "stdout")
+        .into_iter()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
     assert_eq!(out, ["hello-tty", "40 100", "stdin-tty"]);
     assert!(texts(&s.log_path("t"), "stderr").is_empty());
 }
@@ -595,17 +813,30 @@ fn attach_stdin_once() {
         return;
     }
     let s = spawn("attach", &[]);
-    let mut info = s.info("a", &["sh", "-c", "read line; echo got:$line; cat; echo eof"]);
+    let mut info = s.info(
+        "a",
+        &["sh", "-c", "read line; echo got:$line; cat; echo eof"],
+    );
     info.process.stdin = true;
     info.process.stdin_once = true;
     s.run(info);
-    let (r, fd) = client::call_with_fd(&s.socket, &Request::Attach { container_id: "a".into() }, None).unwrap();
+    let (r, fd) = client::call_with_fd(
+        &s.socket,
+        &Request::Attach {
+            container_id: "a".into(),
+        },
+        None,
+    )
+    .unwrap();
     assert_eq!(r, Response::Attached { tty: false });
     let mut f = fs::File::from(fd.expect("stdin fd"));
     f.write_all(b"hello\nmore\n").unwrap();
     drop(f);
     assert_eq!(s.wait_exit("a").exit_code, Some(0));
-    assert_eq!(texts(&s.log_path("a"), "stdout"), ["got:hello", "more", "eof"]);
+    assert_eq!(
+        texts(&s.log_path("a"), "stdout"),
+        ["got:hello", "more", "eof"]
+    );
 }
 
 #[test]
@@ -620,14 +851,27 @@ fn pod_pid_namespace() {
     let a = s.run(s.info("a", &["sleep", "1000"]));
     let mut b = s.info("b", &["sh", "-c", "ps -o pid,args; echo me=$$"]);
     // Joining the supervisor's own pid namespace is a no-op.
-    b.namespaces.join = vec![JoinNs { kind: NsKind::Pid, path: format!("/proc/{}/ns/pid", s.pid).into() }];
+    b.namespaces.join = vec![JoinNs {
+        kind: NsKind::Pid,
+        path: format!("/proc/{}/ns/pid", s.pid).into(),
+    }];
     s.run(b);
     s.wait_exit("b");
     let out = texts(&s.log_path("b"), "stdout");
     let joined = out.join("\n");
-    assert!(out.iter().any(|l| l.trim().starts_with("1 ") && l.contains("cri-mesos-supervisor")), "{joined}");
-    assert!(out.iter().any(|l| l.trim().ends_with("sleep 1000")), "{joined}");
-    assert!(out.iter().any(|l| l.starts_with("me=") && l != "me=1"), "{joined}");
+    assert!(
+        out.iter()
+            .any(|l| l.trim().starts_with("1 ") && l.contains("cri-mesos-supervisor")),
+        "{joined}"
+    );
+    assert!(
+        out.iter().any(|l| l.trim().ends_with("sleep 1000")),
+        "{joined}"
+    );
+    assert!(
+        out.iter().any(|l| l.starts_with("me=") && l != "me=1"),
+        "{joined}"
+    );
     // Host pids are reported even though the supervisor lives in its own pid namespace.
     let cmd = fs::read(format!("/proc/{a}/cmdline")).unwrap();
     assert_eq!(cmd, b"sleep\x001000\x00");
@@ -659,7 +903,14 @@ fn join_pinned_namespaces() {
         eprintln!("skipping: unshare could not pin namespaces");
         return;
     }
-    let mut info = s.info("j", &["sh", "-c", "hostname; cat /proc/net/dev | wc -l; ls /sys/class/net"]);
+    let mut info = s.info(
+        "j",
+        &[
+            "sh",
+            "-c",
+            "hostname; cat /proc/net/dev | wc -l; ls /sys/class/net",
+        ],
+    );
     info.namespaces.join = ["uts", "net", "ipc"]
         .iter()
         .map(|n| JoinNs {
@@ -681,4 +932,127 @@ fn join_pinned_namespaces() {
     assert_eq!(texts(&s.log_path("j"), "stdout"), ["pod-host", "3", "lo"]);
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(host.trim(), "pod-host");
+}
+
+#[test]
+fn join_container_pid_namespace_and_signal_all() {
+    if skip() {
+        return;
+    }
+    let s = spawn("target", &[]);
+    let mut t = s.info("target", &["sleep", "1005"]);
+    t.namespaces.new_pid = true;
+    let tpid = s.run(t);
+    // An ephemeral-debug-like container in the target container's pid namespace.
+    let mut d = s.info("dbg", &["sh", "-c", "ps -o pid,args; echo me=$$"]);
+    d.namespaces.join = vec![JoinNs {
+        kind: NsKind::Pid,
+        path: format!("/proc/{tpid}/ns/pid").into(),
+    }];
+    s.run(d);
+    assert_eq!(s.wait_exit("dbg").exit_code, Some(0));
+    let out = texts(&s.log_path("dbg"), "stdout");
+    assert!(out.iter().any(|l| l.trim() == "1 sleep 1005"), "{out:?}");
+    assert!(
+        out.iter().any(|l| l.starts_with("me=") && l != "me=1"),
+        "{out:?}"
+    );
+    // new_pid and a pid join are exclusive
+    let mut bad = s.info("bad", &["true"]);
+    bad.namespaces.new_pid = true;
+    bad.namespaces.join = vec![JoinNs {
+        kind: NsKind::Pid,
+        path: format!("/proc/{tpid}/ns/pid").into(),
+    }];
+    assert!(matches!(
+        s.call(Request::Launch(Box::new(bad))),
+        Response::Error { .. }
+    ));
+
+    // Signal with all=true reaches processes that left the init's process tree (no pid ns).
+    s.run(s.info(
+        "bg",
+        &[
+            "sh",
+            "-c",
+            "(sleep 1006 &) ; (sleep 1007 &); exec sleep 1008",
+        ],
+    ));
+    wait_for("background sleeps", || {
+        !processes_with_cmdline("sleep 1006").is_empty()
+            && !processes_with_cmdline("sleep 1007").is_empty()
+    });
+    assert_eq!(
+        s.call(Request::Signal {
+            container_id: "bg".into(),
+            signal: 9,
+            all: true
+        }),
+        Response::Ok
+    );
+    assert_eq!(s.wait_exit("bg").exit_code, Some(137));
+    wait_for("all gone", || {
+        ["sleep 1006", "sleep 1007", "sleep 1008"]
+            .iter()
+            .all(|c| processes_with_cmdline(c).iter().all(|&p| !alive(p)))
+    });
+    assert_eq!(s.state("target").unwrap().status, ContainerStatus::Running);
+}
+
+#[test]
+fn cgroups_are_joined() {
+    if skip() {
+        return;
+    }
+    let name = format!("cri-mesos-sup-test-{}", std::process::id());
+    // hybrid: a v1 controller and the v2 tree; pure v2: the root; pure v1: a controller.
+    let bases: &[&str] = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        &["/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"]
+    } else if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        &["/sys/fs/cgroup"]
+    } else {
+        &["/sys/fs/cgroup/pids"]
+    };
+    let dirs: Vec<PathBuf> = bases
+        .iter()
+        .map(|b| Path::new(b).join(&name))
+        .filter(|d| fs::create_dir(d).is_ok())
+        .collect();
+    let procs: Vec<PathBuf> = dirs.iter().map(|d| d.join("cgroup.procs")).collect();
+    if procs.is_empty() {
+        eprintln!("skipping: no writable cgroup hierarchy");
+        return;
+    }
+    let s = spawn("cgroups", &[]);
+    let mut info = s.info("c", &["sleep", "1000"]);
+    info.cgroup_procs = procs.clone();
+    let pid = s.run(info);
+    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let ex = match s.exec(exec_info("c", &["sh", "-c", "cat /proc/self/cgroup"])) {
+        Response::ExecResult(r) => String::from_utf8_lossy(&r.stdout()).to_string(),
+        r => panic!("{r:?}"),
+    };
+    let _ = s.call(Request::Signal {
+        container_id: "c".into(),
+        signal: 9,
+        all: true,
+    });
+    s.wait_exit("c");
+    std::thread::sleep(Duration::from_millis(100));
+    for d in &dirs {
+        let _ = fs::remove_dir(d);
+    }
+    let n = own
+        .lines()
+        .filter(|l| l.ends_with(&format!("/{name}")))
+        .count();
+    assert_eq!(n, dirs.len(), "{own}");
+    // The exec's view is in the container's cgroup namespace-less hierarchy too.
+    assert_eq!(
+        ex.lines()
+            .filter(|l| l.ends_with(&format!("/{name}")))
+            .count(),
+        dirs.len(),
+        "{ex}"
+    );
 }

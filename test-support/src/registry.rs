@@ -181,6 +181,7 @@ async fn spawn_and_wait(dir: &Path, addr: SocketAddr, auth: bool) -> Result<Opti
         .stdout(log.try_clone()?)
         .stderr(log);
     let mut child = crate::spawn_tied(cmd).with_context(|| format!("spawn {bin:?}"))?;
+    install_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -290,6 +291,7 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client for the registry at `addr` (`127.0.0.1:PORT`), plain http.
     pub fn new(addr: &str, credentials: Option<Credentials>) -> Self {
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -485,4 +487,11 @@ mod tests {
         assert_eq!(count_requests(log, "HEAD", "sha256:ab"), 1);
         assert_eq!(count_requests(log, "GET", "/v2/"), 2);
     }
+}
+
+/// In the workspace, reqwest is built with `rustls-no-provider` (the daemon's choice, which
+/// avoids aws-lc's C build), so every client needs a provider installed first, even for
+/// plain http.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use super::{
-    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, create_rootfs_dir, in_dir, kernel_has, make_links,
-    make_shared_slave, refused_store_fs, require_root, unmount_and_remove,
+    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, create_rootfs_dir, in_dir, kernel_has,
+    make_links, make_shared_slave, refused_store_fs, require_root, unmount_and_remove,
 };
 
 const NAME: &str = "aufs";
@@ -22,11 +22,16 @@ pub struct AufsBackend;
 
 impl AufsBackend {
     pub fn new(store_dir: &Path) -> Result<AufsBackend, BackendError> {
-        let unavailable = |reason: String| BackendError::Unavailable { backend: NAME, reason };
+        let unavailable = |reason: String| BackendError::Unavailable {
+            backend: NAME,
+            reason,
+        };
         match kernel_has("aufs") {
             Ok(true) => {}
             Ok(false) => {
-                return Err(unavailable("the kernel has no aufs filesystem (not in /proc/filesystems)".into()));
+                return Err(unavailable(
+                    "the kernel has no aufs filesystem (not in /proc/filesystems)".into(),
+                ));
             }
             Err(e) => return Err(unavailable(format!("reading /proc/filesystems: {e}"))),
         }
@@ -47,7 +52,12 @@ impl Backend for AufsBackend {
         NAME
     }
 
-    fn provision(&self, layers: &[LayerRef], rootfs: &Path, scratch: &Path) -> Result<(), BackendError> {
+    fn provision(
+        &self,
+        layers: &[LayerRef],
+        rootfs: &Path,
+        scratch: &Path,
+    ) -> Result<(), BackendError> {
         if let Some(layer) = layers
             .iter()
             .skip(1)
@@ -62,8 +72,10 @@ impl Backend for AufsBackend {
                 ),
             });
         }
-        let rootfs = &std::path::absolute(rootfs).map_err(BackendError::io(NAME, "resolving", rootfs))?;
-        let scratch = &std::path::absolute(scratch).map_err(BackendError::io(NAME, "resolving", scratch))?;
+        let rootfs =
+            &std::path::absolute(rootfs).map_err(BackendError::io(NAME, "resolving", rootfs))?;
+        let scratch =
+            &std::path::absolute(scratch).map_err(BackendError::io(NAME, "resolving", scratch))?;
         let workdir = scratch.join("workdir");
         fs::create_dir_all(&workdir).map_err(BackendError::io(NAME, "creating", &workdir))?;
         let lowers = make_links(NAME, layers, &scratch.join("l"))?;
@@ -74,14 +86,28 @@ impl Backend for AufsBackend {
         if options.len() > MOUNT_OPTIONS_MAX {
             return Err(BackendError::Unsupported {
                 backend: NAME,
-                reason: format!("{} layers make mount options longer than the kernel allows", layers.len()),
+                reason: format!(
+                    "{} layers make mount options longer than the kernel allows",
+                    layers.len()
+                ),
             });
         }
         create_rootfs_dir(NAME, rootfs)?;
         in_dir(scratch, || {
-            nix::mount::mount(Some("none"), rootfs, Some("aufs"), MsFlags::empty(), Some(options.as_str()))
+            nix::mount::mount(
+                Some("none"),
+                rootfs,
+                Some("aufs"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            )
         })
-        .map_err(|source| BackendError::Io { backend: NAME, op: "mounting the layers at", path: rootfs.clone(), source })?;
+        .map_err(|source| BackendError::Io {
+            backend: NAME,
+            op: "mounting the layers at",
+            path: rootfs.clone(),
+            source,
+        })?;
         if let Err(e) = make_shared_slave(NAME, rootfs) {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
             return Err(e);

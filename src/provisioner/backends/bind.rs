@@ -9,7 +9,10 @@ use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use super::{Backend, BackendError, LayerRef, create_rootfs_dir, make_shared_slave, require_root, unmount_and_remove};
+use super::{
+    Backend, BackendError, LayerRef, create_rootfs_dir, make_shared_slave, require_root,
+    unmount_and_remove,
+};
 
 const NAME: &str = "bind";
 
@@ -28,13 +31,30 @@ impl Backend for BindBackend {
         NAME
     }
 
-    fn provision(&self, layers: &[LayerRef], rootfs: &Path, _scratch: &Path) -> Result<(), BackendError> {
+    fn provision(
+        &self,
+        layers: &[LayerRef],
+        rootfs: &Path,
+        _scratch: &Path,
+    ) -> Result<(), BackendError> {
         let [layer] = layers else {
-            return Err(BackendError::BindMultiLayer { layers: layers.len() });
+            return Err(BackendError::BindMultiLayer {
+                layers: layers.len(),
+            });
         };
         create_rootfs_dir(NAME, rootfs)?;
-        nix::mount::mount(Some(&layer.rootfs), rootfs, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(BackendError::errno(NAME, "bind-mounting the layer at", rootfs))?;
+        nix::mount::mount(
+            Some(&layer.rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(BackendError::errno(
+            NAME,
+            "bind-mounting the layer at",
+            rootfs,
+        ))?;
         // A bind mount takes MS_RDONLY only on a remount.
         let readonly = nix::mount::mount(
             None::<&str>,

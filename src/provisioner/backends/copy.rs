@@ -16,16 +16,16 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{
-    FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstat, futimens, mkdirat, mknodat,
-    utimensat,
+    FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstat, futimens,
+    mkdirat, mknodat, utimensat,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
 use super::{Backend, BackendError, LayerRef, create_rootfs_dir, unmount_and_remove};
 use crate::provisioner::store::extract::{
-    self, LayerSummary, OVERLAY_XATTR_PREFIX, XattrTarget, components, dir_flags, file_type, lstat_at, open_dir,
-    open_dir_at, remove_all_at,
+    self, LayerSummary, OVERLAY_XATTR_PREFIX, XattrTarget, components, dir_flags, file_type,
+    lstat_at, open_dir, open_dir_at, remove_all_at,
 };
 
 const NAME: &str = "copy";
@@ -38,23 +38,36 @@ impl Backend for CopyBackend {
         NAME
     }
 
-    fn provision(&self, layers: &[LayerRef], rootfs: &Path, _scratch: &Path) -> Result<(), BackendError> {
+    fn provision(
+        &self,
+        layers: &[LayerRef],
+        rootfs: &Path,
+        _scratch: &Path,
+    ) -> Result<(), BackendError> {
         create_rootfs_dir(NAME, rootfs)?;
         let dst = nix::fcntl::open(rootfs, dir_flags(), Mode::empty())
             .map_err(BackendError::errno(NAME, "opening", rootfs))?;
         let privileged = nix::unistd::geteuid().is_root();
         for layer in layers {
-            apply_whiteouts(dst.as_fd(), &layer.summary)
-                .map_err(BackendError::io(NAME, "applying the whiteouts of", &layer.rootfs))?;
+            apply_whiteouts(dst.as_fd(), &layer.summary).map_err(BackendError::io(
+                NAME,
+                "applying the whiteouts of",
+                &layer.rootfs,
+            ))?;
             let src = nix::fcntl::open(&layer.rootfs, dir_flags(), Mode::empty())
                 .map_err(BackendError::errno(NAME, "opening", &layer.rootfs))?;
-            copy_tree(src, dst.try_clone().map_err(BackendError::io(NAME, "opening", rootfs))?, privileged)
-                .map_err(|(rel, source)| BackendError::Io {
-                    backend: NAME,
-                    op: "copying",
-                    path: layer.rootfs.join(rel),
-                    source,
-                })?;
+            copy_tree(
+                src,
+                dst.try_clone()
+                    .map_err(BackendError::io(NAME, "opening", rootfs))?,
+                privileged,
+            )
+            .map_err(|(rel, source)| BackendError::Io {
+                backend: NAME,
+                op: "copying",
+                path: layer.rootfs.join(rel),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -70,14 +83,20 @@ impl Backend for CopyBackend {
 /// nothing to delete: the layer's own entry will replace whatever is there.
 fn apply_whiteouts(dst: BorrowedFd<'_>, summary: &LayerSummary) -> io::Result<()> {
     for path in &summary.whiteouts {
-        let Ok(comps) = components(path.as_os_str().as_bytes()) else { continue };
-        let Some((last, parents)) = comps.split_last() else { continue };
+        let Ok(comps) = components(path.as_os_str().as_bytes()) else {
+            continue;
+        };
+        let Some((last, parents)) = comps.split_last() else {
+            continue;
+        };
         if let Ok(dir) = open_dir_at(dst, parents, None) {
             remove_all_at(dir.as_fd(), last)?;
         }
     }
     for path in &summary.opaque_dirs {
-        let Ok(comps) = components(path.as_os_str().as_bytes()) else { continue };
+        let Ok(comps) = components(path.as_os_str().as_bytes()) else {
+            continue;
+        };
         if let Ok(dir) = open_dir_at(dst, &comps, None) {
             for name in extract::list_dir(dir.as_fd())? {
                 remove_all_at(dir.as_fd(), &name)?;
@@ -106,21 +125,35 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
     let dst_root = dst.try_clone().map_err(root_err)?;
     let stat = fstat(&src).map_err(|e| root_err(e.into()))?;
     let names = extract::list_dir(src.as_fd()).map_err(|e| root_err(e.into()))?;
-    let mut stack = vec![Frame { src, dst, names, rel: Vec::new(), stat }];
+    let mut stack = vec![Frame {
+        src,
+        dst,
+        names,
+        rel: Vec::new(),
+        stat,
+    }];
     // Hardlinked files (by source inode) already copied in this layer, as cp -a keeps them.
     let mut links: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
     while let Some(top) = stack.last_mut() {
         let Some(name) = top.names.pop() else {
             let done = stack.pop().expect("non-empty");
             let at = extract::rel_path(&done.rel);
-            set_meta(Node::Fd(done.dst.as_fd()), done.src.as_fd(), b".", &done.stat, privileged)
-                .map_err(|e| (at, e))?;
+            set_meta(
+                Node::Fd(done.dst.as_fd()),
+                done.src.as_fd(),
+                b".",
+                &done.stat,
+                privileged,
+            )
+            .map_err(|e| (at, e))?;
             continue;
         };
         let mut rel = top.rel.clone();
         rel.push(name.clone());
         let err = |e: io::Error| (extract::rel_path(&rel), e);
-        let Some(st) = lstat_at(top.src.as_fd(), &name).map_err(|e| err(e.into()))? else { continue };
+        let Some(st) = lstat_at(top.src.as_fd(), &name).map_err(|e| err(e.into()))? else {
+            continue;
+        };
         let kind = file_type(&st);
         if kind == SFlag::S_IFCHR && st.st_rdev == 0 {
             // A whiteout: already applied through the summary.
@@ -129,14 +162,21 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
         let (src_dir, dst_dir) = (top.src.as_fd(), top.dst.as_fd());
         let existing = lstat_at(dst_dir, &name).map_err(|e| err(e.into()))?;
         if kind == SFlag::S_IFDIR {
-            if !existing.is_some_and(|e| file_type(&e) == SFlag::S_IFDIR) {
+            if existing.is_none_or(|e| file_type(&e) != SFlag::S_IFDIR) {
                 remove_all_at(dst_dir, &name).map_err(err)?;
-                mkdirat(dst_dir, name.as_slice(), Mode::from_bits_truncate(0o700)).map_err(|e| err(e.into()))?;
+                mkdirat(dst_dir, name.as_slice(), Mode::from_bits_truncate(0o700))
+                    .map_err(|e| err(e.into()))?;
             }
             let src = open_dir(src_dir, &name).map_err(|e| err(e.into()))?;
             let dst = open_dir(dst_dir, &name).map_err(|e| err(e.into()))?;
             let names = extract::list_dir(src.as_fd()).map_err(|e| err(e.into()))?;
-            stack.push(Frame { src, dst, names, rel, stat: st });
+            stack.push(Frame {
+                src,
+                dst,
+                names,
+                rel,
+                stat: st,
+            });
             continue;
         }
         if existing.is_some() {
@@ -145,25 +185,38 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
         match kind {
             SFlag::S_IFREG => {
                 let key = (st.st_dev, st.st_ino);
-                if st.st_nlink > 1 {
-                    if let Some(first) = links.get(&key) {
-                        let (last, parents) = first.split_last().expect("non-empty");
-                        let dir = open_dir_at(dst_root.as_fd(), parents, None)
-                            .map_err(|e| err(io::Error::other(format!("hardlink target: {e:?}"))))?;
-                        linkat(&dir, last.as_slice(), dst_dir, name.as_slice(), AtFlags::empty())
-                            .map_err(|e| err(e.into()))?;
-                        continue;
-                    }
+                if let Some(first) = links.get(&key).filter(|_| st.st_nlink > 1) {
+                    let (last, parents) = first.split_last().expect("non-empty");
+                    let dir = open_dir_at(dst_root.as_fd(), parents, None)
+                        .map_err(|e| err(io::Error::other(format!("hardlink target: {e:?}"))))?;
+                    linkat(
+                        &dir,
+                        last.as_slice(),
+                        dst_dir,
+                        name.as_slice(),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| err(e.into()))?;
+                    continue;
                 }
                 let mut input = File::from(
-                    openat(src_dir, name.as_slice(), OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                        .map_err(|e| err(e.into()))?,
+                    openat(
+                        src_dir,
+                        name.as_slice(),
+                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| err(e.into()))?,
                 );
                 let mut output = File::from(
                     openat(
                         dst_dir,
                         name.as_slice(),
-                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
                         Mode::from_bits_truncate(0o600),
                     )
                     .map_err(|e| err(e.into()))?,
@@ -176,19 +229,39 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
             }
             SFlag::S_IFLNK => {
                 let target = readlinkat(src_dir, name.as_slice()).map_err(|e| err(e.into()))?;
-                symlinkat(target.as_os_str(), dst_dir, name.as_slice()).map_err(|e| err(e.into()))?;
-                set_meta(Node::Link(dst_dir, &name), src_dir, &name, &st, privileged).map_err(err)?;
+                symlinkat(target.as_os_str(), dst_dir, name.as_slice())
+                    .map_err(|e| err(e.into()))?;
+                set_meta(Node::Link(dst_dir, &name), src_dir, &name, &st, privileged)
+                    .map_err(err)?;
             }
             SFlag::S_IFCHR | SFlag::S_IFBLK | SFlag::S_IFIFO | SFlag::S_IFSOCK => {
                 if !privileged && matches!(kind, SFlag::S_IFCHR | SFlag::S_IFBLK) {
                     tracing::debug!(path = %extract::rel_path(&rel).display(), "not root: skipping a device node");
                     continue;
                 }
-                mknodat(dst_dir, name.as_slice(), kind, Mode::from_bits_truncate(0o600), st.st_rdev)
-                    .map_err(|e| err(e.into()))?;
-                set_meta(Node::Special(dst_dir, &name), src_dir, &name, &st, privileged).map_err(err)?;
+                mknodat(
+                    dst_dir,
+                    name.as_slice(),
+                    kind,
+                    Mode::from_bits_truncate(0o600),
+                    st.st_rdev,
+                )
+                .map_err(|e| err(e.into()))?;
+                set_meta(
+                    Node::Special(dst_dir, &name),
+                    src_dir,
+                    &name,
+                    &st,
+                    privileged,
+                )
+                .map_err(err)?;
             }
-            _ => return Err(err(io::Error::other(format!("unknown file type {:o}", st.st_mode)))),
+            _ => {
+                return Err(err(io::Error::other(format!(
+                    "unknown file type {:o}",
+                    st.st_mode
+                ))));
+            }
         }
     }
     Ok(())
@@ -208,8 +281,17 @@ enum Node<'a> {
 /// Gives `node` the owner, mode, xattrs and times of `src_name` in `src_dir` (whose
 /// stat is `st`). Ownership first, as it clears setuid bits and file capabilities.
 /// overlayfs's own xattrs stay behind: the copy is a plain tree.
-fn set_meta(node: Node<'_>, src_dir: BorrowedFd<'_>, src_name: &[u8], st: &FileStat, privileged: bool) -> io::Result<()> {
-    let (uid, gid) = (Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)));
+fn set_meta(
+    node: Node<'_>,
+    src_dir: BorrowedFd<'_>,
+    src_name: &[u8],
+    st: &FileStat,
+    privileged: bool,
+) -> io::Result<()> {
+    let (uid, gid) = (
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+    );
     let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
     match node {
         Node::Fd(fd) => {

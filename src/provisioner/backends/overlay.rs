@@ -10,8 +10,8 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use super::{
-    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, create_rootfs_dir, in_dir, kernel_has, make_links,
-    make_shared_slave, refused_store_fs, require_root, unmount_and_remove,
+    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, create_rootfs_dir, in_dir, kernel_has,
+    make_links, make_shared_slave, refused_store_fs, require_root, unmount_and_remove,
 };
 
 const NAME: &str = "overlay";
@@ -24,7 +24,10 @@ impl OverlayBackend {
     /// the store's filesystem can be an overlayfs lower layer (not btrfs, aufs, overlay,
     /// zfs or ecryptfs, and with file types in directory entries).
     pub fn new(store_dir: &Path) -> Result<OverlayBackend, BackendError> {
-        let unavailable = |reason: String| BackendError::Unavailable { backend: NAME, reason };
+        let unavailable = |reason: String| BackendError::Unavailable {
+            backend: NAME,
+            reason,
+        };
         match kernel_has("overlay") {
             Ok(true) => {}
             Ok(false) => {
@@ -65,7 +68,9 @@ fn reports_d_type(dir: &Path) -> bool {
         fs::write(probe.join("f"), b"")?;
         let mut d = nix::dir::Dir::open(
             &probe,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )?;
         for entry in d.iter() {
@@ -86,9 +91,16 @@ impl Backend for OverlayBackend {
         NAME
     }
 
-    fn provision(&self, layers: &[LayerRef], rootfs: &Path, scratch: &Path) -> Result<(), BackendError> {
-        let rootfs = &std::path::absolute(rootfs).map_err(BackendError::io(NAME, "resolving", rootfs))?;
-        let scratch = &std::path::absolute(scratch).map_err(BackendError::io(NAME, "resolving", scratch))?;
+    fn provision(
+        &self,
+        layers: &[LayerRef],
+        rootfs: &Path,
+        scratch: &Path,
+    ) -> Result<(), BackendError> {
+        let rootfs =
+            &std::path::absolute(rootfs).map_err(BackendError::io(NAME, "resolving", rootfs))?;
+        let scratch =
+            &std::path::absolute(scratch).map_err(BackendError::io(NAME, "resolving", scratch))?;
         for dir in ["upper", "work"] {
             let path = scratch.join(dir);
             fs::create_dir_all(&path).map_err(BackendError::io(NAME, "creating", &path))?;
@@ -114,11 +126,21 @@ impl Backend for OverlayBackend {
         }
         create_rootfs_dir(NAME, rootfs)?;
         in_dir(scratch, || {
-            nix::mount::mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+            nix::mount::mount(
+                Some("overlay"),
+                rootfs,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            )
         })
         .map_err(|source| BackendError::Io {
             backend: NAME,
-            op: if layers.len() > 1 { "mounting the layers at" } else { "mounting the layer at" },
+            op: if layers.len() > 1 {
+                "mounting the layers at"
+            } else {
+                "mounting the layer at"
+            },
             path: rootfs.clone(),
             source,
         })?;

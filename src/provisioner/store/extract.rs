@@ -35,8 +35,8 @@ use std::rc::Rc;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{
-    self, FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstatat, futimens, mkdirat,
-    mknodat, utimensat,
+    self, FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstatat,
+    futimens, mkdirat, mknodat, utimensat,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
@@ -67,7 +67,12 @@ impl Compression {
     /// variants), `application/vnd.docker.image.rootfs.diff.tar.gzip` (and `foreign`).
     /// Anything unknown is `None`; [`unpack_layer`] sniffs the stream anyway.
     pub fn from_media_type(media_type: &str) -> Compression {
-        let media_type = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media_type = media_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if media_type.ends_with("+gzip")
             || media_type.ends_with(".gzip")
             || media_type.ends_with(".tar.gz")
@@ -75,7 +80,10 @@ impl Compression {
             || media_type == "application/x-gzip"
         {
             Compression::Gzip
-        } else if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") || media_type == "application/zstd" {
+        } else if media_type.ends_with("+zstd")
+            || media_type.ends_with(".zstd")
+            || media_type == "application/zstd"
+        {
             Compression::Zstd
         } else {
             Compression::None
@@ -137,10 +145,11 @@ pub fn unpack_layer(
     compression: Compression,
     rootfs: &Path,
 ) -> Result<LayerSummary, ExtractError> {
-    let root = nix::fcntl::open(rootfs, dir_flags(), Mode::empty()).map_err(|e| ExtractError::Rootfs {
-        path: rootfs.to_path_buf(),
-        source: e.into(),
-    })?;
+    let root =
+        nix::fcntl::open(rootfs, dir_flags(), Mode::empty()).map_err(|e| ExtractError::Rootfs {
+            path: rootfs.to_path_buf(),
+            source: e.into(),
+        })?;
 
     let mut head = [0u8; 4];
     let mut got = 0;
@@ -164,7 +173,10 @@ pub fn unpack_layer(
             zstd::stream::read::Decoder::new(input).map_err(ExtractError::Stream)?,
         )),
     };
-    let mut hashed = HashingReader { inner: decoded, hasher: Sha256::new() };
+    let mut hashed = HashingReader {
+        inner: decoded,
+        hasher: Sha256::new(),
+    };
 
     let mut unpacker = Unpacker::new(root);
     {
@@ -302,14 +314,20 @@ impl Unpacker {
                 let fd = openat(
                     &*parent,
                     last.as_slice(),
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(ctx.io("creating the file"))?;
                 let mut file = File::from(fd);
-                let size = io::copy(entry, &mut file).map_err(|e| ctx.io_err("writing the file", e))?;
+                let size =
+                    io::copy(entry, &mut file).map_err(|e| ctx.io_err("writing the file", e))?;
                 self.chown(&ctx, file.as_fd(), None, &meta)?;
-                fchmod(&file, Mode::from_bits_truncate(meta.mode)).map_err(ctx.io("setting the mode"))?;
+                fchmod(&file, Mode::from_bits_truncate(meta.mode))
+                    .map_err(ctx.io("setting the mode"))?;
                 set_xattrs(&ctx, XattrTarget::Fd(file.as_fd()), &meta.xattrs)?;
                 futimens(&file, &meta.mtime, &meta.mtime).map_err(ctx.io("setting the mtime"))?;
                 self.size_bytes += size;
@@ -322,7 +340,8 @@ impl Unpacker {
                 let target = target.ok_or_else(|| ctx.rejected("symlink without a target"))?;
                 let parent = self.parent(&ctx, parents)?;
                 self.clear(&ctx, &parent, parents, last, false)?;
-                symlinkat(target, &*parent, last.as_slice()).map_err(ctx.io("creating the symlink"))?;
+                symlinkat(target, &*parent, last.as_slice())
+                    .map_err(ctx.io("creating the symlink"))?;
                 self.finish_node(&ctx, &parent, last, &meta, false)?;
                 self.entries += 1;
                 self.created(&comps, false);
@@ -346,8 +365,14 @@ impl Unpacker {
                 let parent = self.parent(&ctx, parents)?;
                 self.clear(&ctx, &parent, parents, last, false)?;
                 let dev = stat::makedev(meta.device.0.into(), meta.device.1.into());
-                mknodat(&*parent, last.as_slice(), sflag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(ctx.io("creating the device node"))?;
+                mknodat(
+                    &*parent,
+                    last.as_slice(),
+                    sflag,
+                    Mode::from_bits_truncate(0o600),
+                    dev,
+                )
+                .map_err(ctx.io("creating the device node"))?;
                 self.finish_node(&ctx, &parent, last, &meta, true)?;
                 self.entries += 1;
                 self.created(&comps, false);
@@ -359,7 +384,11 @@ impl Unpacker {
 
     fn directory(&mut self, ctx: &Ctx, comps: &[Vec<u8>], meta: &Meta) -> Result<(), ExtractError> {
         let fd = match comps.split_last() {
-            None => Rc::new(self.root.try_clone().map_err(|e| ctx.io_err("opening the rootfs", e))?),
+            None => Rc::new(
+                self.root
+                    .try_clone()
+                    .map_err(|e| ctx.io_err("opening the rootfs", e))?,
+            ),
             Some((last, parents)) => {
                 let parent = self.parent(ctx, parents)?;
                 if !self.clear(ctx, &parent, parents, last, true)? {
@@ -381,7 +410,8 @@ impl Unpacker {
         let (last, parents) = comps.split_last().expect("caller checked");
         let target = meta.link.as_deref().unwrap_or_default();
         let shown = lossy(target);
-        let tcomps = components(target).map_err(|r| ctx.rejected(format!("hardlink target {shown:?}: {r}")))?;
+        let tcomps = components(target)
+            .map_err(|r| ctx.rejected(format!("hardlink target {shown:?}: {r}")))?;
         let Some((tlast, tparents)) = tcomps.split_last() else {
             return Err(ctx.rejected("hardlink to the layer root"));
         };
@@ -390,37 +420,60 @@ impl Unpacker {
         }
         let tparent = open_dir_at(self.root.as_fd(), tparents, None)
             .map_err(|e| ctx.walk(e, tparents, &format!("hardlink target {shown:?}")))?;
-        let tstat = lstat_at(tparent.as_fd(), tlast).map_err(ctx.io("inspecting the hardlink target"))?;
+        let tstat =
+            lstat_at(tparent.as_fd(), tlast).map_err(ctx.io("inspecting the hardlink target"))?;
         let Some(tstat) = tstat else {
-            return Err(ctx.rejected(format!("hardlink target {shown:?} is not an earlier entry of the layer")));
+            return Err(ctx.rejected(format!(
+                "hardlink target {shown:?} is not an earlier entry of the layer"
+            )));
         };
         match file_type(&tstat) {
-            SFlag::S_IFDIR => return Err(ctx.rejected(format!("hardlink target {shown:?} is a directory"))),
+            SFlag::S_IFDIR => {
+                return Err(ctx.rejected(format!("hardlink target {shown:?} is a directory")));
+            }
             SFlag::S_IFCHR if tstat.st_rdev == 0 => {
                 return Err(ctx.rejected(format!("hardlink target {shown:?} is a whiteout")));
             }
             _ => {}
         }
         let parent = self.parent(ctx, parents)?;
-        if let Some(existing) = lstat_at(parent.as_fd(), last).map_err(ctx.io("inspecting the entry"))? {
-            if existing.st_dev == tstat.st_dev && existing.st_ino == tstat.st_ino {
-                return Ok(());
-            }
+        let existing = lstat_at(parent.as_fd(), last).map_err(ctx.io("inspecting the entry"))?;
+        if existing.is_some_and(|e| e.st_dev == tstat.st_dev && e.st_ino == tstat.st_ino) {
+            return Ok(());
         }
         self.clear(ctx, &parent, parents, last, false)?;
-        linkat(&tparent, tlast.as_slice(), &*parent, last.as_slice(), nix::fcntl::AtFlags::empty())
-            .map_err(ctx.io("creating the hardlink"))?;
+        linkat(
+            &tparent,
+            tlast.as_slice(),
+            &*parent,
+            last.as_slice(),
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(ctx.io("creating the hardlink"))?;
         self.created(comps, false);
         Ok(())
     }
 
-    fn whiteout(&mut self, ctx: &Ctx, parents: &[Vec<u8>], hidden: &[u8]) -> Result<(), ExtractError> {
+    fn whiteout(
+        &mut self,
+        ctx: &Ctx,
+        parents: &[Vec<u8>],
+        hidden: &[u8],
+    ) -> Result<(), ExtractError> {
         let parent = self.parent(ctx, parents)?;
-        let existing = lstat_at(parent.as_fd(), hidden).map_err(ctx.io("inspecting the whiteout"))?;
-        let is_whiteout = existing.is_some_and(|st| file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0);
+        let existing =
+            lstat_at(parent.as_fd(), hidden).map_err(ctx.io("inspecting the whiteout"))?;
+        let is_whiteout =
+            existing.is_some_and(|st| file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0);
         if !is_whiteout {
             self.clear(ctx, &parent, parents, hidden, false)?;
-            match mknodat(&*parent, hidden, SFlag::S_IFCHR, Mode::empty(), stat::makedev(0, 0)) {
+            match mknodat(
+                &*parent,
+                hidden,
+                SFlag::S_IFCHR,
+                Mode::empty(),
+                stat::makedev(0, 0),
+            ) {
                 Ok(()) => self.entries += 1,
                 // Without CAP_MKNOD on an old kernel: the summary still records it.
                 Err(Errno::EPERM) if !self.privileged => {
@@ -440,7 +493,12 @@ impl Unpacker {
         self.mark_opaque(ctx, dir.as_fd(), comps)
     }
 
-    fn mark_opaque(&mut self, ctx: &Ctx, dir: BorrowedFd<'_>, comps: &[Vec<u8>]) -> Result<(), ExtractError> {
+    fn mark_opaque(
+        &mut self,
+        ctx: &Ctx,
+        dir: BorrowedFd<'_>,
+        comps: &[Vec<u8>],
+    ) -> Result<(), ExtractError> {
         let key = CString::new(OVERLAY_OPAQUE_XATTR).expect("no NUL");
         match fsetxattr(dir, &key, b"y") {
             Ok(()) => {}
@@ -461,13 +519,14 @@ impl Unpacker {
             return;
         }
         let rel = rel_path(comps);
-        if self.whiteouts.remove(&rel) && is_dir {
-            if let Ok(fd) = open_dir_at(self.root.as_fd(), comps, None) {
-                let ctx_entry = rel.to_string_lossy().into_owned();
-                let ctx = Ctx { entry: &ctx_entry };
-                if let Err(e) = self.mark_opaque(&ctx, fd.as_fd(), comps) {
-                    tracing::warn!(error = %e, "cannot mark a re-created directory opaque");
-                }
+        if !(self.whiteouts.remove(&rel) && is_dir) {
+            return;
+        }
+        if let Ok(fd) = open_dir_at(self.root.as_fd(), comps, None) {
+            let ctx_entry = rel.to_string_lossy().into_owned();
+            let ctx = Ctx { entry: &ctx_entry };
+            if let Err(e) = self.mark_opaque(&ctx, fd.as_fd(), comps) {
+                tracing::warn!(error = %e, "cannot mark a re-created directory opaque");
             }
         }
     }
@@ -483,14 +542,16 @@ impl Unpacker {
         name: &[u8],
         keep_dir: bool,
     ) -> Result<bool, ExtractError> {
-        let Some(st) = lstat_at(parent.as_fd(), name).map_err(ctx.io("inspecting the entry"))? else {
+        let Some(st) = lstat_at(parent.as_fd(), name).map_err(ctx.io("inspecting the entry"))?
+        else {
             return Ok(false);
         };
         let is_dir = file_type(&st) == SFlag::S_IFDIR;
         if is_dir && keep_dir {
             return Ok(true);
         }
-        let freed = remove_all_at(parent.as_fd(), name).map_err(|e| ctx.io_err("replacing the entry", e))?;
+        let freed = remove_all_at(parent.as_fd(), name)
+            .map_err(|e| ctx.io_err("replacing the entry", e))?;
         self.entries = self.entries.saturating_sub(freed.inodes);
         self.size_bytes = self.size_bytes.saturating_sub(freed.bytes);
         if is_dir {
@@ -507,10 +568,12 @@ impl Unpacker {
     /// The directory `comps`, created (0755) where missing, as a tar of a partial tree
     /// may leave parents out.
     fn parent(&mut self, ctx: &Ctx, comps: &[Vec<u8>]) -> Result<Rc<OwnedFd>, ExtractError> {
-        if let Some((cached, fd)) = &self.cache {
-            if cached.as_slice() == comps {
-                return Ok(fd.clone());
-            }
+        if let Some((_, fd)) = self
+            .cache
+            .as_ref()
+            .filter(|(cached, _)| cached.as_slice() == comps)
+        {
+            return Ok(fd.clone());
         }
         let mut created = 0;
         let fd = open_dir_at(self.root.as_fd(), comps, Some(&mut created))
@@ -521,7 +584,13 @@ impl Unpacker {
         Ok(fd)
     }
 
-    fn chown(&self, ctx: &Ctx, fd: BorrowedFd<'_>, name: Option<&[u8]>, meta: &Meta) -> Result<(), ExtractError> {
+    fn chown(
+        &self,
+        ctx: &Ctx,
+        fd: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+        meta: &Meta,
+    ) -> Result<(), ExtractError> {
         if !self.privileged {
             return Ok(());
         }
@@ -546,12 +615,23 @@ impl Unpacker {
         if set_mode {
             // The node was just made by us and is not a symlink, so following is moot;
             // the kernel has no fchmodat(AT_SYMLINK_NOFOLLOW) for non-symlinks anyway.
-            fchmodat(parent, name, Mode::from_bits_truncate(meta.mode), FchmodatFlags::FollowSymlink)
-                .map_err(ctx.io("setting the mode"))?;
+            fchmodat(
+                parent,
+                name,
+                Mode::from_bits_truncate(meta.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(ctx.io("setting the mode"))?;
         }
         set_xattrs(ctx, XattrTarget::At(parent.as_fd(), name), &meta.xattrs)?;
-        utimensat(parent, name, &meta.mtime, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-            .map_err(ctx.io("setting the mtime"))?;
+        utimensat(
+            parent,
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(ctx.io("setting the mtime"))?;
         Ok(())
     }
 
@@ -588,11 +668,18 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn rejected(&self, reason: impl Into<String>) -> ExtractError {
-        ExtractError::Rejected { entry: self.entry.to_string(), reason: reason.into() }
+        ExtractError::Rejected {
+            entry: self.entry.to_string(),
+            reason: reason.into(),
+        }
     }
 
     fn io_err(&self, op: &'static str, source: io::Error) -> ExtractError {
-        ExtractError::Io { entry: self.entry.to_string(), op, source }
+        ExtractError::Io {
+            entry: self.entry.to_string(),
+            op,
+            source,
+        }
     }
 
     fn io(&self, op: &'static str) -> impl FnOnce(Errno) -> ExtractError + '_ {
@@ -606,8 +693,12 @@ impl Ctx<'_> {
                 "{what}: {} is a symlink, which extraction never follows",
                 at(d).display()
             )),
-            WalkError::NotDir(d) => self.rejected(format!("{what}: {} is not a directory", at(d).display())),
-            WalkError::Missing(d) => self.rejected(format!("{what}: {} does not exist", at(d).display())),
+            WalkError::NotDir(d) => {
+                self.rejected(format!("{what}: {} is not a directory", at(d).display()))
+            }
+            WalkError::Missing(d) => {
+                self.rejected(format!("{what}: {} does not exist", at(d).display()))
+            }
             WalkError::Io(d, errno) => ExtractError::Io {
                 entry: format!("{} (at {})", self.entry, at(d).display()),
                 op: "opening a parent directory",
@@ -628,8 +719,14 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, ctx: &Ctx) -> Result<Meta, 
     let mut mtime = TimeSpec::new(header.mtime().map_err(|e| bad("mtime", e))? as i64, 0);
     let device = match header.entry_type() {
         tar::EntryType::Char | tar::EntryType::Block => (
-            header.device_major().map_err(|e| bad("devmajor", e))?.unwrap_or(0),
-            header.device_minor().map_err(|e| bad("devminor", e))?.unwrap_or(0),
+            header
+                .device_major()
+                .map_err(|e| bad("devmajor", e))?
+                .unwrap_or(0),
+            header
+                .device_minor()
+                .map_err(|e| bad("devminor", e))?
+                .unwrap_or(0),
         ),
         _ => (0, 0),
     };
@@ -646,7 +743,11 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, ctx: &Ctx) -> Result<Meta, 
             } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 if name.starts_with(OVERLAY_XATTR_PREFIX) {
                     // Only we decide what overlayfs sees (opaque, redirects, metacopy).
-                    tracing::debug!(entry = ctx.entry, xattr = name, "dropping an overlayfs xattr from the layer");
+                    tracing::debug!(
+                        entry = ctx.entry,
+                        xattr = name,
+                        "dropping an overlayfs xattr from the layer"
+                    );
                     continue;
                 }
                 let name = CString::new(name).map_err(|_| ctx.rejected("NUL in an xattr name"))?;
@@ -654,7 +755,15 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, ctx: &Ctx) -> Result<Meta, 
             }
         }
     }
-    Ok(Meta { mode, uid, gid, mtime, xattrs, device, link })
+    Ok(Meta {
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+        device,
+        link,
+    })
 }
 
 /// A PAX time: decimal seconds with an optional fraction.
@@ -665,7 +774,11 @@ fn parse_pax_time(value: &str) -> Option<TimeSpec> {
     if !digits.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let nanos = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse::<i64>().ok()? };
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse::<i64>().ok()?
+    };
     // "-1.5" is 1.5 s before the epoch: (-2 s, +0.5 s).
     Some(if value.starts_with('-') && nanos > 0 {
         TimeSpec::new(secs - 1, 1_000_000_000 - nanos)
@@ -739,7 +852,9 @@ pub(crate) fn open_dir_at(
     comps: &[impl AsRef<[u8]>],
     mut created: Option<&mut u64>,
 ) -> Result<OwnedFd, WalkError> {
-    let mut cur = root.try_clone_to_owned().map_err(|e| WalkError::Io(0, errno_of(&e)))?;
+    let mut cur = root
+        .try_clone_to_owned()
+        .map_err(|e| WalkError::Io(0, errno_of(&e)))?;
     for (i, comp) in comps.iter().enumerate() {
         let comp = comp.as_ref();
         let next = match open_dir(cur.as_fd(), comp) {
@@ -764,7 +879,11 @@ pub(crate) fn open_dir_at(
                     .ok()
                     .flatten()
                     .is_some_and(|st| file_type(&st) == SFlag::S_IFLNK);
-                return Err(if is_link { WalkError::Symlink(i) } else { WalkError::NotDir(i) });
+                return Err(if is_link {
+                    WalkError::Symlink(i)
+                } else {
+                    WalkError::NotDir(i)
+                });
             }
             Err(e) => return Err(WalkError::Io(i, e)),
         };
@@ -780,7 +899,12 @@ fn errno_of(e: &io::Error) -> Errno {
 /// The names in directory `dir` (without `.` and `..`).
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> nix::Result<Vec<Vec<u8>>> {
     // A fresh open file description: a dup would share (and advance) the offset.
-    let mut d = nix::dir::Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut d = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut names = Vec::new();
     for entry in d.iter() {
         let name = entry?.file_name().to_bytes().to_vec();
@@ -830,15 +954,25 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Free
     }
     let fd = open_dir(dir, name)?;
     let names = list_dir(fd.as_fd())?;
-    let mut stack = vec![Frame { fd, names, name: name.to_vec() }];
+    let mut stack = vec![Frame {
+        fd,
+        names,
+        name: name.to_vec(),
+    }];
     while let Some(top) = stack.last_mut() {
         if let Some(child) = top.names.pop() {
-            let Some(st) = lstat_at(top.fd.as_fd(), &child)? else { continue };
+            let Some(st) = lstat_at(top.fd.as_fd(), &child)? else {
+                continue;
+            };
             freed.add(&st);
             if file_type(&st) == SFlag::S_IFDIR {
                 let fd = open_dir(top.fd.as_fd(), &child)?;
                 let names = list_dir(fd.as_fd())?;
-                stack.push(Frame { fd, names, name: child });
+                stack.push(Frame {
+                    fd,
+                    names,
+                    name: child,
+                });
             } else {
                 unlinkat(&top.fd, child.as_slice(), UnlinkatFlags::NoRemoveDir)?;
             }
@@ -865,7 +999,11 @@ pub(crate) fn tolerable_xattr_error(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP))
 }
 
-fn set_xattrs(ctx: &Ctx, target: XattrTarget<'_>, xattrs: &[(CString, Vec<u8>)]) -> Result<(), ExtractError> {
+fn set_xattrs(
+    ctx: &Ctx,
+    target: XattrTarget<'_>,
+    xattrs: &[(CString, Vec<u8>)],
+) -> Result<(), ExtractError> {
     for (key, value) in xattrs {
         match set_xattr(target, key, value) {
             Ok(()) => {}
@@ -894,7 +1032,10 @@ fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<CString> {
 }
 
 /// The xattrs of `name` in `dir` (not following it), as (key, value) pairs.
-pub(crate) fn get_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(CString, Vec<u8>)>> {
+pub(crate) fn get_xattrs_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+) -> io::Result<Vec<(CString, Vec<u8>)>> {
     let path = proc_path(dir, name)?;
     let list = match llistxattr(&path) {
         Ok(list) => list,
@@ -907,7 +1048,11 @@ pub(crate) fn get_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<
         match lgetxattr(&path, &key) {
             Ok(value) => out.push((key, value)),
             // Removed meanwhile, or not readable by us: nothing to copy.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EPERM | libc::EACCES)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODATA | libc::EPERM | libc::EACCES)
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -920,14 +1065,38 @@ pub(crate) fn get_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<
 
 fn fsetxattr(fd: BorrowedFd<'_>, key: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: valid fd, NUL-terminated key, value pointer/length from one slice.
-    let rc = unsafe { libc::fsetxattr(fd.as_raw_fd(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn lsetxattr(path: &CStr, key: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: NUL-terminated path and key, value pointer/length from one slice.
-    let rc = unsafe { libc::lsetxattr(path.as_ptr(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn llistxattr(path: &CStr) -> io::Result<Vec<u8>> {
@@ -961,7 +1130,14 @@ fn lgetxattr(path: &CStr, key: &CStr) -> io::Result<Vec<u8>> {
         }
         let mut buf = vec![0u8; size as usize];
         // SAFETY: the buffer is `buf.len()` bytes long.
-        let got = unsafe { libc::lgetxattr(path.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let got = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                key.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         if got >= 0 {
             buf.truncate(got as usize);
             return Ok(buf);
@@ -970,5 +1146,725 @@ fn lgetxattr(path: &CStr, key: &CStr) -> io::Result<Vec<u8>> {
         if err.raw_os_error() != Some(libc::ERANGE) {
             return Err(err);
         }
+    }
+}
+
+/// A tar writer for tests that writes raw ustar headers, so it can produce the names
+/// and links that well-behaved builders refuse (`..`, absolute paths, tricks).
+#[cfg(test)]
+pub(crate) mod testtar {
+    pub const MTIME: u64 = 1_600_000_000;
+
+    #[derive(Default)]
+    pub struct Tar {
+        pub bytes: Vec<u8>,
+    }
+
+    fn octal(field: &mut [u8], value: u64) {
+        let s = format!("{:0width$o}\0", value, width = field.len() - 1);
+        field.copy_from_slice(s.as_bytes());
+    }
+
+    impl Tar {
+        pub fn new() -> Tar {
+            Tar::default()
+        }
+
+        /// One raw entry: header fields as given, then `data` padded to a block.
+        #[allow(clippy::too_many_arguments)]
+        pub fn raw(
+            &mut self,
+            name: &str,
+            kind: u8,
+            mode: u32,
+            (uid, gid): (u32, u32),
+            mtime: u64,
+            link: &str,
+            dev: (u32, u32),
+            data: &[u8],
+        ) -> &mut Tar {
+            assert!(
+                name.len() <= 100 && link.len() <= 100,
+                "use pax() for long names"
+            );
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            octal(&mut h[100..108], mode.into());
+            octal(&mut h[108..116], uid.into());
+            octal(&mut h[116..124], gid.into());
+            octal(&mut h[124..136], data.len() as u64);
+            octal(&mut h[136..148], mtime);
+            h[156] = kind;
+            h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            h[257..263].copy_from_slice(b"ustar\0");
+            h[263..265].copy_from_slice(b"00");
+            h[265..269].copy_from_slice(b"root");
+            h[297..301].copy_from_slice(b"root");
+            octal(&mut h[329..337], dev.0.into());
+            octal(&mut h[337..345], dev.1.into());
+            h[148..156].copy_from_slice(b"        ");
+            let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+            let s = format!("{sum:06o}\0 ");
+            h[148..156].copy_from_slice(s.as_bytes());
+            self.bytes.extend_from_slice(&h);
+            self.bytes.extend_from_slice(data);
+            let pad = (512 - data.len() % 512) % 512;
+            self.bytes.extend(std::iter::repeat_n(0u8, pad));
+            self
+        }
+
+        pub fn dir(&mut self, name: &str, mode: u32) -> &mut Tar {
+            self.raw(name, b'5', mode, (0, 0), MTIME, "", (0, 0), b"")
+        }
+
+        pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> &mut Tar {
+            self.raw(name, b'0', mode, (0, 0), MTIME, "", (0, 0), data)
+        }
+
+        pub fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
+            self.raw(name, b'2', 0o777, (0, 0), MTIME, target, (0, 0), b"")
+        }
+
+        pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
+            self.raw(name, b'1', 0o644, (0, 0), MTIME, target, (0, 0), b"")
+        }
+
+        /// A PAX extended header for the next entry.
+        pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Tar {
+            let mut body = Vec::new();
+            for (key, value) in records {
+                let rest = key.len() + value.len() + 3;
+                let mut len = rest + rest.to_string().len();
+                if len.to_string().len() + rest != len {
+                    len += 1;
+                }
+                body.extend_from_slice(format!("{len} {key}=").as_bytes());
+                body.extend_from_slice(value);
+                body.push(b'\n');
+            }
+            self.raw("PaxHeader", b'x', 0o644, (0, 0), MTIME, "", (0, 0), &body)
+        }
+
+        pub fn finish(&mut self) -> Vec<u8> {
+            let mut out = std::mem::take(&mut self.bytes);
+            out.extend(std::iter::repeat_n(0u8, 1024));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    use super::testtar::{MTIME, Tar};
+    use super::*;
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// A sandbox: `rootfs/` to extract into, and `outside/`, a sentinel tree that no
+    /// layer may touch.
+    struct Sandbox {
+        _tmp: tempfile::TempDir,
+        rootfs: PathBuf,
+        outside: PathBuf,
+        before: BTreeMap<PathBuf, (u32, u64, u64, Vec<u8>)>,
+    }
+
+    impl Sandbox {
+        fn new() -> Sandbox {
+            let tmp = tempfile::tempdir().unwrap();
+            let rootfs = tmp.path().join("rootfs");
+            let outside = tmp.path().join("outside");
+            fs::create_dir(&rootfs).unwrap();
+            fs::create_dir_all(outside.join("etc")).unwrap();
+            fs::write(outside.join("etc/passwd"), b"root:x:0:0\n").unwrap();
+            fs::write(outside.join("secret"), b"s3cret").unwrap();
+            let mut sandbox = Sandbox {
+                _tmp: tmp,
+                rootfs,
+                outside,
+                before: BTreeMap::new(),
+            };
+            sandbox.before = sandbox.snapshot();
+            sandbox
+        }
+
+        fn snapshot(&self) -> BTreeMap<PathBuf, (u32, u64, u64, Vec<u8>)> {
+            let mut out = BTreeMap::new();
+            let mut todo = vec![self.outside.clone()];
+            while let Some(dir) = todo.pop() {
+                for e in fs::read_dir(&dir).unwrap() {
+                    let p = e.unwrap().path();
+                    let m = fs::symlink_metadata(&p).unwrap();
+                    let data = if m.is_file() {
+                        fs::read(&p).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    if m.is_dir() {
+                        todo.push(p.clone());
+                    }
+                    out.insert(p, (m.mode(), m.nlink(), m.mtime() as u64, data));
+                }
+            }
+            out
+        }
+
+        fn unpack(&self, tar: &[u8]) -> Result<LayerSummary, ExtractError> {
+            unpack_layer(tar, Compression::None, &self.rootfs)
+        }
+
+        fn assert_outside_untouched(&self) {
+            assert_eq!(
+                self.snapshot(),
+                self.before,
+                "the sentinel tree outside the rootfs changed"
+            );
+        }
+
+        fn outside_str(&self) -> String {
+            self.outside.to_str().unwrap().to_string()
+        }
+    }
+
+    fn assert_rejected(result: Result<LayerSummary, ExtractError>, entry: &str) {
+        match result {
+            Err(ExtractError::Rejected { entry: e, reason }) => {
+                assert_eq!(e, entry, "rejected the wrong entry ({reason})");
+                let msg = ExtractError::Rejected { entry: e, reason }.to_string();
+                assert!(msg.contains(entry), "{msg}");
+            }
+            other => panic!("expected {entry:?} to be rejected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dotdot_is_rejected() {
+        let s = Sandbox::new();
+        let tar = Tar::new().file("../outside/escape", 0o644, b"x").finish();
+        assert_rejected(s.unpack(&tar), "../outside/escape");
+        let tar = Tar::new()
+            .dir("a", 0o755)
+            .file("a/../../outside/escape2", 0o644, b"x")
+            .finish();
+        assert_rejected(s.unpack(&tar), "a/../../outside/escape2");
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn absolute_paths_are_confined() {
+        let s = Sandbox::new();
+        let abs = format!("{}/pwned", s.outside_str());
+        let tar = Tar::new()
+            .file("/abs/path", 0o644, b"abs")
+            .file(&abs, 0o644, b"x")
+            .finish();
+        s.unpack(&tar).unwrap();
+        assert_eq!(fs::read(s.rootfs.join("abs/path")).unwrap(), b"abs");
+        assert!(s.rootfs.join(abs.trim_start_matches('/')).is_file());
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn files_through_a_symlinked_dir_are_rejected() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .symlink("evil", &s.outside_str())
+            .file("evil/passwd", 0o644, b"pwned")
+            .finish();
+        assert_rejected(s.unpack(&tar), "evil/passwd");
+        s.assert_outside_untouched();
+
+        // A relative symlink climbing out, then a directory entry through it.
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .symlink("up", "../outside")
+            .dir("up/etc/newdir", 0o755)
+            .finish();
+        assert_rejected(s.unpack(&tar), "up/etc/newdir");
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn symlink_to_root_then_entries_through_it_are_rejected() {
+        let s = Sandbox::new();
+        let through = format!("x{}/etc/passwd", s.outside_str());
+        let tar = Tar::new()
+            .symlink("x", "/")
+            .file(&through, 0o644, b"pwned")
+            .finish();
+        assert_rejected(s.unpack(&tar), &through);
+        s.assert_outside_untouched();
+        // Hardlinks, whiteouts and opaque markers through it fail the same way.
+        for name in [
+            format!("x{}/h", s.outside_str()),
+            format!("x{}/.wh.secret", s.outside_str()),
+        ] {
+            let s = Sandbox::new();
+            let tar = Tar::new()
+                .file("f", 0o644, b"f")
+                .symlink("x", "/")
+                .hardlink_or_whiteout(&name)
+                .finish();
+            assert_rejected(s.unpack(&tar), &name);
+            s.assert_outside_untouched();
+        }
+    }
+
+    impl Tar {
+        fn hardlink_or_whiteout(&mut self, name: &str) -> &mut Tar {
+            if name.contains(".wh.") {
+                self.file(name, 0o644, b"")
+            } else {
+                self.hardlink(name, "f")
+            }
+        }
+    }
+
+    #[test]
+    fn hardlinks_out_of_the_rootfs_are_rejected() {
+        let s = Sandbox::new();
+        let tar = Tar::new().hardlink("pw", "../../etc/passwd").finish();
+        assert_rejected(s.unpack(&tar), "pw");
+        let tar = Tar::new().hardlink("pw", "../outside/secret").finish();
+        assert_rejected(s.unpack(&tar), "pw");
+        // An absolute target is the rootfs's, which has no such file.
+        let abs = format!("{}/secret", s.outside_str());
+        let tar = Tar::new().hardlink("pw", &abs).finish();
+        assert_rejected(s.unpack(&tar), "pw");
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn hardlinks_through_a_symlink_are_rejected() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .symlink("sl", &s.outside_str())
+            .hardlink("h", "sl/secret")
+            .finish();
+        assert_rejected(s.unpack(&tar), "h");
+        let tar = Tar::new()
+            .symlink("sl2", &s.outside_str())
+            .hardlink("h2", "sl2")
+            .finish();
+        // A hardlink to the symlink itself is fine: it is a second name of the link.
+        s.unpack(&tar).unwrap();
+        assert!(
+            fs::symlink_metadata(s.rootfs.join("h2"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn symlink_replaced_by_a_dir_is_confined() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .symlink("d", &s.outside_str())
+            .dir("d", 0o755)
+            .file("d/f", 0o644, b"inside")
+            .finish();
+        s.unpack(&tar).unwrap();
+        assert!(fs::symlink_metadata(s.rootfs.join("d")).unwrap().is_dir());
+        assert_eq!(fs::read(s.rootfs.join("d/f")).unwrap(), b"inside");
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn dir_replaced_by_a_symlink_is_not_followed() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .dir("e", 0o755)
+            .file("e/f", 0o644, b"x")
+            .symlink("e", &s.outside_str())
+            .file("e/secret", 0o644, b"pwned")
+            .finish();
+        assert_rejected(s.unpack(&tar), "e/secret");
+        assert!(
+            fs::symlink_metadata(s.rootfs.join("e"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn file_over_a_symlink_replaces_the_symlink() {
+        let s = Sandbox::new();
+        let target = format!("{}/secret", s.outside_str());
+        let tar = Tar::new()
+            .symlink("s", &target)
+            .file("s", 0o600, b"mine")
+            .finish();
+        s.unpack(&tar).unwrap();
+        let m = fs::symlink_metadata(s.rootfs.join("s")).unwrap();
+        assert!(m.is_file());
+        assert_eq!(fs::read(s.rootfs.join("s")).unwrap(), b"mine");
+        s.assert_outside_untouched();
+    }
+
+    #[test]
+    fn metadata_is_preserved() {
+        let s = Sandbox::new();
+        let mut tar = Tar::new();
+        tar.raw("bin/", b'5', 0o755, (0, 0), MTIME + 1, "", (0, 0), b"")
+            .raw(
+                "bin/su",
+                b'0',
+                0o4755,
+                (0, 0),
+                MTIME + 2,
+                "",
+                (0, 0),
+                b"#!su",
+            )
+            .raw("tmp/", b'5', 0o1777, (0, 0), MTIME + 3, "", (0, 0), b"")
+            .raw(
+                "home/u/",
+                b'5',
+                0o2750,
+                (1234, 5678),
+                MTIME + 4,
+                "",
+                (0, 0),
+                b"",
+            )
+            .raw(
+                "home/u/file",
+                b'0',
+                0o640,
+                (1234, 5678),
+                MTIME + 5,
+                "",
+                (0, 0),
+                b"data",
+            )
+            .raw("ro/", b'5', 0o555, (0, 0), MTIME + 6, "", (0, 0), b"")
+            .raw(
+                "ro/inner",
+                b'0',
+                0o444,
+                (0, 0),
+                MTIME + 7,
+                "",
+                (0, 0),
+                b"ro",
+            )
+            .raw(
+                "bin/sh",
+                b'2',
+                0o777,
+                (1234, 5678),
+                MTIME + 8,
+                "su",
+                (0, 0),
+                b"",
+            )
+            .raw(
+                "bin/su2",
+                b'1',
+                0o4755,
+                (0, 0),
+                MTIME + 9,
+                "bin/su",
+                (0, 0),
+                b"",
+            )
+            .pax(&[
+                ("SCHILY.xattr.user.test", b"hello"),
+                ("mtime", b"1600000010.5"),
+            ])
+            .raw("x", b'0', 0o600, (0, 0), MTIME, "", (0, 0), b"xattr")
+            .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")])
+            .raw("y", b'0', 0o600, (0, 0), MTIME, "", (0, 0), b"");
+        if root() {
+            tar.raw("dev/null", b'3', 0o666, (0, 0), MTIME, "", (1, 3), b"")
+                .raw("dev/sda", b'4', 0o660, (0, 6), MTIME, "", (8, 0), b"");
+        }
+        tar.raw("fifo", b'6', 0o620, (0, 0), MTIME + 11, "", (0, 0), b"");
+        let summary = s.unpack(&tar.finish()).unwrap();
+
+        let meta = |p: &str| fs::symlink_metadata(s.rootfs.join(p)).unwrap();
+        assert_eq!(meta("bin").mode() & 0o7777, 0o755);
+        assert_eq!(
+            meta("bin").mtime() as u64,
+            MTIME + 1,
+            "dir mtime survives its children"
+        );
+        assert_eq!(meta("bin/su").mode() & 0o7777, 0o4755);
+        assert_eq!(meta("bin/su").mtime() as u64, MTIME + 2);
+        assert_eq!(meta("tmp").mode() & 0o7777, 0o1777);
+        assert_eq!(meta("home/u").mode() & 0o7777, 0o2750);
+        assert_eq!(meta("home/u").mtime() as u64, MTIME + 4);
+        assert_eq!(meta("ro").mode() & 0o7777, 0o555);
+        assert_eq!(meta("ro").mtime() as u64, MTIME + 6);
+        assert_eq!(fs::read(s.rootfs.join("ro/inner")).unwrap(), b"ro");
+        assert!(meta("bin/sh").file_type().is_symlink());
+        assert_eq!(
+            fs::read_link(s.rootfs.join("bin/sh")).unwrap(),
+            Path::new("su")
+        );
+        assert_eq!(
+            meta("bin/sh").mtime() as u64,
+            MTIME + 8,
+            "symlink mtime (lutimes)"
+        );
+        assert_eq!(meta("bin/su2").ino(), meta("bin/su").ino(), "hardlink");
+        assert_eq!(meta("x").mtime(), 1_600_000_010);
+        assert_eq!(meta("x").mtime_nsec(), 500_000_000);
+        assert_eq!(meta("fifo").mode() & 0o7777, 0o620);
+        assert!(meta("fifo").file_type().is_fifo());
+        let xattrs = get_xattrs_at(open_dir_for(&s.rootfs).as_fd(), b"x").unwrap();
+        assert_eq!(
+            xattrs,
+            vec![(CString::new("user.test").unwrap(), b"hello".to_vec())]
+        );
+        let xattrs = get_xattrs_at(open_dir_for(&s.rootfs).as_fd(), b"y").unwrap();
+        assert!(
+            xattrs.is_empty(),
+            "a layer's own overlay xattrs are dropped: {xattrs:?}"
+        );
+        if root() {
+            assert_eq!((meta("home/u").uid(), meta("home/u").gid()), (1234, 5678));
+            assert_eq!(
+                (meta("home/u/file").uid(), meta("home/u/file").gid()),
+                (1234, 5678)
+            );
+            assert_eq!(
+                (meta("bin/sh").uid(), meta("bin/sh").gid()),
+                (1234, 5678),
+                "lchown"
+            );
+            assert!(meta("dev/null").file_type().is_char_device());
+            assert_eq!(meta("dev/null").rdev(), stat::makedev(1, 3));
+            assert_eq!(meta("dev/null").mode() & 0o7777, 0o666);
+            assert!(meta("dev/sda").file_type().is_block_device());
+            assert_eq!(meta("dev/sda").gid(), 6);
+        }
+        assert_eq!(summary.size_bytes, 4 + 4 + 2 + 5);
+        assert!(summary.whiteouts.is_empty() && summary.opaque_dirs.is_empty());
+        // 5 files, 5 dirs (bin tmp home home/u ro), symlink, fifo, not the hardlink; as root
+        // also dev/ and its two nodes.
+        let expected = 5 + 5 + 1 + 1 + if root() { 3 } else { 0 };
+        assert_eq!(summary.entries, expected);
+    }
+
+    fn open_dir_for(path: &Path) -> OwnedFd {
+        nix::fcntl::open(path, dir_flags(), Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn whiteouts_are_converted_and_recorded() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .dir("etc", 0o755)
+            .file("etc/.wh.passwd", 0o644, b"")
+            .dir("var/lib", 0o755)
+            .file("var/lib/.wh..wh..opq", 0o644, b"")
+            .file("var/lib/new", 0o644, b"n")
+            .file(".wh.gone", 0o644, b"")
+            .file(".wh..wh.plnk/123.456", 0o644, b"aufs hardlink store")
+            .file(".wh..wh.aufs", 0o644, b"")
+            .finish();
+        let summary = s.unpack(&tar).unwrap();
+        assert_eq!(
+            summary.whiteouts,
+            vec![PathBuf::from("etc/passwd"), PathBuf::from("gone")]
+        );
+        assert_eq!(summary.opaque_dirs, vec![PathBuf::from("var/lib")]);
+        let names: Vec<_> = fs::read_dir(&s.rootfs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(".wh.")),
+            "{names:?}"
+        );
+        assert!(!s.rootfs.join("etc/.wh.passwd").exists());
+        if root() {
+            let wh = fs::symlink_metadata(s.rootfs.join("etc/passwd")).unwrap();
+            assert!(wh.file_type().is_char_device());
+            assert_eq!(wh.rdev(), 0);
+            assert!(
+                fs::symlink_metadata(s.rootfs.join("gone"))
+                    .unwrap()
+                    .file_type()
+                    .is_char_device()
+            );
+            let x = get_xattrs_at(open_dir_for(&s.rootfs).as_fd(), b"var/lib").unwrap();
+            assert_eq!(
+                x,
+                vec![(CString::new(OVERLAY_OPAQUE_XATTR).unwrap(), b"y".to_vec())]
+            );
+        }
+        assert_eq!(fs::read(s.rootfs.join("var/lib/new")).unwrap(), b"n");
+        let json = serde_json::to_string(&summary).unwrap();
+        assert_eq!(
+            serde_json::from_str::<LayerSummary>(&json).unwrap(),
+            summary
+        );
+    }
+
+    #[test]
+    fn whiteout_then_recreated_dir_becomes_opaque() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .file(".wh.data", 0o644, b"")
+            .dir("data", 0o755)
+            .file("data/new", 0o644, b"n")
+            .file(".wh.file", 0o644, b"")
+            .file("file", 0o644, b"f")
+            .finish();
+        let summary = s.unpack(&tar).unwrap();
+        assert!(summary.whiteouts.is_empty(), "{summary:?}");
+        assert_eq!(summary.opaque_dirs, vec![PathBuf::from("data")]);
+        assert!(
+            fs::symlink_metadata(s.rootfs.join("file"))
+                .unwrap()
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn bad_whiteouts_are_rejected() {
+        let s = Sandbox::new();
+        assert_rejected(
+            s.unpack(&Tar::new().file(".wh...", 0o644, b"").finish()),
+            ".wh...",
+        );
+        assert_rejected(
+            s.unpack(&Tar::new().file(".wh.x/y", 0o644, b"").finish()),
+            ".wh.x/y",
+        );
+    }
+
+    fn sample() -> Vec<u8> {
+        Tar::new()
+            .dir("./", 0o755)
+            .dir("./a", 0o700)
+            .file("./a/b", 0o644, &vec![7u8; 100_000])
+            .symlink("./c", "a/b")
+            .finish()
+    }
+
+    #[test]
+    fn compressions_and_diff_id() {
+        use std::io::Write;
+        let tar = sample();
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        for (blob, declared) in [
+            (&tar, Compression::None),
+            (&gz, Compression::Gzip),
+            (&zst, Compression::Zstd),
+            // Mislabelled: the magic bytes win.
+            (&gz, Compression::None),
+            (&zst, Compression::Gzip),
+            (&tar, Compression::Zstd),
+        ] {
+            let s = Sandbox::new();
+            let summary = unpack_layer(&blob[..], declared, &s.rootfs).unwrap();
+            assert_eq!(summary.diff_id, diff_id, "{declared:?}");
+            assert_eq!(fs::read(s.rootfs.join("a/b")).unwrap().len(), 100_000);
+            assert_eq!(
+                fs::metadata(s.rootfs.join("a"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o700
+            );
+            assert_eq!(summary.size_bytes, 100_000);
+        }
+    }
+
+    #[test]
+    fn diff_id_covers_trailing_padding() {
+        let mut tar = sample();
+        tar.extend(std::iter::repeat_n(0u8, 10240 - tar.len() % 10240));
+        let s = Sandbox::new();
+        let summary = s.unpack(&tar).unwrap();
+        assert_eq!(
+            summary.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+        );
+    }
+
+    #[test]
+    fn corrupt_streams_fail() {
+        let s = Sandbox::new();
+        let mut tar = sample();
+        tar[148] ^= 1; // header checksum
+        assert!(matches!(s.unpack(&tar), Err(ExtractError::Stream(_))));
+        let s = Sandbox::new();
+        let gz = [0x1f, 0x8b, 8, 0, 0, 0];
+        assert!(matches!(
+            unpack_layer(&gz[..], Compression::Gzip, &s.rootfs),
+            Err(ExtractError::Stream(_))
+        ));
+    }
+
+    #[test]
+    fn media_types() {
+        use Compression::*;
+        for (mt, c) in [
+            ("application/vnd.oci.image.layer.v1.tar", None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Gzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Zstd),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Gzip,
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Gzip),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Gzip,
+            ),
+            ("application/x-tar", None),
+            ("", None),
+        ] {
+            assert_eq!(Compression::from_media_type(mt), c, "{mt}");
+        }
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Gzip);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Zstd);
+        assert_eq!(Compression::sniff(b"etc/"), None);
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_pax_time("12"), Some(TimeSpec::new(12, 0)));
+        assert_eq!(
+            parse_pax_time("12.25"),
+            Some(TimeSpec::new(12, 250_000_000))
+        );
+        assert_eq!(parse_pax_time("-1.5"), Some(TimeSpec::new(-2, 500_000_000)));
+        assert_eq!(parse_pax_time("x"), Option::None);
+    }
+
+    #[test]
+    fn replaced_entries_update_accounting() {
+        let s = Sandbox::new();
+        let tar = Tar::new()
+            .dir("d", 0o755)
+            .file("d/a", 0o644, b"aaaa")
+            .file("d/b", 0o644, b"bb")
+            .file("d", 0o644, b"now a file")
+            .finish();
+        let summary = s.unpack(&tar).unwrap();
+        assert_eq!(summary.entries, 1);
+        assert_eq!(summary.size_bytes, 10);
     }
 }
