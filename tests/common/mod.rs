@@ -161,14 +161,15 @@ impl Env {
             .unwrap();
     }
 
-    /// Mount points below the daemon's own dirs that are still mounted.
+    /// Mount points below the daemon's work and runtime dirs that are still mounted (the
+    /// dirs themselves are shared bind mounts the daemon keeps, as Mesos does).
     pub fn mounts_under_daemon(&self) -> Vec<String> {
-        let root = self.daemon.dir().display().to_string();
+        let dirs = [self.daemon.work_dir(), self.daemon.runtime_dir()].map(|d| format!("{}/", d.display()));
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&root))
+            .filter(|m| dirs.iter().any(|d| m.starts_with(d.as_str())))
             .map(str::to_string)
             .collect()
     }
