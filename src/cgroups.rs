@@ -92,8 +92,8 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+        if bytes[i] == b'\\' && i + 4 <= bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
                 .ok()
                 .and_then(|o| u8::from_str_radix(o, 8).ok())
             {
@@ -101,7 +101,6 @@ fn unescape(field: &str) -> String {
                 i += 4;
                 continue;
             }
-        }
         out.push(bytes[i]);
         i += 1;
     }
@@ -291,11 +290,10 @@ fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
             ancestor = a.parent();
         }
         // Parents between the ancestor and this dir must be filled first, top down.
-        if let Some(parent) = dir.parent() {
-            if parent.join(file).exists() && fs::read_to_string(parent.join(file)).map(|v| v.trim().is_empty()).unwrap_or(false) {
+        if let Some(parent) = dir.parent()
+            && parent.join(file).exists() && fs::read_to_string(parent.join(file)).map(|v| v.trim().is_empty()).unwrap_or(false) {
                 inherit_cpuset(parent)?;
             }
-        }
         fs::write(&path, value.trim()).map_err(io_err(&path))?;
     }
     Ok(())

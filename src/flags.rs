@@ -352,15 +352,14 @@ impl Flags {
         check_image_requirements(&image_providers, &isolation, launcher)?;
 
         let image_provisioner_backend = cli.image_provisioner_backend.or(file.image_provisioner_backend);
-        if let Some(backend) = &image_provisioner_backend {
-            if !["overlay", "aufs", "copy", "bind"].contains(&backend.as_str()) {
+        if let Some(backend) = &image_provisioner_backend
+            && !["overlay", "aufs", "copy", "bind"].contains(&backend.as_str()) {
                 return Err(FlagError::Invalid {
                     flag: "image_provisioner_backend",
                     value: backend.clone(),
                     reason: "expected one of overlay, aufs, copy, bind".into(),
                 });
             }
-        }
 
         let docker_registry = cli
             .docker_registry

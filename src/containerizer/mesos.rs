@@ -408,11 +408,10 @@ impl MesosContainerizer {
     /// Releases what a pod holds on the host, whatever state it got to. Idempotent.
     async fn teardown_pod(&self, record: &PodRecord) {
         let client = SupervisorClient::new(&record.supervisor_socket);
-        if record.supervisor_pid > 0 {
-            if let Err(e) = client.call(&Request::Shutdown, QUICK).await {
+        if record.supervisor_pid > 0
+            && let Err(e) = client.call(&Request::Shutdown, QUICK).await {
                 tracing::debug!(error = %e, "supervisor shutdown");
             }
-        }
         let supervisor_cgroup = record.supervisor_cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || supervisor_cgroup.kill_all(KILL_TIMEOUT)).await;
         let _ = std::fs::remove_file(&record.supervisor_socket);
@@ -842,9 +841,7 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf of the pod, bound into its containers.
 fn write_pod_files(pod: &PodInfo, hostname: &str) -> Result<()> {
     state::atomic_write(&pod.hostname_file(), format!("{hostname}\n").as_bytes())?;
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-    );
+    let hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".to_string();
     state::atomic_write(&pod.hosts_file(), hosts.as_bytes())?;
     let resolv = match pod.config.dns_config.as_ref().filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty()) {
         Some(dns) => {

@@ -471,6 +471,13 @@ async fn check(response: Response, ok: &[StatusCode], what: &str) -> Result<Resp
     bail!("{what} {url}: {status}: {body}")
 }
 
+/// In the workspace, reqwest is built with `rustls-no-provider` (the daemon's choice, which
+/// avoids aws-lc's C build), so every client needs a provider installed first, even for
+/// plain http.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,11 +494,4 @@ mod tests {
         assert_eq!(count_requests(log, "HEAD", "sha256:ab"), 1);
         assert_eq!(count_requests(log, "GET", "/v2/"), 2);
     }
-}
-
-/// In the workspace, reqwest is built with `rustls-no-provider` (the daemon's choice, which
-/// avoids aws-lc's C build), so every client needs a provider installed first, even for
-/// plain http.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

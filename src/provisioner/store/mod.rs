@@ -276,8 +276,8 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 
 fn make_writable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if meta.is_dir() {
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && meta.is_dir() {
             let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
             if let Ok(entries) = fs::read_dir(path) {
                 for entry in entries.flatten() {
@@ -285,5 +285,4 @@ fn make_writable(path: &Path) {
                 }
             }
         }
-    }
 }
