@@ -42,12 +42,20 @@ async fn main() {
     let mut builder = ImageBuilder::oci();
     for layer in 0..LAYERS {
         let entries = (0..FILES_PER_LAYER)
-            .map(|f| TarEntry::file(format!("data/l{layer}/f{f}"), noise((layer * 100 + f) as u64 + 1, FILE_SIZE)))
+            .map(|f| {
+                TarEntry::file(
+                    format!("data/l{layer}/f{f}"),
+                    noise((layer * 100 + f) as u64 + 1, FILE_SIZE),
+                )
+            })
             .collect::<Vec<_>>();
         builder = builder.layer(Layer::new(entries), Compression::Gzip);
     }
     let image = builder.build();
-    let pushed = registry.push("bench/big", "latest", &image).await.expect("push");
+    let pushed = registry
+        .push("bench/big", "latest", &image)
+        .await
+        .expect("push");
     let total: u64 = image.layers.iter().map(|l| l.blob.len() as u64).sum();
     let mb = total as f64 / (1 << 20) as f64;
 
@@ -62,7 +70,11 @@ async fn main() {
     for _ in 0..RUNS {
         let start = Instant::now();
         for url in &urls {
-            let ok = Command::new("curl").args(["-sf", "-o", "/dev/null", url]).status().expect("curl").success();
+            let ok = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", url])
+                .status()
+                .expect("curl")
+                .success();
             assert!(ok, "curl {url}");
         }
         curl_seq.push(start.elapsed());
@@ -71,7 +83,13 @@ async fn main() {
         for url in &urls {
             args.extend(["-o".to_string(), "/dev/null".to_string(), url.clone()]);
         }
-        assert!(Command::new("curl").args(&args).status().expect("curl").success());
+        assert!(
+            Command::new("curl")
+                .args(&args)
+                .status()
+                .expect("curl")
+                .success()
+        );
         curl_par.push(start.elapsed());
     }
 
@@ -81,22 +99,45 @@ async fn main() {
         .await
         .expect("daemon");
     let mut client = daemon.image_client().await.expect("client");
-    let spec = Some(cri::ImageSpec { image: pushed.reference(), ..Default::default() });
+    let spec = Some(cri::ImageSpec {
+        image: pushed.reference(),
+        ..Default::default()
+    });
     let mut pulls = Vec::new();
     for _ in 0..RUNS {
         let start = Instant::now();
         client
-            .pull_image(cri::PullImageRequest { image: spec.clone(), ..Default::default() })
+            .pull_image(cri::PullImageRequest {
+                image: spec.clone(),
+                ..Default::default()
+            })
             .await
             .expect("pull");
         pulls.push(start.elapsed());
-        client.remove_image(cri::RemoveImageRequest { image: spec.clone() }).await.expect("remove");
+        client
+            .remove_image(cri::RemoveImageRequest {
+                image: spec.clone(),
+            })
+            .await
+            .expect("remove");
     }
 
     let rate = |d: Duration| mb / d.as_secs_f64();
     let (p, s, c) = (median(pulls), median(curl_seq), median(curl_par));
     println!("image: {LAYERS} layers, {mb:.0} MiB compressed (gzip), median of {RUNS}");
-    println!("cri-mesos PullImage (download+verify+extract): {:>7.2}s {:>8.1} MiB/s", p.as_secs_f64(), rate(p));
-    println!("curl, blobs one by one (download only):        {:>7.2}s {:>8.1} MiB/s", s.as_secs_f64(), rate(s));
-    println!("curl, blobs in parallel (download only):       {:>7.2}s {:>8.1} MiB/s", c.as_secs_f64(), rate(c));
+    println!(
+        "cri-mesos PullImage (download+verify+extract): {:>7.2}s {:>8.1} MiB/s",
+        p.as_secs_f64(),
+        rate(p)
+    );
+    println!(
+        "curl, blobs one by one (download only):        {:>7.2}s {:>8.1} MiB/s",
+        s.as_secs_f64(),
+        rate(s)
+    );
+    println!(
+        "curl, blobs in parallel (download only):       {:>7.2}s {:>8.1} MiB/s",
+        c.as_secs_f64(),
+        rate(c)
+    );
 }

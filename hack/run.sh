@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/install-deps.sh
-cargo build --release --bin cri-mesos
+cargo build --release --bin cri-mesos --bin cri-mesos-supervisor
 exec target/release/cri-mesos "$@"

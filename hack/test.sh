@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 hack/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end tests spawn both binaries: build them first (a test target alone does
+# not rebuild another package's binary).
+cargo build --workspace --bins
 cargo test --workspace --no-fail-fast

@@ -18,7 +18,10 @@ pub enum CgroupError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io { path: path.to_path_buf(), source }
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The mounted hierarchies this machine has.
@@ -43,8 +46,12 @@ impl Hierarchies {
         for line in text.lines() {
             // Fields: id parent major:minor root mount-point options ... - fstype source super-options
             let mut parts = line.split(" - ");
-            let (Some(left), Some(right)) = (parts.next(), parts.next()) else { continue };
-            let Some(mount_point) = left.split(' ').nth(4) else { continue };
+            let (Some(left), Some(right)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(mount_point) = left.split(' ').nth(4) else {
+                continue;
+            };
             let mount_point = PathBuf::from(unescape(mount_point));
             if !mount_point.starts_with(root) {
                 continue;
@@ -82,8 +89,20 @@ impl Hierarchies {
 }
 
 const CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb", "net_cls",
-    "net_prio", "perf_event", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+    "misc",
 ];
 
 /// Mountinfo escapes spaces and a few other bytes as octal (`\040`).
@@ -92,15 +111,16 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len()
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
             && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
                 .ok()
                 .and_then(|o| u8::from_str_radix(o, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
         out.push(bytes[i]);
         i += 1;
     }
@@ -129,7 +149,10 @@ impl Cgroup {
             return Err(CgroupError::BadPath(relative.to_string()));
         }
         let relative = PathBuf::from(trimmed);
-        Ok(Cgroup { dirs: hierarchies.dirs(&relative), relative })
+        Ok(Cgroup {
+            dirs: hierarchies.dirs(&relative),
+            relative,
+        })
     }
 
     /// A child cgroup of this one.
@@ -187,7 +210,11 @@ impl Cgroup {
             .iter()
             .find(|d| d.join("freezer.state").exists())
             .cloned();
-        let cgroup_kill = self.dirs.iter().map(|d| d.join("cgroup.kill")).find(|p| p.exists());
+        let cgroup_kill = self
+            .dirs
+            .iter()
+            .map(|d| d.join("cgroup.kill"))
+            .find(|p| p.exists());
         let deadline = Instant::now() + timeout;
         loop {
             let pids = self.pids();
@@ -195,7 +222,10 @@ impl Cgroup {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(CgroupError::Unkillable { path: self.relative.clone(), pids });
+                return Err(CgroupError::Unkillable {
+                    path: self.relative.clone(),
+                    pids,
+                });
             }
             if let Some(kill) = &cgroup_kill {
                 // Atomic in the kernel: no fork can escape it.
@@ -206,7 +236,10 @@ impl Cgroup {
                 }
                 for pid in &pids {
                     // SIGKILL is delivered even to frozen tasks once they thaw.
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
                 if let Some(f) = &freezer {
                     let _ = fs::write(f.join("freezer.state"), "THAWED");
@@ -246,7 +279,12 @@ fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(CgroupError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(CgroupError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
     };
     for entry in entries.flatten() {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -263,7 +301,12 @@ fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => return Err(CgroupError::Io { path: dir.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(CgroupError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                });
+            }
         }
     }
 }
@@ -291,9 +334,13 @@ fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
         }
         // Parents between the ancestor and this dir must be filled first, top down.
         if let Some(parent) = dir.parent()
-            && parent.join(file).exists() && fs::read_to_string(parent.join(file)).map(|v| v.trim().is_empty()).unwrap_or(false) {
-                inherit_cpuset(parent)?;
-            }
+            && parent.join(file).exists()
+            && fs::read_to_string(parent.join(file))
+                .map(|v| v.trim().is_empty())
+                .unwrap_or(false)
+        {
+            inherit_cpuset(parent)?;
+        }
         fs::write(&path, value.trim()).map_err(io_err(&path))?;
     }
     Ok(())
@@ -305,7 +352,11 @@ mod tests {
 
     #[test]
     fn relative_paths_are_checked() {
-        let h = Hierarchies { v1: vec![], v2: Some(PathBuf::from("/sys/fs/cgroup")), pure_v2: true };
+        let h = Hierarchies {
+            v1: vec![],
+            v2: Some(PathBuf::from("/sys/fs/cgroup")),
+            pure_v2: true,
+        };
         assert!(Cgroup::at(&h, "/kubepods/pod1").is_ok());
         assert!(Cgroup::at(&h, "../escape").is_err());
         assert!(Cgroup::at(&h, "").is_err());
@@ -329,7 +380,10 @@ mod tests {
         let h = Hierarchies::detect(Path::new("/sys/fs/cgroup")).unwrap();
         let cg = Cgroup::at(&h, &format!("cri-mesos-test/unit-{}", std::process::id())).unwrap();
         cg.create().unwrap();
-        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
         cg.add(child.id() as i32).unwrap();
         assert_eq!(cg.pids(), vec![child.id() as i32]);
         cg.kill_all(Duration::from_secs(5)).unwrap_or_else(|e| {

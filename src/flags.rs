@@ -39,7 +39,11 @@ pub enum FlagError {
 /// The command line. Every value is optional here so that the environment and the
 /// config file can fill what the command line leaves out.
 #[derive(Debug, Parser)]
-#[command(name = "cri-mesos", version, about = "A Kubernetes CRI runtime built like the Apache Mesos containerizer")]
+#[command(
+    name = "cri-mesos",
+    version,
+    about = "A Kubernetes CRI runtime built like the Apache Mesos containerizer"
+)]
 struct Cli {
     /// YAML file with any of the flags below as keys (Mesos spelling).
     #[arg(long, env = "CRI_MESOS_CONFIG")]
@@ -47,9 +51,17 @@ struct Cli {
     /// Unix socket serving the CRI RuntimeService and ImageService.
     #[arg(long, env = "CRI_MESOS_LISTEN")]
     listen: Option<PathBuf>,
-    #[arg(long = "work_dir", visible_alias = "work-dir", env = "CRI_MESOS_WORK_DIR")]
+    #[arg(
+        long = "work_dir",
+        visible_alias = "work-dir",
+        env = "CRI_MESOS_WORK_DIR"
+    )]
     work_dir: Option<PathBuf>,
-    #[arg(long = "runtime_dir", visible_alias = "runtime-dir", env = "CRI_MESOS_RUNTIME_DIR")]
+    #[arg(
+        long = "runtime_dir",
+        visible_alias = "runtime-dir",
+        env = "CRI_MESOS_RUNTIME_DIR"
+    )]
     runtime_dir: Option<PathBuf>,
     #[arg(long, env = "CRI_MESOS_CONTAINERIZERS")]
     containerizers: Option<String>,
@@ -57,7 +69,18 @@ struct Cli {
     isolation: Option<String>,
     #[arg(long, env = "CRI_MESOS_LAUNCHER")]
     launcher: Option<String>,
-    #[arg(long = "image_providers", visible_alias = "image-providers", env = "CRI_MESOS_IMAGE_PROVIDERS")]
+    /// Where `cri-mesos-supervisor` is; default: beside the daemon's executable.
+    #[arg(
+        long = "launcher_dir",
+        visible_alias = "launcher-dir",
+        env = "CRI_MESOS_LAUNCHER_DIR"
+    )]
+    launcher_dir: Option<PathBuf>,
+    #[arg(
+        long = "image_providers",
+        visible_alias = "image-providers",
+        env = "CRI_MESOS_IMAGE_PROVIDERS"
+    )]
     image_providers: Option<String>,
     #[arg(
         long = "image_provisioner_backend",
@@ -65,9 +88,17 @@ struct Cli {
         env = "CRI_MESOS_IMAGE_PROVISIONER_BACKEND"
     )]
     image_provisioner_backend: Option<String>,
-    #[arg(long = "docker_registry", visible_alias = "docker-registry", env = "CRI_MESOS_DOCKER_REGISTRY")]
+    #[arg(
+        long = "docker_registry",
+        visible_alias = "docker-registry",
+        env = "CRI_MESOS_DOCKER_REGISTRY"
+    )]
     docker_registry: Option<String>,
-    #[arg(long = "docker_store_dir", visible_alias = "docker-store-dir", env = "CRI_MESOS_DOCKER_STORE_DIR")]
+    #[arg(
+        long = "docker_store_dir",
+        visible_alias = "docker-store-dir",
+        env = "CRI_MESOS_DOCKER_STORE_DIR"
+    )]
     docker_store_dir: Option<PathBuf>,
     /// Comma list of registry hosts spoken to over plain http.
     #[arg(
@@ -77,7 +108,11 @@ struct Cli {
     )]
     insecure_registries: Option<String>,
     /// Comma list of `host=endpoint` mirrors, tried in order before the host itself.
-    #[arg(long = "registry_mirrors", visible_alias = "registry-mirrors", env = "CRI_MESOS_REGISTRY_MIRRORS")]
+    #[arg(
+        long = "registry_mirrors",
+        visible_alias = "registry-mirrors",
+        env = "CRI_MESOS_REGISTRY_MIRRORS"
+    )]
     registry_mirrors: Option<String>,
     #[arg(
         long = "max_concurrent_downloads",
@@ -97,9 +132,17 @@ struct Cli {
         env = "CRI_MESOS_NETWORK_CNI_PLUGINS_DIR"
     )]
     network_cni_plugins_dir: Option<String>,
-    #[arg(long = "fetcher_cache_dir", visible_alias = "fetcher-cache-dir", env = "CRI_MESOS_FETCHER_CACHE_DIR")]
+    #[arg(
+        long = "fetcher_cache_dir",
+        visible_alias = "fetcher-cache-dir",
+        env = "CRI_MESOS_FETCHER_CACHE_DIR"
+    )]
     fetcher_cache_dir: Option<PathBuf>,
-    #[arg(long = "fetcher_cache_size", visible_alias = "fetcher-cache-size", env = "CRI_MESOS_FETCHER_CACHE_SIZE")]
+    #[arg(
+        long = "fetcher_cache_size",
+        visible_alias = "fetcher-cache-size",
+        env = "CRI_MESOS_FETCHER_CACHE_SIZE"
+    )]
     fetcher_cache_size: Option<String>,
     #[arg(
         long = "container_disk_watch_interval",
@@ -116,17 +159,37 @@ struct Cli {
         default_missing_value = "true"
     )]
     enforce_container_disk_quota: Option<String>,
-    #[arg(long = "cgroups_root", visible_alias = "cgroups-root", env = "CRI_MESOS_CGROUPS_ROOT")]
+    #[arg(
+        long = "cgroups_root",
+        visible_alias = "cgroups-root",
+        env = "CRI_MESOS_CGROUPS_ROOT"
+    )]
     cgroups_root: Option<String>,
-    #[arg(long = "cgroups_hierarchy", visible_alias = "cgroups-hierarchy", env = "CRI_MESOS_CGROUPS_HIERARCHY")]
+    #[arg(
+        long = "cgroups_hierarchy",
+        visible_alias = "cgroups-hierarchy",
+        env = "CRI_MESOS_CGROUPS_HIERARCHY"
+    )]
     cgroups_hierarchy: Option<PathBuf>,
-    #[arg(long = "cgroup_driver", visible_alias = "cgroup-driver", env = "CRI_MESOS_CGROUP_DRIVER")]
+    #[arg(
+        long = "cgroup_driver",
+        visible_alias = "cgroup-driver",
+        env = "CRI_MESOS_CGROUP_DRIVER"
+    )]
     cgroup_driver: Option<String>,
     #[arg(long, env = "CRI_MESOS_RESOURCES")]
     resources: Option<String>,
-    #[arg(long = "http_address", visible_alias = "http-address", env = "CRI_MESOS_HTTP_ADDRESS")]
+    #[arg(
+        long = "http_address",
+        visible_alias = "http-address",
+        env = "CRI_MESOS_HTTP_ADDRESS"
+    )]
     http_address: Option<String>,
-    #[arg(long = "logging_level", visible_alias = "logging-level", env = "CRI_MESOS_LOGGING_LEVEL")]
+    #[arg(
+        long = "logging_level",
+        visible_alias = "logging-level",
+        env = "CRI_MESOS_LOGGING_LEVEL"
+    )]
     logging_level: Option<String>,
 }
 
@@ -143,6 +206,8 @@ struct FileConfig {
     containerizers: Option<String>,
     isolation: Option<String>,
     launcher: Option<String>,
+    #[serde(alias = "launcher-dir")]
+    launcher_dir: Option<PathBuf>,
     #[serde(alias = "image-providers")]
     image_providers: Option<String>,
     #[serde(alias = "image-provisioner-backend")]
@@ -241,6 +306,7 @@ pub struct Flags {
     /// The isolator chain in Mesos's fixed order, after aliases and implied isolators.
     pub isolation: Vec<IsolatorName>,
     pub launcher: Launcher,
+    pub launcher_dir: PathBuf,
     pub image_providers: Vec<String>,
     pub image_provisioner_backend: Option<String>,
     pub docker_registry: String,
@@ -341,8 +407,20 @@ impl Flags {
             }
         };
 
-        let image_providers =
-            parse_image_providers(&cli.image_providers.or(file.image_providers).unwrap_or_else(|| "docker".into()))?;
+        let launcher_dir = match cli.launcher_dir.or(file.launcher_dir) {
+            Some(dir) => dir,
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin")),
+        };
+        absolute("launcher_dir", &launcher_dir)?;
+
+        let image_providers = parse_image_providers(
+            &cli.image_providers
+                .or(file.image_providers)
+                .unwrap_or_else(|| "docker".into()),
+        )?;
 
         let isolation_text = cli
             .isolation
@@ -351,15 +429,18 @@ impl Flags {
         let isolation = isolators::select(&isolation_text)?;
         check_image_requirements(&image_providers, &isolation, launcher)?;
 
-        let image_provisioner_backend = cli.image_provisioner_backend.or(file.image_provisioner_backend);
+        let image_provisioner_backend = cli
+            .image_provisioner_backend
+            .or(file.image_provisioner_backend);
         if let Some(backend) = &image_provisioner_backend
-            && !["overlay", "aufs", "copy", "bind"].contains(&backend.as_str()) {
-                return Err(FlagError::Invalid {
-                    flag: "image_provisioner_backend",
-                    value: backend.clone(),
-                    reason: "expected one of overlay, aufs, copy, bind".into(),
-                });
-            }
+            && !["overlay", "aufs", "copy", "bind"].contains(&backend.as_str())
+        {
+            return Err(FlagError::Invalid {
+                flag: "image_provisioner_backend",
+                value: backend.clone(),
+                reason: "expected one of overlay, aufs, copy, bind".into(),
+            });
+        }
 
         let docker_registry = cli
             .docker_registry
@@ -379,21 +460,33 @@ impl Flags {
         absolute("docker_store_dir", &docker_store_dir)?;
 
         let mut registries = file.registries;
-        let insecure = cli.insecure_registries.or(file.insecure_registries).unwrap_or_default();
+        let insecure = cli
+            .insecure_registries
+            .or(file.insecure_registries)
+            .unwrap_or_default();
         for host in insecure.split(',').map(str::trim).filter(|h| !h.is_empty()) {
             registries.entry(host.to_string()).or_default().insecure = true;
         }
-        let mirrors = cli.registry_mirrors.or(file.registry_mirrors).unwrap_or_default();
+        let mirrors = cli
+            .registry_mirrors
+            .or(file.registry_mirrors)
+            .unwrap_or_default();
         for item in mirrors.split(',').map(str::trim).filter(|m| !m.is_empty()) {
             let (host, endpoint) = item
                 .split_once('=')
-                .filter(|(h, e)| !h.is_empty() && (e.starts_with("http://") || e.starts_with("https://")))
+                .filter(|(h, e)| {
+                    !h.is_empty() && (e.starts_with("http://") || e.starts_with("https://"))
+                })
                 .ok_or_else(|| FlagError::Invalid {
                     flag: "registry_mirrors",
                     value: item.to_string(),
                     reason: "expected HOST=http(s)://ENDPOINT".into(),
                 })?;
-            registries.entry(host.to_string()).or_default().mirrors.push(endpoint.to_string());
+            registries
+                .entry(host.to_string())
+                .or_default()
+                .mirrors
+                .push(endpoint.to_string());
         }
         let downloads_text = cli
             .max_concurrent_downloads
@@ -418,8 +511,11 @@ impl Flags {
             .network_cni_plugins_dir
             .or(file.network_cni_plugins_dir)
             .unwrap_or_else(|| "/usr/lib/cni:/opt/cni/bin".into());
-        let network_cni_plugins_dir: Vec<PathBuf> =
-            plugins.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        let network_cni_plugins_dir: Vec<PathBuf> = plugins
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect();
         if network_cni_plugins_dir.is_empty() {
             return Err(FlagError::Invalid {
                 flag: "network_cni_plugins_dir",
@@ -450,21 +546,23 @@ impl Flags {
             .container_disk_watch_interval
             .or(file.container_disk_watch_interval.map(Scalar::into_text))
             .unwrap_or_else(|| "15secs".into());
-        let container_disk_watch_interval = parse_duration(&interval_text).map_err(|reason| FlagError::Invalid {
-            flag: "container_disk_watch_interval",
-            value: interval_text.clone(),
-            reason,
-        })?;
+        let container_disk_watch_interval =
+            parse_duration(&interval_text).map_err(|reason| FlagError::Invalid {
+                flag: "container_disk_watch_interval",
+                value: interval_text.clone(),
+                reason,
+            })?;
 
         let quota_text = cli
             .enforce_container_disk_quota
             .or(file.enforce_container_disk_quota.map(Scalar::into_text))
             .unwrap_or_else(|| "false".into());
-        let enforce_container_disk_quota = parse_bool(&quota_text).ok_or_else(|| FlagError::Invalid {
-            flag: "enforce_container_disk_quota",
-            value: quota_text.clone(),
-            reason: "expected true or false".into(),
-        })?;
+        let enforce_container_disk_quota =
+            parse_bool(&quota_text).ok_or_else(|| FlagError::Invalid {
+                flag: "enforce_container_disk_quota",
+                value: quota_text.clone(),
+                reason: "expected true or false".into(),
+            })?;
 
         let cgroups_root = cli
             .cgroups_root
@@ -543,6 +641,7 @@ impl Flags {
             containerizers,
             isolation,
             launcher,
+            launcher_dir,
             image_providers,
             image_provisioner_backend,
             docker_registry,
@@ -672,7 +771,11 @@ fn check_image_requirements(
     if !has("filesystem/linux") {
         return Err(FlagError::Invalid {
             flag: "isolation",
-            value: isolation.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(","),
+            value: isolation
+                .iter()
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             reason: "--image_providers needs the 'filesystem/linux' isolator".into(),
         });
     }
@@ -686,7 +789,11 @@ fn check_image_requirements(
     if providers.iter().any(|p| p == "docker") && !has("docker/runtime") {
         return Err(FlagError::Invalid {
             flag: "isolation",
-            value: isolation.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(","),
+            value: isolation
+                .iter()
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             reason: "the docker image provider needs the 'docker/runtime' isolator".into(),
         });
     }
@@ -696,9 +803,13 @@ fn check_image_requirements(
 /// Mesos byte sizes: a number followed by B, KB, MB, GB or TB (powers of 1024).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| "expected a number with a unit, e.g. 2GB".to_string())?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "expected a number with a unit, e.g. 2GB".to_string())?;
     let multiplier: u64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "KB" => 1 << 10,
@@ -716,7 +827,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// Mesos durations: a number followed by ns, us, ms, secs, mins, hrs, days or weeks.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let number: f64 = number
         .parse()
@@ -730,7 +843,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "hrs" => 3600.0,
         "days" => 86400.0,
         "weeks" => 604800.0,
-        other => return Err(format!("unknown unit '{other}' (ns, us, ms, secs, mins, hrs, days, weeks)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' (ns, us, ms, secs, mins, hrs, days, weeks)"
+            ));
+        }
     };
     if number < 0.0 {
         return Err("must not be negative".into());
@@ -751,7 +868,8 @@ fn parse_bool(text: &str) -> Option<bool> {
 fn validate_resources(text: &str) -> Result<(), String> {
     let text = text.trim();
     if text.starts_with('[') {
-        serde_json::from_str::<serde_json::Value>(text).map_err(|e| format!("bad JSON resources: {e}"))?;
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| format!("bad JSON resources: {e}"))?;
         return Ok(());
     }
     for item in text.split(';').filter(|s| !s.trim().is_empty()) {
@@ -766,7 +884,9 @@ fn validate_resources(text: &str) -> Result<(), String> {
             || (value.starts_with('{') && value.ends_with('}'))
             || value.parse::<f64>().is_ok_and(|v| v >= 0.0);
         if !ok {
-            return Err(format!("'{item}': value must be a number, [ranges] or {{set}}"));
+            return Err(format!(
+                "'{item}': value must be a number, [ranges] or {{set}}"
+            ));
         }
     }
     Ok(())
@@ -816,7 +936,10 @@ mod tests {
     fn defaults_resolve_without_any_source() {
         let flags = Flags::from_args(["cri-mesos"]).unwrap();
         assert_eq!(flags.work_dir, PathBuf::from(DEFAULT_WORK_DIR));
-        assert_eq!(flags.docker_store_dir, PathBuf::from("/var/lib/cri-mesos/store/docker"));
+        assert_eq!(
+            flags.docker_store_dir,
+            PathBuf::from("/var/lib/cri-mesos/store/docker")
+        );
         assert_eq!(flags.launcher, Launcher::Linux);
         assert_eq!(flags.fetcher_cache_size, 2 << 30);
     }

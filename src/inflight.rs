@@ -16,7 +16,9 @@ pub struct Inflight<T: Clone> {
 
 impl<T: Clone> Default for Inflight<T> {
     fn default() -> Self {
-        Self { map: Mutex::new(HashMap::new()) }
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -40,9 +42,10 @@ impl<T: Clone + Send + Sync + 'static> Inflight<T> {
                 Some(existing) => existing.clone(),
                 None => {
                     let task = tokio::spawn(start());
-                    let shared = async move { task.await.unwrap_or_else(|e| panicked(e.to_string())) }
-                        .boxed()
-                        .shared();
+                    let shared =
+                        async move { task.await.unwrap_or_else(|e| panicked(e.to_string())) }
+                            .boxed()
+                            .shared();
                     map.insert(key.to_string(), shared.clone());
                     shared
                 }
@@ -81,7 +84,10 @@ mod tests {
                 )
                 .await
         };
-        let (a, b) = tokio::join!(call(inflight.clone(), runs.clone()), call(inflight.clone(), runs.clone()));
+        let (a, b) = tokio::join!(
+            call(inflight.clone(), runs.clone()),
+            call(inflight.clone(), runs.clone())
+        );
         assert_eq!((a, b), (1, 1));
         assert_eq!(call(inflight.clone(), runs.clone()).await, 2);
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cri_mesos::containerizer::mesos::MesosContainerizer;
 use cri_mesos::flags::{self, Flags};
 use cri_mesos::provisioner::Provisioner;
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,7 +19,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&flags);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cri-mesos: cannot start the async runtime: {e}");
@@ -28,17 +32,20 @@ fn main() -> ExitCode {
     let flags = Arc::new(flags);
     // Configuration the kernel or the disk refuses (an aufs backend without aufs, a bad CA
     // file) is a flag error too: exit 2 before the socket is opened.
-    let provisioner = {
+    let containerizer = {
         let _guard = runtime.enter();
-        match Provisioner::from_flags(&flags) {
-            Ok(p) => p,
+        let created = Provisioner::from_flags(&flags)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| MesosContainerizer::new(flags.clone(), p).map_err(anyhow::Error::from));
+        match created {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("cri-mesos: {e}");
                 return ExitCode::from(2);
             }
         }
     };
-    match runtime.block_on(run(flags, provisioner)) {
+    match runtime.block_on(run(flags, containerizer)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cri-mesos: {e:#}");
@@ -50,7 +57,9 @@ fn main() -> ExitCode {
 fn init_tracing(flags: &Flags) {
     // RUST_LOG, when set, wins: it can target modules, which --logging_level cannot.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(flags::tracing_level(&flags.logging_level).unwrap_or("info"))
+        tracing_subscriber::EnvFilter::new(
+            flags::tracing_level(&flags.logging_level).unwrap_or("info"),
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -59,7 +68,7 @@ fn init_tracing(flags: &Flags) {
         .init();
 }
 
-async fn run(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> anyhow::Result<()> {
+async fn run(flags: Arc<Flags>, containerizer: Arc<MesosContainerizer>) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -69,7 +78,9 @@ async fn run(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> anyhow::Result
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         // Canonical: mountinfo shows resolved paths, and bidirectional volumes under these
         // dirs must find them shared.
-        let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
         if let Err(e) = cri_mesos::launcher::propagation::make_shared(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot make a shared mount; bidirectional volumes under it will be refused");
         }
@@ -82,6 +93,6 @@ async fn run(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> anyhow::Result
             _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
         }
     };
-    cri_mesos::server::serve(flags, provisioner, listener, shutdown).await?;
+    cri_mesos::server::serve(flags, containerizer, listener, shutdown).await?;
     Ok(())
 }

@@ -14,7 +14,6 @@ use crate::containerizer::mesos::MesosContainerizer;
 use crate::cri::image::CriImages;
 use crate::cri::runtime::CriRuntime;
 use crate::flags::Flags;
-use crate::provisioner::Provisioner;
 
 /// kubelet's own limit for CRI messages; large ListContainers answers need it.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -25,8 +24,6 @@ pub enum ServeError {
     SocketInUse(PathBuf),
     #[error("cannot prepare the socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
-    #[error("cannot start the containerizer: {0}")]
-    Containerizer(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -34,7 +31,10 @@ pub enum ServeError {
 /// Binds the CRI socket, root-only (0660), replacing a stale socket file but never a
 /// live one: a second daemon on the same node must not steal the first one's clients.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
-    let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
@@ -43,7 +43,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(_) => {
             // Refused (or not a socket): nobody answers, so the file is stale.
-            std::fs::remove_file(path).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(err)?;
+            std::fs::remove_file(path)
+                .or_else(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(err)?;
         }
     }
     // The mode is set through the umask so the socket is never briefly world-reachable.
@@ -64,12 +72,11 @@ fn set_umask(mask: libc::mode_t) -> libc::mode_t {
 /// Containers are left alone: a restart must not touch running workloads.
 pub async fn serve(
     flags: Arc<Flags>,
-    provisioner: Arc<Provisioner>,
+    containerizer: Arc<MesosContainerizer>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let containerizer = MesosContainerizer::new(flags.clone(), provisioner.clone())
-        .map_err(|e| ServeError::Containerizer(e.to_string()))?;
+    let provisioner = containerizer.provisioner().clone();
     let runtime = RuntimeServiceServer::new(CriRuntime::new(flags.clone(), containerizer))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

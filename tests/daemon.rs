@@ -16,7 +16,13 @@ async fn verbose_config(daemon: &Daemon) -> serde_json::Value {
         .await
         .unwrap()
         .into_inner();
-    serde_json::from_str(status.info.get("config").expect("verbose status has config")).unwrap()
+    serde_json::from_str(
+        status
+            .info
+            .get("config")
+            .expect("verbose status has config"),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -25,7 +31,9 @@ async fn version_status_and_runtime_config() {
     let mut client = daemon.runtime_client().await.unwrap();
 
     let version = client
-        .version(cri::VersionRequest { version: "0.1.0".into() })
+        .version(cri::VersionRequest {
+            version: "0.1.0".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -41,9 +49,15 @@ async fn version_status_and_runtime_config() {
         .into_inner();
     assert!(status.info.is_empty(), "info only when verbose");
     let conditions = status.status.unwrap().conditions;
-    let runtime = conditions.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
+    let runtime = conditions
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .unwrap();
     assert!(runtime.status);
-    let network = conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    let network = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
     assert!(!network.status);
     assert_eq!(network.reason, "NetworkPluginNotReady");
     assert!(!network.message.is_empty());
@@ -53,7 +67,10 @@ async fn version_status_and_runtime_config() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(config.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
+    assert_eq!(
+        config.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
 
     let verbose = verbose_config(&daemon).await;
     assert_eq!(verbose["listen"], daemon.socket().display().to_string());
@@ -76,10 +93,15 @@ async fn update_runtime_config_stores_the_pod_cidr() {
     let mut client = daemon.runtime_client().await.unwrap();
     let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
         runtime_config: Some(cri::RuntimeConfig {
-            network_config: Some(cri::NetworkConfig { pod_cidr: cidr.into() }),
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
         }),
     };
-    client.update_runtime_config(update("10.244.3.0/24")).await.unwrap();
+    client
+        .update_runtime_config(update("10.244.3.0/24"))
+        .await
+        .unwrap();
     let status = client
         .status(cri::StatusRequest { verbose: true })
         .await
@@ -87,7 +109,10 @@ async fn update_runtime_config_stores_the_pod_cidr() {
         .into_inner();
     assert_eq!(status.info["podCIDR"], "\"10.244.3.0/24\"");
 
-    let err = client.update_runtime_config(update("10.244.3.0/99")).await.unwrap_err();
+    let err = client
+        .update_runtime_config(update("10.244.3.0/99"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("pod_cidr"), "{}", err.message());
 }
@@ -101,7 +126,11 @@ async fn rpcs_of_later_issues_answer_unimplemented() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ListMetricDescriptors"), "{}", err.message());
+    assert!(
+        err.message().contains("ListMetricDescriptors"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -127,11 +156,17 @@ async fn flag_beats_env_beats_file_beats_default() {
         .await
         .unwrap();
     let config = verbose_config(&daemon).await;
-    assert_eq!(config["cgroups_root"], "from-flag", "flag beats env and file");
+    assert_eq!(
+        config["cgroups_root"], "from-flag",
+        "flag beats env and file"
+    );
     assert_eq!(config["fetcher_cache_size"], 512u64 << 20, "env beats file");
     assert_eq!(config["logging_level"], "WARNING", "file beats default");
     assert_eq!(config["container_disk_watch_interval"], "60secs");
-    assert_eq!(config["network_cni_plugins_dir"], serde_json::json!(["/opt/file-plugins"]));
+    assert_eq!(
+        config["network_cni_plugins_dir"],
+        serde_json::json!(["/opt/file-plugins"])
+    );
     assert_eq!(config["max_concurrent_downloads"], 3, "default");
     assert_eq!(config["config_file"], file.display().to_string());
 }
@@ -146,8 +181,14 @@ fn bad_flags_exit_2_naming_the_value() {
     let bad_file_arg = format!("--config={}", bad_file.display());
     let cases: &[(&[&str], &str)] = &[
         (&["--isolation=bogus/thing"], "bogus/thing"),
-        (&["--isolation=namespaces/pid,namespaces/pid"], "namespaces/pid"),
-        (&["--isolation=filesystem/linux,filesystem/posix"], "filesystem/posix"),
+        (
+            &["--isolation=namespaces/pid,namespaces/pid"],
+            "namespaces/pid",
+        ),
+        (
+            &["--isolation=filesystem/linux,filesystem/posix"],
+            "filesystem/posix",
+        ),
         (&["--isolation=gpu/nvidia"], "gpu/nvidia"),
         (&["--isolation=cgroups"], "not support"),
         (&["--containerizers=mesos,kubernetes"], "kubernetes"),
@@ -169,8 +210,17 @@ fn bad_flags_exit_2_naming_the_value() {
         let mut all = vec![format!("--listen={}", socket.display())];
         all.extend(args.iter().map(|a| a.to_string()));
         let out = run_once(BIN, &all).unwrap();
-        assert_eq!(out.code, Some(2), "{args:?} should exit 2; stderr: {}", out.stderr);
-        assert!(out.stderr.contains(needle), "{args:?}: stderr should name {needle:?}: {}", out.stderr);
+        assert_eq!(
+            out.code,
+            Some(2),
+            "{args:?} should exit 2; stderr: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: stderr should name {needle:?}: {}",
+            out.stderr
+        );
         assert!(!socket.exists(), "{args:?} opened the socket");
     }
 }
@@ -205,13 +255,20 @@ async fn a_second_daemon_on_a_live_socket_refuses_to_start() {
     assert!(out.stderr.contains("already serving"), "{}", out.stderr);
     // The first one still answers on its socket.
     let mut client = daemon.runtime_client().await.unwrap();
-    client.version(cri::VersionRequest::default()).await.unwrap();
+    client
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn socket_is_root_only_and_sigterm_removes_it() {
     let mut daemon = Daemon::start(BIN).await.unwrap();
-    let mode = std::fs::metadata(daemon.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(daemon.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660);
     let status = daemon.stop().await.unwrap();
     assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
@@ -222,8 +279,14 @@ async fn socket_is_root_only_and_sigterm_removes_it() {
 async fn a_stale_socket_is_replaced() {
     let mut daemon = Daemon::start(BIN).await.unwrap();
     daemon.kill9().unwrap();
-    assert!(daemon.socket().exists(), "SIGKILL leaves the socket file behind");
+    assert!(
+        daemon.socket().exists(),
+        "SIGKILL leaves the socket file behind"
+    );
     daemon.restart().await.unwrap();
     let mut client = daemon.runtime_client().await.unwrap();
-    client.version(cri::VersionRequest::default()).await.unwrap();
+    client
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
 }

@@ -76,7 +76,9 @@ impl std::fmt::Debug for MesosContainerizer {
 }
 
 fn task_died(reason: String) -> Shared<String> {
-    Err(Arc::new(ContainerizerError::Internal(format!("launch task failed: {reason}"))))
+    Err(Arc::new(ContainerizerError::Internal(format!(
+        "launch task failed: {reason}"
+    ))))
 }
 
 fn unshared(e: Arc<ContainerizerError>) -> ContainerizerError {
@@ -84,7 +86,10 @@ fn unshared(e: Arc<ContainerizerError>) -> ContainerizerError {
 }
 
 fn pod_key(meta: &cri::PodSandboxMetadata) -> String {
-    format!("{}_{}_{}_{}", meta.name, meta.namespace, meta.uid, meta.attempt)
+    format!(
+        "{}_{}_{}_{}",
+        meta.name, meta.namespace, meta.uid, meta.attempt
+    )
 }
 
 fn container_key(pod_id: &str, meta: &cri::ContainerMetadata) -> String {
@@ -92,26 +97,36 @@ fn container_key(pod_id: &str, meta: &cri::ContainerMetadata) -> String {
 }
 
 fn invalid(field: &str, reason: &str) -> ContainerizerError {
-    ContainerizerError::InvalidArgument { field: field.into(), reason: reason.into() }
+    ContainerizerError::InvalidArgument {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 impl MesosContainerizer {
-    pub fn new(flags: Arc<Flags>, provisioner: Arc<Provisioner>) -> Result<Arc<MesosContainerizer>> {
+    pub fn new(
+        flags: Arc<Flags>,
+        provisioner: Arc<Provisioner>,
+    ) -> Result<Arc<MesosContainerizer>> {
         let hierarchies = Hierarchies::detect(&flags.cgroups_hierarchy)?;
         let context = IsolatorContext {
             runtime_dir: flags.runtime_dir.clone(),
             work_dir: flags.work_dir.clone(),
         };
         let isolators = registry::build(&flags.isolation, &context);
-        for dir in [meta_dir(&flags).join("pods"), meta_dir(&flags).join("containers")] {
+        for dir in [
+            meta_dir(&flags).join("pods"),
+            meta_dir(&flags).join("containers"),
+        ] {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         }
+        let supervisor_bin = SupervisorBinary::in_dir(&flags.launcher_dir)?;
         let containerizer = Arc::new(MesosContainerizer {
             flags,
             provisioner,
             isolators,
             hierarchies,
-            supervisor_bin: SupervisorBinary::beside_current_exe(),
+            supervisor_bin,
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
@@ -125,30 +140,48 @@ impl MesosContainerizer {
     fn recover(&self) -> Result<()> {
         let meta = meta_dir(&self.flags);
         let mut tables = self.tables();
-        for entry in std::fs::read_dir(meta.join("pods")).map_err(ContainerizerError::io(meta.join("pods")))?.flatten() {
+        for entry in std::fs::read_dir(meta.join("pods"))
+            .map_err(ContainerizerError::io(meta.join("pods")))?
+            .flatten()
+        {
             if let Ok(Some(pod)) = state::recover::<PodRecord>(&entry.path()) {
                 if let Some(meta) = &pod.info.config.metadata {
                     tables.pod_names.insert(
                         pod_key(meta),
-                        Reservation { id: pod.info.id.clone(), config: pod.info.config.clone() },
+                        Reservation {
+                            id: pod.info.id.clone(),
+                            config: pod.info.config.clone(),
+                        },
                     );
                 }
                 tables.pods.insert(pod.info.id.clone(), pod);
             }
         }
         let containers = meta.join("containers");
-        for entry in std::fs::read_dir(&containers).map_err(ContainerizerError::io(&containers))?.flatten() {
-            if let Ok(Some(c)) = state::recover::<ContainerRecord>(&entry.path().join("container.json")) {
+        for entry in std::fs::read_dir(&containers)
+            .map_err(ContainerizerError::io(&containers))?
+            .flatten()
+        {
+            if let Ok(Some(c)) =
+                state::recover::<ContainerRecord>(&entry.path().join("container.json"))
+            {
                 if let Some(meta) = &c.config.metadata {
                     tables.container_names.insert(
                         container_key(&c.pod_id, meta),
-                        Reservation { id: c.id.clone(), config: c.config.clone() },
+                        Reservation {
+                            id: c.id.clone(),
+                            config: c.config.clone(),
+                        },
                     );
                 }
                 tables.containers.insert(c.id.clone(), c);
             }
         }
-        tracing::info!(pods = tables.pods.len(), containers = tables.containers.len(), "recovered checkpoints");
+        tracing::info!(
+            pods = tables.pods.len(),
+            containers = tables.containers.len(),
+            "recovered checkpoints"
+        );
         Ok(())
     }
 
@@ -175,14 +208,22 @@ impl MesosContainerizer {
 
     pub fn pod(&self, id: &str) -> Result<PodRecord> {
         let tables = self.tables();
-        find(&tables.pods, id).cloned().ok_or(ContainerizerError::NotFound { what: "pod sandbox", id: id.into() })
+        find(&tables.pods, id)
+            .cloned()
+            .ok_or(ContainerizerError::NotFound {
+                what: "pod sandbox",
+                id: id.into(),
+            })
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
         let tables = self.tables();
         find(&tables.containers, id)
             .cloned()
-            .ok_or(ContainerizerError::NotFound { what: "container", id: id.into() })
+            .ok_or(ContainerizerError::NotFound {
+                what: "container",
+                id: id.into(),
+            })
     }
 
     pub fn isolator_names(&self) -> Vec<&'static str> {
@@ -196,15 +237,29 @@ impl MesosContainerizer {
     // ---- pod sandboxes (top-level containers) ----
 
     /// RunPodSandbox: idempotent by name for an identical config, AlreadyExists otherwise.
-    pub async fn launch_pod(self: &Arc<Self>, config: cri::PodSandboxConfig, handler: String) -> Result<String> {
-        let meta = config.metadata.clone().ok_or_else(|| invalid("config.metadata", "is required"))?;
-        for (field, value) in [("config.metadata.name", &meta.name), ("config.metadata.namespace", &meta.namespace), ("config.metadata.uid", &meta.uid)] {
+    pub async fn launch_pod(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        handler: String,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        for (field, value) in [
+            ("config.metadata.name", &meta.name),
+            ("config.metadata.namespace", &meta.namespace),
+            ("config.metadata.uid", &meta.uid),
+        ] {
             if value.is_empty() {
                 return Err(invalid(field, "must not be empty"));
             }
         }
         if !handler.is_empty() && handler != "mesos" {
-            return Err(ContainerizerError::NotFound { what: "runtime handler", id: handler });
+            return Err(ContainerizerError::NotFound {
+                what: "runtime handler",
+                id: handler,
+            });
         }
         let key = pod_key(&meta);
         let id = {
@@ -219,12 +274,23 @@ impl MesosContainerizer {
                 }
                 None => {
                     let id = new_id();
-                    tables.pod_names.insert(key.clone(), Reservation { id: id.clone(), config: config.clone() });
+                    tables.pod_names.insert(
+                        key.clone(),
+                        Reservation {
+                            id: id.clone(),
+                            config: config.clone(),
+                        },
+                    );
                     id
                 }
             }
         };
-        if self.tables().pods.get(&id).is_some_and(|p| p.mesos_state == MesosState::Running) {
+        if self
+            .tables()
+            .pods
+            .get(&id)
+            .is_some_and(|p| p.mesos_state == MesosState::Running)
+        {
             return Ok(id);
         }
         let this = self.clone();
@@ -249,7 +315,12 @@ impl MesosContainerizer {
             .map_err(unshared)
     }
 
-    async fn launch_pod_uncached(&self, id: &str, config: cri::PodSandboxConfig, handler: String) -> Result<()> {
+    async fn launch_pod_uncached(
+        &self,
+        id: &str,
+        config: cri::PodSandboxConfig,
+        handler: String,
+    ) -> Result<()> {
         let lock = self.lock_of(id);
         let _guard = lock.lock().await;
         let options = config
@@ -260,15 +331,27 @@ impl MesosContainerizer {
             .unwrap_or_default();
         let host_net = options.network == cri::NamespaceMode::Node as i32;
         let host_ipc = options.ipc == cri::NamespaceMode::Node as i32;
-        let pid_mode = match cri::NamespaceMode::try_from(options.pid).unwrap_or(cri::NamespaceMode::Container) {
+        let pid_mode = match cri::NamespaceMode::try_from(options.pid)
+            .unwrap_or(cri::NamespaceMode::Container)
+        {
             cri::NamespaceMode::Pod => NsMode::Pod,
             cri::NamespaceMode::Node => NsMode::Node,
             _ => NsMode::Container,
         };
         let dir = self.flags.runtime_dir.join("pods").join(id);
-        let cgroup_parent = config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
         let (pod_cgroup, owns_pod_cgroup) = if cgroup_parent.is_empty() {
-            (Cgroup::at(&self.hierarchies, &format!("{}/{id}", self.flags.cgroups_root))?, true)
+            (
+                Cgroup::at(
+                    &self.hierarchies,
+                    &format!("{}/{id}", self.flags.cgroups_root),
+                )?,
+                true,
+            )
         } else {
             let cgroup = Cgroup::at(&self.hierarchies, &cgroup_parent)
                 .map_err(|e| invalid("config.linux.cgroup_parent", &e.to_string()))?;
@@ -277,7 +360,10 @@ impl MesosContainerizer {
         let supervisor_cgroup = pod_cgroup.child(id)?;
         let hostname = if config.hostname.is_empty() {
             if host_net {
-                nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_default()
             } else {
                 meta_name(&config)
             }
@@ -300,7 +386,11 @@ impl MesosContainerizer {
             mesos_state: MesosState::Preparing,
             runtime_handler: handler,
             supervisor_pid: 0,
-            supervisor_socket: self.flags.runtime_dir.join("sv").join(format!("{}.sock", &id[..16])),
+            supervisor_socket: self
+                .flags
+                .runtime_dir
+                .join("sv")
+                .join(format!("{}.sock", &id[..16])),
             supervisor_cgroup,
             owns_pod_cgroup,
         };
@@ -310,7 +400,15 @@ impl MesosContainerizer {
         self.tables().pods.insert(id.to_string(), record.clone());
 
         let result = self
-            .prepare_pod(&mut record, &hostname, Wanted { net: !host_net, uts: !host_net, ipc: !host_ipc })
+            .prepare_pod(
+                &mut record,
+                &hostname,
+                Wanted {
+                    net: !host_net,
+                    uts: !host_net,
+                    ipc: !host_ipc,
+                },
+            )
             .await;
         match result {
             Ok(()) => {
@@ -330,7 +428,12 @@ impl MesosContainerizer {
         }
     }
 
-    async fn prepare_pod(&self, record: &mut PodRecord, hostname: &str, wanted: Wanted) -> Result<()> {
+    async fn prepare_pod(
+        &self,
+        record: &mut PodRecord,
+        hostname: &str,
+        wanted: Wanted,
+    ) -> Result<()> {
         let dir = record.info.dir.clone();
         std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         write_pod_files(&record.info, hostname)?;
@@ -339,9 +442,10 @@ impl MesosContainerizer {
         }
         let ns_dir = dir.join("ns");
         let host = hostname.to_string();
-        let pinned = tokio::task::spawn_blocking(move || namespaces::create(&ns_dir, wanted, &host))
-            .await
-            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
+        let pinned =
+            tokio::task::spawn_blocking(move || namespaces::create(&ns_dir, wanted, &host))
+                .await
+                .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
         record.info.net_ns = pinned.net;
         record.info.uts_ns = pinned.uts;
         record.info.ipc_ns = pinned.ipc;
@@ -355,11 +459,19 @@ impl MesosContainerizer {
         }
         if socket.exists() {
             // A 16-hex-digit prefix collision, or a leftover: refuse rather than share.
-            return Err(ContainerizerError::Internal(format!("supervisor socket {} already exists", socket.display())));
+            return Err(ContainerizerError::Internal(format!(
+                "supervisor socket {} already exists",
+                socket.display()
+            )));
         }
         let pid = self
             .supervisor_bin
-            .spawn(&record.info.id, &socket, &dir.join("supervisor"), record.info.pid_mode == NsMode::Pod)
+            .spawn(
+                &record.info.id,
+                &socket,
+                &dir.join("supervisor"),
+                record.info.pid_mode == NsMode::Pod,
+            )
             .await?;
         record.supervisor_pid = pid;
         self.checkpoint_pod(record)?;
@@ -369,12 +481,21 @@ impl MesosContainerizer {
     }
 
     fn checkpoint_pod(&self, record: &PodRecord) -> Result<()> {
-        state::checkpoint(&meta_dir(&self.flags).join("pods").join(format!("{}.json", record.info.id)), record)?;
+        state::checkpoint(
+            &meta_dir(&self.flags)
+                .join("pods")
+                .join(format!("{}.json", record.info.id)),
+            record,
+        )?;
         Ok(())
     }
 
     fn forget_pod(&self, id: &str) {
-        let _ = std::fs::remove_file(meta_dir(&self.flags).join("pods").join(format!("{id}.json")));
+        let _ = std::fs::remove_file(
+            meta_dir(&self.flags)
+                .join("pods")
+                .join(format!("{id}.json")),
+        );
         let mut tables = self.tables();
         tables.pods.remove(id);
         tables.pod_names.retain(|_, r| r.id != id);
@@ -383,15 +504,25 @@ impl MesosContainerizer {
     /// StopPodSandbox: kills every container, stops the supervisor, releases the pod's
     /// namespaces and shm. Idempotent, also for unknown ids.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.pod(id) else { return Ok(()) };
+        let Ok(record) = self.pod(id) else {
+            return Ok(());
+        };
         let lock = self.lock_of(&record.info.id);
         let _guard = lock.lock().await;
         self.stop_pod_locked(&record.info.id).await
     }
 
     async fn stop_pod_locked(&self, id: &str) -> Result<()> {
-        let Ok(mut record) = self.pod(id) else { return Ok(()) };
-        let containers: Vec<String> = self.tables().containers.values().filter(|c| c.pod_id == id).map(|c| c.id.clone()).collect();
+        let Ok(mut record) = self.pod(id) else {
+            return Ok(());
+        };
+        let containers: Vec<String> = self
+            .tables()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == id)
+            .map(|c| c.id.clone())
+            .collect();
         for cid in containers {
             self.stop_container_locked(&cid, 0).await?;
         }
@@ -409,9 +540,10 @@ impl MesosContainerizer {
     async fn teardown_pod(&self, record: &PodRecord) {
         let client = SupervisorClient::new(&record.supervisor_socket);
         if record.supervisor_pid > 0
-            && let Err(e) = client.call(&Request::Shutdown, QUICK).await {
-                tracing::debug!(error = %e, "supervisor shutdown");
-            }
+            && let Err(e) = client.call(&Request::Shutdown, QUICK).await
+        {
+            tracing::debug!(error = %e, "supervisor shutdown");
+        }
         let supervisor_cgroup = record.supervisor_cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || supervisor_cgroup.kill_all(KILL_TIMEOUT)).await;
         let _ = std::fs::remove_file(&record.supervisor_socket);
@@ -429,12 +561,20 @@ impl MesosContainerizer {
     /// RemovePodSandbox: stops the pod, removes its containers and everything it left.
     /// Idempotent.
     pub async fn remove_pod(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.pod(id) else { return Ok(()) };
+        let Ok(record) = self.pod(id) else {
+            return Ok(());
+        };
         let id = record.info.id.clone();
         let lock = self.lock_of(&id);
         let _guard = lock.lock().await;
         self.stop_pod_locked(&id).await?;
-        let containers: Vec<String> = self.tables().containers.values().filter(|c| c.pod_id == id).map(|c| c.id.clone()).collect();
+        let containers: Vec<String> = self
+            .tables()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == id)
+            .map(|c| c.id.clone())
+            .collect();
         for cid in containers {
             self.remove_container_locked(&cid).await?;
         }
@@ -445,7 +585,10 @@ impl MesosContainerizer {
         let dir = record.info.dir.clone();
         let _ = std::fs::remove_dir_all(&dir);
         self.forget_pod(&id);
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         tracing::info!(pod_id = %id, "pod sandbox removed");
         Ok(())
     }
@@ -459,7 +602,10 @@ impl MesosContainerizer {
         pod_id: &str,
         config: cri::ContainerConfig,
     ) -> Result<String> {
-        let meta = config.metadata.clone().ok_or_else(|| invalid("config.metadata", "is required"))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| invalid("config.metadata", "is required"))?;
         if meta.name.is_empty() {
             return Err(invalid("config.metadata.name", "must not be empty"));
         }
@@ -468,7 +614,10 @@ impl MesosContainerizer {
         }
         let pod = self.pod(pod_id)?;
         if !pod.ready {
-            return Err(ContainerizerError::FailedPrecondition(format!("pod sandbox {} is not ready", pod.info.id)));
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.info.id
+            )));
         }
         let pod_id = pod.info.id.clone();
         let key = container_key(&pod_id, &meta);
@@ -484,7 +633,13 @@ impl MesosContainerizer {
                 }
                 None => {
                     let id = new_id();
-                    tables.container_names.insert(key.clone(), Reservation { id: id.clone(), config: config.clone() });
+                    tables.container_names.insert(
+                        key.clone(),
+                        Reservation {
+                            id: id.clone(),
+                            config: config.clone(),
+                        },
+                    );
                     id
                 }
             }
@@ -500,7 +655,9 @@ impl MesosContainerizer {
                 &id,
                 move || {
                     async move {
-                        let result = this.launch_container_uncached(&launch_id, pod, config).await;
+                        let result = this
+                            .launch_container_uncached(&launch_id, pod, config)
+                            .await;
                         if result.is_err() {
                             this.tables().container_names.remove(&key);
                         }
@@ -514,14 +671,24 @@ impl MesosContainerizer {
             .map_err(unshared)
     }
 
-    async fn launch_container_uncached(&self, id: &str, pod: PodRecord, config: cri::ContainerConfig) -> Result<()> {
+    async fn launch_container_uncached(
+        &self,
+        id: &str,
+        pod: PodRecord,
+        config: cri::ContainerConfig,
+    ) -> Result<()> {
         let lock = self.lock_of(&pod.info.id);
         let _guard = lock.lock().await;
-        let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
         let container_dir = meta_dir(&self.flags).join("containers").join(id);
         let log_path = {
             let dir = &pod.info.config.log_directory;
-            (!dir.is_empty() && !config.log_path.is_empty()).then(|| Path::new(dir).join(&config.log_path))
+            (!dir.is_empty() && !config.log_path.is_empty())
+                .then(|| Path::new(dir).join(&config.log_path))
         };
         let mut record = ContainerRecord {
             id: id.to_string(),
@@ -542,7 +709,9 @@ impl MesosContainerizer {
             start_error: None,
         };
         self.checkpoint_container(&record)?;
-        self.tables().containers.insert(id.to_string(), record.clone());
+        self.tables()
+            .containers
+            .insert(id.to_string(), record.clone());
 
         let result = self.prepare_and_fork(&mut record, &pod, &image_name).await;
         match result {
@@ -562,7 +731,12 @@ impl MesosContainerizer {
         }
     }
 
-    async fn prepare_and_fork(&self, record: &mut ContainerRecord, pod: &PodRecord, image_name: &str) -> Result<()> {
+    async fn prepare_and_fork(
+        &self,
+        record: &mut ContainerRecord,
+        pod: &PodRecord,
+        image_name: &str,
+    ) -> Result<()> {
         // PROVISIONING
         let provisioned = self.provisioner.provision(&record.id, image_name).await?;
         record.rootfs = provisioned.rootfs.clone();
@@ -595,7 +769,10 @@ impl MesosContainerizer {
         // The launcher: the supervisor forks the container, which sets itself up and
         // then blocks on its start pipe.
         let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client.call(&Request::Launch(Box::new(launch)), LAUNCH_TIMEOUT).await? {
+        match client
+            .call(&Request::Launch(Box::new(launch)), LAUNCH_TIMEOUT)
+            .await?
+        {
             Response::Launched { pid } => record.pid = pid,
             other => return Err(unexpected(&other)),
         }
@@ -603,7 +780,10 @@ impl MesosContainerizer {
     }
 
     fn checkpoint_container(&self, record: &ContainerRecord) -> Result<()> {
-        let path = meta_dir(&self.flags).join("containers").join(&record.id).join("container.json");
+        let path = meta_dir(&self.flags)
+            .join("containers")
+            .join(&record.id)
+            .join("container.json");
         state::checkpoint(&path, record)?;
         Ok(())
     }
@@ -633,7 +813,15 @@ impl MesosContainerizer {
         // Nothing to fetch yet: URIs come with the fetcher.
         record.mesos_state = MesosState::Fetching;
         let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client.call(&Request::Start { container_id: record.id.clone() }, LAUNCH_TIMEOUT).await {
+        match client
+            .call(
+                &Request::Start {
+                    container_id: record.id.clone(),
+                },
+                LAUNCH_TIMEOUT,
+            )
+            .await
+        {
             Ok(Response::Started { pid }) => {
                 record.pid = pid;
                 record.started_at = now_ns();
@@ -647,7 +835,9 @@ impl MesosContainerizer {
                 record.start_error = Some(message.clone());
                 self.checkpoint_container(&record)?;
                 self.tables().containers.insert(record.id.clone(), record);
-                Err(ContainerizerError::FailedPrecondition(format!("failed to start container {id}: {message}")))
+                Err(ContainerizerError::FailedPrecondition(format!(
+                    "failed to start container {id}: {message}"
+                )))
             }
             Err(e) => Err(e.into()),
         }
@@ -656,21 +846,29 @@ impl MesosContainerizer {
     /// StopContainer: the stop signal, then SIGKILL of the whole cgroup after `timeout`
     /// seconds. Idempotent, also for unknown ids.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let Ok(record) = self.container(id) else { return Ok(()) };
+        let Ok(record) = self.container(id) else {
+            return Ok(());
+        };
         let lock = self.lock_of(&record.pod_id);
         let _guard = lock.lock().await;
         self.stop_container_locked(&record.id, timeout).await
     }
 
     async fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<()> {
-        let Ok(record) = self.container(id) else { return Ok(()) };
+        let Ok(record) = self.container(id) else {
+            return Ok(());
+        };
         if record.exit().is_some() || record.start_error.is_some() || record.pid <= 0 {
             return Ok(());
         }
         let pod = self.pod(&record.pod_id)?;
         let client = SupervisorClient::new(&pod.supervisor_socket);
         if timeout > 0 && record.started_at > 0 {
-            let signal = Request::Signal { container_id: record.id.clone(), signal: record.stop_signal, all: false };
+            let signal = Request::Signal {
+                container_id: record.id.clone(),
+                signal: record.stop_signal,
+                all: false,
+            };
             if let Err(e) = client.call(&signal, QUICK).await {
                 tracing::debug!(error = %e, "stop signal");
             }
@@ -683,7 +881,11 @@ impl MesosContainerizer {
             }
         }
         // The grace period is over (or there was none): kill every process of the container.
-        let kill = Request::Signal { container_id: record.id.clone(), signal: libc::SIGKILL, all: true };
+        let kill = Request::Signal {
+            container_id: record.id.clone(),
+            signal: libc::SIGKILL,
+            all: true,
+        };
         if let Err(e) = client.call(&kill, QUICK).await {
             tracing::debug!(error = %e, "kill through the supervisor");
         }
@@ -713,23 +915,36 @@ impl MesosContainerizer {
 
     /// RemoveContainer: force-stops it, then undoes its launch. Idempotent.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.container(id) else { return Ok(()) };
+        let Ok(record) = self.container(id) else {
+            return Ok(());
+        };
         let lock = self.lock_of(&record.pod_id);
         let _guard = lock.lock().await;
         self.remove_container_locked(&record.id).await
     }
 
     async fn remove_container_locked(&self, id: &str) -> Result<()> {
-        let Ok(mut record) = self.container(id) else { return Ok(()) };
+        let Ok(mut record) = self.container(id) else {
+            return Ok(());
+        };
         self.stop_container_locked(id, 0).await?;
         record.mesos_state = MesosState::Destroying;
         if let Ok(pod) = self.pod(&record.pod_id) {
             let client = SupervisorClient::new(&pod.supervisor_socket);
-            let _ = client.call(&Request::Forget { container_id: id.to_string() }, QUICK).await;
+            let _ = client
+                .call(
+                    &Request::Forget {
+                        container_id: id.to_string(),
+                    },
+                    QUICK,
+                )
+                .await;
         }
         self.destroy_container_resources(&record).await;
         let dir = meta_dir(&self.flags).join("containers").join(id);
-        std::fs::remove_dir_all(&dir).or_else(ignore_missing).map_err(ContainerizerError::io(&dir))?;
+        std::fs::remove_dir_all(&dir)
+            .or_else(ignore_missing)
+            .map_err(ContainerizerError::io(&dir))?;
         let mut tables = self.tables();
         tables.containers.remove(id);
         tables.container_names.retain(|_, r| r.id != id);
@@ -758,7 +973,10 @@ impl MesosContainerizer {
     pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecResult> {
         let record = self.container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerizerError::FailedPrecondition(format!("container {} is not running", record.id)));
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
         }
         if cmd.is_empty() {
             return Err(invalid("cmd", "must not be empty"));
@@ -777,16 +995,24 @@ impl MesosContainerizer {
             stdin_b64: None,
         };
         // The supervisor enforces the timeout; ours only guards against a lost reply.
-        let guard = if timeout > 0 { Duration::from_secs(timeout as u64 + 30) } else { Duration::from_secs(24 * 3600) };
+        let guard = if timeout > 0 {
+            Duration::from_secs(timeout as u64 + 30)
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
         let client = SupervisorClient::new(&pod.supervisor_socket);
         match client.call(&Request::Exec(Box::new(exec)), guard).await {
-            Ok(Response::ExecResult(result)) if result.timed_out => Err(ContainerizerError::DeadlineExceeded(format!(
-                "command timed out after {timeout}s in container {}",
-                record.id
-            ))),
+            Ok(Response::ExecResult(result)) if result.timed_out => {
+                Err(ContainerizerError::DeadlineExceeded(format!(
+                    "command timed out after {timeout}s in container {}",
+                    record.id
+                )))
+            }
             Ok(Response::ExecResult(result)) => Ok(result),
             Ok(other) => Err(unexpected(&other)),
-            Err(SupervisorError::Refused(message)) => Err(ContainerizerError::FailedPrecondition(message)),
+            Err(SupervisorError::Refused(message)) => {
+                Err(ContainerizerError::FailedPrecondition(message))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -795,13 +1021,26 @@ impl MesosContainerizer {
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
         let record = self.container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerizerError::FailedPrecondition(format!("container {} is not running", record.id)));
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
         }
         let pod = self.pod(&record.pod_id)?;
         let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client.call(&Request::ReopenLog { container_id: record.id.clone() }, QUICK).await {
+        match client
+            .call(
+                &Request::ReopenLog {
+                    container_id: record.id.clone(),
+                },
+                QUICK,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(SupervisorError::Refused(message)) => Err(ContainerizerError::FailedPrecondition(message)),
+            Err(SupervisorError::Refused(message)) => {
+                Err(ContainerizerError::FailedPrecondition(message))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -812,7 +1051,11 @@ fn unexpected(reply: &Response) -> ContainerizerError {
 }
 
 fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 fn meta_dir(flags: &Flags) -> PathBuf {
@@ -820,7 +1063,11 @@ fn meta_dir(flags: &Flags) -> PathBuf {
 }
 
 fn meta_name(config: &cri::PodSandboxConfig) -> String {
-    config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+    config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default()
 }
 
 /// Finds by full id or by a unique prefix (crictl shows shortened ids).
@@ -843,7 +1090,12 @@ fn write_pod_files(pod: &PodInfo, hostname: &str) -> Result<()> {
     state::atomic_write(&pod.hostname_file(), format!("{hostname}\n").as_bytes())?;
     let hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".to_string();
     state::atomic_write(&pod.hosts_file(), hosts.as_bytes())?;
-    let resolv = match pod.config.dns_config.as_ref().filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty()) {
+    let resolv = match pod
+        .config
+        .dns_config
+        .as_ref()
+        .filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
+    {
         Some(dns) => {
             let mut text = String::new();
             for server in &dns.servers {
@@ -873,5 +1125,8 @@ fn mount_shm(path: &Path) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
     )
-    .map_err(|e| ContainerizerError::Io { path: path.to_path_buf(), source: e.into() })
+    .map_err(|e| ContainerizerError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
 }

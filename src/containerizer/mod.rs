@@ -61,7 +61,10 @@ pub enum ContainerizerError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Internal(String),
     /// One error handed to every waiter of a shared creation.
@@ -96,5 +99,9 @@ pub fn now_ns() -> i64 {
 
 /// A fresh 64-hex id, the shape containerd and CRI-O use (crictl shortens it).
 pub fn new_id() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }

@@ -31,9 +31,12 @@ impl CriImages {
         let store = self.provisioner.store();
         store.lookup(image).or_else(|| {
             let reference = ImageReference::parse(image).ok()?;
-            store
-                .lookup(&reference.to_string())
-                .or_else(|| reference.digest.as_ref().and_then(|d| store.lookup(&reference.digested_name(d))))
+            store.lookup(&reference.to_string()).or_else(|| {
+                reference
+                    .digest
+                    .as_ref()
+                    .and_then(|d| store.lookup(&reference.digested_name(d)))
+            })
         })
     }
 }
@@ -51,9 +54,9 @@ pub fn provision_status(error: &ProvisionError) -> Status {
             ProviderErrorKind::Corrupt | ProviderErrorKind::Other => Code::Internal,
         },
         ProvisionError::Backend(BackendError::BindMultiLayer { .. }) => Code::FailedPrecondition,
-        ProvisionError::DiffIdMismatch { .. } | ProvisionError::BadConfig { .. } | ProvisionError::Extract { .. } => {
-            Code::Internal
-        }
+        ProvisionError::DiffIdMismatch { .. }
+        | ProvisionError::BadConfig { .. }
+        | ProvisionError::Extract { .. } => Code::Internal,
         _ => Code::Internal,
     };
     Status::new(code, error.to_string())
@@ -121,7 +124,10 @@ fn image_name(spec: Option<cri::ImageSpec>, field: &str) -> Result<String, Statu
 
 #[tonic::async_trait]
 impl ImageService for CriImages {
-    async fn list_images(&self, request: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
+    async fn list_images(
+        &self,
+        request: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
         let filter = request
             .into_inner()
             .filter
@@ -130,12 +136,21 @@ impl ImageService for CriImages {
             .filter(|s| !s.is_empty());
         let images = match filter {
             Some(name) => self.find(&name).iter().map(to_cri).collect(),
-            None => self.provisioner.store().images().iter().map(to_cri).collect(),
+            None => self
+                .provisioner
+                .store()
+                .images()
+                .iter()
+                .map(to_cri)
+                .collect(),
         };
         Ok(Response::new(cri::ListImagesResponse { images }))
     }
 
-    async fn image_status(&self, request: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        request: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image, "image.image")?;
         // A missing image is an empty answer, not an error: kubelet decides to pull on it.
@@ -153,10 +168,16 @@ impl ImageService for CriImages {
             });
             info.insert("info".to_string(), details.to_string());
         }
-        Ok(Response::new(cri::ImageStatusResponse { image: Some(to_cri(&record)), info }))
+        Ok(Response::new(cri::ImageStatusResponse {
+            image: Some(to_cri(&record)),
+            info,
+        }))
     }
 
-    async fn pull_image(&self, request: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        request: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image, "image.image")?;
         let span = tracing::info_span!("pull", image = %name);
@@ -166,10 +187,15 @@ impl ImageService for CriImages {
             .pull(&name, credentials(request.auth))
             .await
             .map_err(|e| provision_status(&e))?;
-        Ok(Response::new(cri::PullImageResponse { image_ref: record.id }))
+        Ok(Response::new(cri::PullImageResponse {
+            image_ref: record.id,
+        }))
     }
 
-    async fn remove_image(&self, request: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        request: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let name = image_name(request.into_inner().image, "image.image")?;
         // Idempotent: removing what is not there succeeds.
         if let Some(record) = self.find(&name) {
@@ -182,7 +208,10 @@ impl ImageService for CriImages {
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _request: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _request: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         let (bytes, inodes) = self.provisioner.store().usage();
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

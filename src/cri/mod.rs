@@ -23,8 +23,12 @@ pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
         ContainerizerError::AlreadyExists(_) => Code::AlreadyExists,
         ContainerizerError::FailedPrecondition(_) => Code::FailedPrecondition,
         ContainerizerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        ContainerizerError::Isolator(IsolatorError::InvalidArgument { .. }) => Code::InvalidArgument,
-        ContainerizerError::Isolator(IsolatorError::FailedPrecondition { .. }) => Code::FailedPrecondition,
+        ContainerizerError::Isolator(IsolatorError::InvalidArgument { .. }) => {
+            Code::InvalidArgument
+        }
+        ContainerizerError::Isolator(IsolatorError::FailedPrecondition { .. }) => {
+            Code::FailedPrecondition
+        }
         ContainerizerError::Isolator(IsolatorError::NotFound { .. }) => Code::NotFound,
         ContainerizerError::Provision(p) => image::provision_status(p).code(),
         _ => Code::Internal,

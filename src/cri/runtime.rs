@@ -37,7 +37,10 @@ impl CriRuntime {
     }
 
     pub fn pod_cidr(&self) -> Option<String> {
-        self.pod_cidr.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.pod_cidr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn conditions(&self) -> Vec<cri::RuntimeCondition> {
@@ -63,7 +66,9 @@ impl CriRuntime {
 
 fn required(value: String, field: &str) -> Result<String, Status> {
     if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field} must not be empty")))
+        Err(Status::invalid_argument(format!(
+            "{field} must not be empty"
+        )))
     } else {
         Ok(value)
     }
@@ -88,7 +93,9 @@ fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
         state: pod.cri_state() as i32,
         created_at: pod.created_at,
         network: Some(cri::PodSandboxNetworkStatus::default()),
-        linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options }) }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace { options }),
+        }),
         labels: pod.info.config.labels.clone(),
         annotations: pod.info.config.annotations.clone(),
         runtime_handler: pod.runtime_handler.clone(),
@@ -99,10 +106,24 @@ fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
     let exit = c.exit();
     let state = c.cri_state(&exit);
     let (exit_code, finished_at, reason, message) = match (&exit, &c.start_error) {
-        (_, Some(error)) => (128, exit.as_ref().map(|e| e.finished_at_ns).unwrap_or(c.created_at), "StartError", error.clone()),
-        (Some(e), None) if e.oom_killed => (e.exit_code, e.finished_at_ns, "OOMKilled", String::new()),
+        (_, Some(error)) => (
+            128,
+            exit.as_ref()
+                .map(|e| e.finished_at_ns)
+                .unwrap_or(c.created_at),
+            "StartError",
+            error.clone(),
+        ),
+        (Some(e), None) if e.oom_killed => {
+            (e.exit_code, e.finished_at_ns, "OOMKilled", String::new())
+        }
         (Some(e), None) if e.exit_code == 0 => (0, e.finished_at_ns, "Completed", String::new()),
-        (Some(e), None) => (e.exit_code, e.finished_at_ns, "Error", e.error.clone().unwrap_or_default()),
+        (Some(e), None) => (
+            e.exit_code,
+            e.finished_at_ns,
+            "Error",
+            e.error.clone().unwrap_or_default(),
+        ),
         (None, None) => (0, 0, "", String::new()),
     };
     cri::ContainerStatus {
@@ -120,7 +141,11 @@ fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
-        log_path: c.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        log_path: c
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         resources: None,
         image_id: c.image_id.clone(),
         user: None,
@@ -133,7 +158,9 @@ fn validate_pod_cidr(text: &str) -> Result<(), String> {
         let (ip, prefix) = cidr
             .split_once('/')
             .ok_or_else(|| format!("'{cidr}' is not ADDRESS/PREFIX"))?;
-        let ip: IpAddr = ip.parse().map_err(|_| format!("'{cidr}' has an invalid address"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("'{cidr}' has an invalid address"))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         match prefix.parse::<u8>() {
             Ok(p) if p <= max => {}

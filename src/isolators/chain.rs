@@ -33,7 +33,10 @@ pub enum IsolatorError {
         source: std::io::Error,
     },
     #[error("{isolator}: {reason}")]
-    Other { isolator: &'static str, reason: String },
+    Other {
+        isolator: &'static str,
+        reason: String,
+    },
 }
 
 /// Namespace sharing of a pod, from `NamespaceOption`.
@@ -105,7 +108,11 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
 
     /// Adds this isolator's part to the container's launch info. Runs serially, in chain
     /// order, before the container is forked.
-    async fn prepare(&self, _container: &ContainerPrep<'_>, _launch: &mut LaunchInfo) -> Result<(), IsolatorError> {
+    async fn prepare(
+        &self,
+        _container: &ContainerPrep<'_>,
+        _launch: &mut LaunchInfo,
+    ) -> Result<(), IsolatorError> {
         Ok(())
     }
 

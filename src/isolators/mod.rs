@@ -38,47 +38,211 @@ struct Known {
 
 /// Every built-in Mesos isolator, in Mesos's creation order.
 const CATALOG: &[Known] = &[
-    Known { name: "filesystem/posix", stage: Stage::Filesystem, built: false },
-    Known { name: "filesystem/linux", stage: Stage::Filesystem, built: true },
-    Known { name: "filesystem/shared", stage: Stage::Filesystem, built: false },
-    Known { name: "filesystem/windows", stage: Stage::Filesystem, built: false },
-    Known { name: "posix/cpu", stage: Stage::Runtime, built: false },
-    Known { name: "posix/mem", stage: Stage::Runtime, built: false },
-    Known { name: "posix/rlimits", stage: Stage::Runtime, built: false },
-    Known { name: "windows/cpu", stage: Stage::Runtime, built: false },
-    Known { name: "windows/mem", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/all", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/blkio", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/cpu", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/cpuset", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/devices", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/hugetlb", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/mem", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/net_cls", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/net_prio", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/perf_event", stage: Stage::Runtime, built: false },
-    Known { name: "cgroups/pids", stage: Stage::Runtime, built: false },
-    Known { name: "appc/runtime", stage: Stage::Runtime, built: false },
-    Known { name: "docker/runtime", stage: Stage::Runtime, built: true },
-    Known { name: "docker/volume", stage: Stage::Volume, built: false },
-    Known { name: "volume/csi", stage: Stage::Volume, built: false },
-    Known { name: "volume/image", stage: Stage::Volume, built: false },
-    Known { name: "volume/sandbox_path", stage: Stage::Volume, built: false },
-    Known { name: "volume/host_path", stage: Stage::Volume, built: true },
-    Known { name: "volume/secret", stage: Stage::Volume, built: false },
-    Known { name: "disk/du", stage: Stage::Disk, built: false },
-    Known { name: "disk/xfs", stage: Stage::Disk, built: false },
-    Known { name: "gpu/nvidia", stage: Stage::Gpu, built: false },
-    Known { name: "namespaces/ipc", stage: Stage::Network, built: true },
-    Known { name: "namespaces/pid", stage: Stage::Network, built: true },
-    Known { name: "network/cni", stage: Stage::Network, built: true },
-    Known { name: "network/port_mapping", stage: Stage::Network, built: false },
-    Known { name: "network/ports", stage: Stage::Network, built: false },
-    Known { name: "environment_secret", stage: Stage::Misc, built: false },
-    Known { name: "linux/capabilities", stage: Stage::Misc, built: false },
-    Known { name: "linux/devices", stage: Stage::Misc, built: false },
-    Known { name: "linux/nnp", stage: Stage::Misc, built: false },
-    Known { name: "linux/seccomp", stage: Stage::Misc, built: false },
+    Known {
+        name: "filesystem/posix",
+        stage: Stage::Filesystem,
+        built: false,
+    },
+    Known {
+        name: "filesystem/linux",
+        stage: Stage::Filesystem,
+        built: true,
+    },
+    Known {
+        name: "filesystem/shared",
+        stage: Stage::Filesystem,
+        built: false,
+    },
+    Known {
+        name: "filesystem/windows",
+        stage: Stage::Filesystem,
+        built: false,
+    },
+    Known {
+        name: "posix/cpu",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "posix/mem",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "posix/rlimits",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "windows/cpu",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "windows/mem",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/all",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/blkio",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/cpu",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/cpuset",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/devices",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/hugetlb",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/mem",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/net_cls",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/net_prio",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/perf_event",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "cgroups/pids",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "appc/runtime",
+        stage: Stage::Runtime,
+        built: false,
+    },
+    Known {
+        name: "docker/runtime",
+        stage: Stage::Runtime,
+        built: true,
+    },
+    Known {
+        name: "docker/volume",
+        stage: Stage::Volume,
+        built: false,
+    },
+    Known {
+        name: "volume/csi",
+        stage: Stage::Volume,
+        built: false,
+    },
+    Known {
+        name: "volume/image",
+        stage: Stage::Volume,
+        built: false,
+    },
+    Known {
+        name: "volume/sandbox_path",
+        stage: Stage::Volume,
+        built: false,
+    },
+    Known {
+        name: "volume/host_path",
+        stage: Stage::Volume,
+        built: true,
+    },
+    Known {
+        name: "volume/secret",
+        stage: Stage::Volume,
+        built: false,
+    },
+    Known {
+        name: "disk/du",
+        stage: Stage::Disk,
+        built: false,
+    },
+    Known {
+        name: "disk/xfs",
+        stage: Stage::Disk,
+        built: false,
+    },
+    Known {
+        name: "gpu/nvidia",
+        stage: Stage::Gpu,
+        built: false,
+    },
+    Known {
+        name: "namespaces/ipc",
+        stage: Stage::Network,
+        built: true,
+    },
+    Known {
+        name: "namespaces/pid",
+        stage: Stage::Network,
+        built: true,
+    },
+    Known {
+        name: "network/cni",
+        stage: Stage::Network,
+        built: true,
+    },
+    Known {
+        name: "network/port_mapping",
+        stage: Stage::Network,
+        built: false,
+    },
+    Known {
+        name: "network/ports",
+        stage: Stage::Network,
+        built: false,
+    },
+    Known {
+        name: "environment_secret",
+        stage: Stage::Misc,
+        built: false,
+    },
+    Known {
+        name: "linux/capabilities",
+        stage: Stage::Misc,
+        built: false,
+    },
+    Known {
+        name: "linux/devices",
+        stage: Stage::Misc,
+        built: false,
+    },
+    Known {
+        name: "linux/nnp",
+        stage: Stage::Misc,
+        built: false,
+    },
+    Known {
+        name: "linux/seccomp",
+        stage: Stage::Misc,
+        built: false,
+    },
 ];
 
 /// Deprecated names Mesos still accepts, rewritten as Mesos rewrites them.
@@ -90,7 +254,8 @@ const ALIASES: &[(&str, &[&str])] = &[
 
 /// Isolators `filesystem/linux` brings along in Mesos. Those this runtime does not build
 /// are left out silently: they are implied, not asked for.
-const IMPLIED_BY_FILESYSTEM_LINUX: &[&str] = &["volume/image", "volume/host_path", "volume/sandbox_path"];
+const IMPLIED_BY_FILESYSTEM_LINUX: &[&str] =
+    &["volume/image", "volume/host_path", "volume/sandbox_path"];
 
 /// A known Mesos isolator name (always one of [`CATALOG`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -103,11 +268,16 @@ impl IsolatorName {
     }
 
     pub fn stage(&self) -> Stage {
-        catalog_entry(self.0).map(|k| k.stage).unwrap_or(Stage::Misc)
+        catalog_entry(self.0)
+            .map(|k| k.stage)
+            .unwrap_or(Stage::Misc)
     }
 
     fn position(&self) -> usize {
-        CATALOG.iter().position(|k| k.name == self.0).unwrap_or(usize::MAX)
+        CATALOG
+            .iter()
+            .position(|k| k.name == self.0)
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -125,7 +295,9 @@ pub enum SelectionError {
     Duplicate(String),
     #[error("--isolation: only one filesystem isolator may be used, got '{0}' and '{1}'")]
     TwoFilesystems(String, String),
-    #[error("--isolation: only one network isolator (besides network/ports) may be used, got '{0}' and '{1}'")]
+    #[error(
+        "--isolation: only one network isolator (besides network/ports) may be used, got '{0}' and '{1}'"
+    )]
     TwoNetworks(String, String),
     #[error("--isolation: '{0}' is a Mesos isolator that cri-mesos does not support yet")]
     NotSupportedYet(String),
@@ -138,13 +310,18 @@ fn catalog_entry(name: &str) -> Option<&'static Known> {
 /// Turns an `--isolation` value into the isolator chain in Mesos's fixed order.
 pub fn select(isolation: &str) -> Result<Vec<IsolatorName>, SelectionError> {
     let mut asked: Vec<&'static Known> = Vec::new();
-    for raw in isolation.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for raw in isolation
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let names: Vec<&str> = match ALIASES.iter().find(|(alias, _)| *alias == raw) {
             Some((_, expansion)) => expansion.to_vec(),
             None => vec![raw],
         };
         for name in names {
-            let known = catalog_entry(name).ok_or_else(|| SelectionError::Unknown(name.to_string()))?;
+            let known =
+                catalog_entry(name).ok_or_else(|| SelectionError::Unknown(name.to_string()))?;
             if asked.iter().any(|k| k.name == known.name) {
                 return Err(SelectionError::Duplicate(name.to_string()));
             }
@@ -152,7 +329,11 @@ pub fn select(isolation: &str) -> Result<Vec<IsolatorName>, SelectionError> {
         }
     }
 
-    let filesystems: Vec<&str> = asked.iter().map(|k| k.name).filter(|n| n.starts_with("filesystem/")).collect();
+    let filesystems: Vec<&str> = asked
+        .iter()
+        .map(|k| k.name)
+        .filter(|n| n.starts_with("filesystem/"))
+        .collect();
     if let [first, second, ..] = filesystems[..] {
         return Err(SelectionError::TwoFilesystems(first.into(), second.into()));
     }
@@ -202,27 +383,48 @@ mod tests {
         let chain = select("network/cni,namespaces/pid,docker/runtime,filesystem/linux").unwrap();
         assert_eq!(
             names(&chain),
-            ["filesystem/linux", "docker/runtime", "volume/host_path", "namespaces/pid", "network/cni"]
+            [
+                "filesystem/linux",
+                "docker/runtime",
+                "volume/host_path",
+                "namespaces/pid",
+                "network/cni"
+            ]
         );
     }
 
     #[test]
     fn defaults_are_added() {
-        assert_eq!(names(&select("namespaces/pid").unwrap()), ["filesystem/posix", "namespaces/pid", "network/cni"]);
+        assert_eq!(
+            names(&select("namespaces/pid").unwrap()),
+            ["filesystem/posix", "namespaces/pid", "network/cni"]
+        );
     }
 
     #[test]
     fn errors_name_the_value() {
-        assert_eq!(select("bogus/thing"), Err(SelectionError::Unknown("bogus/thing".into())));
+        assert_eq!(
+            select("bogus/thing"),
+            Err(SelectionError::Unknown("bogus/thing".into()))
+        );
         assert_eq!(
             select("namespaces/pid,namespaces/pid"),
             Err(SelectionError::Duplicate("namespaces/pid".into()))
         );
         assert_eq!(
             select("filesystem/linux,filesystem/posix"),
-            Err(SelectionError::TwoFilesystems("filesystem/linux".into(), "filesystem/posix".into()))
+            Err(SelectionError::TwoFilesystems(
+                "filesystem/linux".into(),
+                "filesystem/posix".into()
+            ))
         );
-        assert_eq!(select("gpu/nvidia"), Err(SelectionError::NotSupportedYet("gpu/nvidia".into())));
-        assert_eq!(select("cgroups"), Err(SelectionError::NotSupportedYet("cgroups/cpu".into())));
+        assert_eq!(
+            select("gpu/nvidia"),
+            Err(SelectionError::NotSupportedYet("gpu/nvidia".into()))
+        );
+        assert_eq!(
+            select("cgroups"),
+            Err(SelectionError::NotSupportedYet("cgroups/cpu".into()))
+        );
     }
 }

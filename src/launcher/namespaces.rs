@@ -41,7 +41,10 @@ pub struct Pinned {
 /// Makes the wanted namespaces and pins them as `dir/{net,uts,ipc}`. On failure nothing
 /// stays pinned.
 pub fn create(dir: &Path, wanted: Wanted, hostname: &str) -> Result<Pinned, NamespaceError> {
-    fs::create_dir_all(dir).map_err(|source| NamespaceError::Io { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|source| NamespaceError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let dir = dir.to_path_buf();
     let hostname = hostname.to_string();
     std::thread::spawn(move || {
@@ -56,7 +59,12 @@ pub fn create(dir: &Path, wanted: Wanted, hostname: &str) -> Result<Pinned, Name
     .map_err(|_| NamespaceError::Thread)?
 }
 
-fn pin_in_this_thread(dir: &Path, wanted: Wanted, hostname: &str, pinned: &mut Pinned) -> Result<(), NamespaceError> {
+fn pin_in_this_thread(
+    dir: &Path,
+    wanted: Wanted,
+    hostname: &str,
+    pinned: &mut Pinned,
+) -> Result<(), NamespaceError> {
     let sys = |step: &str| {
         let step = step.to_string();
         move |source| NamespaceError::Sys { step, source }
@@ -90,10 +98,19 @@ fn pin_in_this_thread(dir: &Path, wanted: Wanted, hostname: &str, pinned: &mut P
             continue;
         }
         let target = dir.join(kind);
-        fs::File::create(&target).map_err(|source| NamespaceError::Io { path: target.clone(), source })?;
+        fs::File::create(&target).map_err(|source| NamespaceError::Io {
+            path: target.clone(),
+            source,
+        })?;
         let source = format!("/proc/thread-self/ns/{kind}");
-        nix::mount::mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(sys(&format!("pin {kind} at {}", target.display())))?;
+        nix::mount::mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(&format!("pin {kind} at {}", target.display())))?;
         *slot = Some(target);
     }
     Ok(())
@@ -101,7 +118,10 @@ fn pin_in_this_thread(dir: &Path, wanted: Wanted, hostname: &str, pinned: &mut P
 
 /// Unpins namespaces (the kernel frees each once nothing else holds it). Idempotent.
 pub fn remove(pinned: &Pinned) {
-    for path in [&pinned.net, &pinned.uts, &pinned.ipc].into_iter().flatten() {
+    for path in [&pinned.net, &pinned.uts, &pinned.ipc]
+        .into_iter()
+        .flatten()
+    {
         unpin(path);
     }
 }
@@ -153,7 +173,16 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let pinned = create(dir.path(), Wanted { net: true, uts: true, ipc: true }, "pod-host").unwrap();
+        let pinned = create(
+            dir.path(),
+            Wanted {
+                net: true,
+                uts: true,
+                ipc: true,
+            },
+            "pod-host",
+        )
+        .unwrap();
         let net = pinned.net.clone().unwrap();
         let st = nix::sys::stat::stat(&net).unwrap();
         let host = nix::sys::stat::stat("/proc/self/ns/net").unwrap();

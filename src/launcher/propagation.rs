@@ -13,14 +13,29 @@ use nix::mount::MsFlags;
 pub fn is_mount_point(path: &Path) -> bool {
     let wanted = path.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|text| text.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_str())))
+        .map(|text| {
+            text.lines()
+                .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+        })
         .unwrap_or(false)
 }
 
 /// Makes `dir` a shared mount (creating the self bind mount first when needed).
 pub fn make_shared(dir: &Path) -> nix::Result<()> {
     if !is_mount_point(dir) {
-        nix::mount::mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+        nix::mount::mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
     }
-    nix::mount::mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+    nix::mount::mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
 }

@@ -16,7 +16,10 @@ pub enum SupervisorError {
     #[error("cannot start the pod supervisor {bin}: {reason}")]
     Spawn { bin: PathBuf, reason: String },
     #[error("pod supervisor at {socket} is unreachable: {source}")]
-    Unreachable { socket: PathBuf, source: std::io::Error },
+    Unreachable {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pod supervisor at {socket}: bad reply: {reason}")]
     Protocol { socket: PathBuf, reason: String },
     #[error("{0}")]
@@ -30,13 +33,17 @@ pub enum SupervisorError {
 pub struct SupervisorBinary(pub PathBuf);
 
 impl SupervisorBinary {
-    /// `cri-mesos-supervisor` beside the daemon's own executable.
-    pub fn beside_current_exe() -> SupervisorBinary {
-        let dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("/usr/local/bin"));
-        SupervisorBinary(dir.join("cri-mesos-supervisor"))
+    /// `cri-mesos-supervisor` in `launcher_dir`; refused at start when it is missing, so
+    /// that the first RunPodSandbox does not find out.
+    pub fn in_dir(launcher_dir: &Path) -> Result<SupervisorBinary, SupervisorError> {
+        let bin = launcher_dir.join("cri-mesos-supervisor");
+        if !bin.is_file() {
+            return Err(SupervisorError::Spawn {
+                bin,
+                reason: "not found (build it with `cargo build --bin cri-mesos-supervisor`, or set --launcher_dir)".into(),
+            });
+        }
+        Ok(SupervisorBinary(bin))
     }
 
     /// Starts a supervisor for `pod_id`; returns its host pid once it serves `socket`.
@@ -64,7 +71,10 @@ impl SupervisorBinary {
         if new_pid_ns {
             command.arg("--new-pid-ns");
         }
-        let spawn_err = |reason: String| SupervisorError::Spawn { bin: self.0.clone(), reason };
+        let spawn_err = |reason: String| SupervisorError::Spawn {
+            bin: self.0.clone(),
+            reason,
+        };
         let output = tokio::time::timeout(Duration::from_secs(30), command.output())
             .await
             .map_err(|_| spawn_err("did not report its pid within 30s".into()))?
@@ -86,7 +96,9 @@ pub struct SupervisorClient {
 
 impl SupervisorClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -95,10 +107,17 @@ impl SupervisorClient {
 
     /// Sends one request and waits for its reply (at most `timeout`). `Error` replies
     /// become [`SupervisorError::Refused`].
-    pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Response, SupervisorError> {
+    pub async fn call(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, SupervisorError> {
         let reply = tokio::time::timeout(timeout, self.exchange(request))
             .await
-            .map_err(|_| SupervisorError::Timeout { socket: self.socket.clone(), timeout })??;
+            .map_err(|_| SupervisorError::Timeout {
+                socket: self.socket.clone(),
+                timeout,
+            })??;
         match reply {
             Response::Error { message } => Err(SupervisorError::Refused(message)),
             other => Ok(other),
@@ -106,8 +125,13 @@ impl SupervisorClient {
     }
 
     async fn exchange(&self, request: &Request) -> Result<Response, SupervisorError> {
-        let unreachable = |source| SupervisorError::Unreachable { socket: self.socket.clone(), source };
-        let mut stream = UnixStream::connect(&self.socket).await.map_err(unreachable)?;
+        let unreachable = |source| SupervisorError::Unreachable {
+            socket: self.socket.clone(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(unreachable)?;
         let mut line = serde_json::to_vec(request).map_err(|e| SupervisorError::Protocol {
             socket: self.socket.clone(),
             reason: e.to_string(),

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use self::backends::{Backend, BackendError, LayerRef};
-use self::providers::docker::{Credentials, HostConfig, LayerDescriptor, RegistryConfig, RegistryProvider};
+use self::providers::docker::{
+    Credentials, HostConfig, LayerDescriptor, RegistryConfig, RegistryProvider,
+};
 use self::providers::local::LocalProvider;
 use self::providers::{Provider, ProviderError};
 use self::reference::{ImageReference, ReferenceError};
@@ -45,8 +47,14 @@ pub enum ProvisionError {
     Backend(#[from] BackendError),
     #[error("layer {blob}: {source}")]
     Extract { blob: String, source: ExtractError },
-    #[error("layer {blob}: uncompressed digest {actual} does not match the config's diff_id {expected}")]
-    DiffIdMismatch { blob: String, expected: String, actual: String },
+    #[error(
+        "layer {blob}: uncompressed digest {actual} does not match the config's diff_id {expected}"
+    )]
+    DiffIdMismatch {
+        blob: String,
+        expected: String,
+        actual: String,
+    },
     #[error("image {image}: bad image config: {reason}")]
     BadConfig { image: String, reason: String },
     #[error("image {0} is not in the image store")]
@@ -156,9 +164,18 @@ impl Provisioner {
                 default_registry: Some(flags.docker_registry.clone()),
             })?)
         };
-        let backend = backends::create(flags.image_provisioner_backend.as_deref(), &flags.docker_store_dir)?;
+        let backend = backends::create(
+            flags.image_provisioner_backend.as_deref(),
+            &flags.docker_store_dir,
+        )?;
         tracing::info!(backend = backend.name(), store = %flags.docker_store_dir.display(), "provisioner ready");
-        Provisioner::new(store, provider, backend, &flags.work_dir, flags.max_concurrent_downloads)
+        Provisioner::new(
+            store,
+            provider,
+            backend,
+            &flags.work_dir,
+            flags.max_concurrent_downloads,
+        )
     }
 
     pub fn store(&self) -> &Store {
@@ -179,14 +196,25 @@ impl Provisioner {
         // Pulls with different credentials must not share an answer (one may be refused).
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         if let Some(c) = &credentials {
-            (&c.username, &c.password, &c.auth, &c.identity_token, &c.registry_token).hash(&mut hasher);
+            (
+                &c.username,
+                &c.password,
+                &c.auth,
+                &c.identity_token,
+                &c.registry_token,
+            )
+                .hash(&mut hasher);
         }
         let key = format!("{reference}#{:x}", hasher.finish());
         let this = self.clone();
         self.pulls
             .run(
                 &key,
-                move || async move { this.pull_uncached(reference, credentials).await.map_err(Arc::new) },
+                move || async move {
+                    this.pull_uncached(reference, credentials)
+                        .await
+                        .map_err(Arc::new)
+                },
                 task_died,
             )
             .await
@@ -198,7 +226,10 @@ impl Provisioner {
         reference: ImageReference,
         credentials: Option<Credentials>,
     ) -> Result<ImageRecord, ProvisionError> {
-        let resolved = self.provider.resolve(&reference, credentials.as_ref()).await?;
+        let resolved = self
+            .provider
+            .resolve(&reference, credentials.as_ref())
+            .await?;
         let config: serde_json::Value =
             serde_json::from_slice(&resolved.config).map_err(|e| ProvisionError::BadConfig {
                 image: reference.to_string(),
@@ -207,7 +238,11 @@ impl Provisioner {
         let diff_ids: Vec<String> = config
             .pointer("/rootfs/diff_ids")
             .and_then(|v| v.as_array())
-            .map(|ids| ids.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if diff_ids.len() != resolved.layers.len() {
             return Err(ProvisionError::BadConfig {
@@ -225,12 +260,18 @@ impl Provisioner {
                 image: reference.to_string(),
                 reason: format!("diff_id '{diff_id}' is not a sha256 digest"),
             })?;
-            fetches.push(self.clone().ensure_layer(reference.clone(), credentials.clone(), descriptor.clone(), layer));
+            fetches.push(self.clone().ensure_layer(
+                reference.clone(),
+                credentials.clone(),
+                descriptor.clone(),
+                layer,
+            ));
         }
         for result in futures_util::future::join_all(fetches).await {
             result?;
         }
-        let size = resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
+        let size =
+            resolved.config.len() as u64 + resolved.layers.iter().map(|l| l.size).sum::<u64>();
         let record = ImageRecord {
             id: resolved.config_digest.clone(),
             repo_tags: reference.tagged_name().into_iter().collect(),
@@ -291,7 +332,13 @@ impl Provisioner {
             .map_err(|e| ProvisionError::Task(e.to_string()))?;
         let staging = self.store.staging_dir()?;
         let result = self
-            .fetch_layer_into(&reference, credentials.as_ref(), &descriptor, &layer, &staging)
+            .fetch_layer_into(
+                &reference,
+                credentials.as_ref(),
+                &descriptor,
+                &layer,
+                &staging,
+            )
             .await;
         if result.is_err() {
             let staging = staging.clone();
@@ -309,18 +356,33 @@ impl Provisioner {
         staging: &Path,
     ) -> Result<(), ProvisionError> {
         let blob = staging.join("blob");
-        self.provider.fetch_blob(reference, credentials, descriptor, &blob).await?;
+        self.provider
+            .fetch_blob(reference, credentials, descriptor, &blob)
+            .await?;
         let store = self.store.clone();
         let staging = staging.to_path_buf();
         let descriptor = descriptor.clone();
         let layer = layer.to_string();
         tokio::task::spawn_blocking(move || -> Result<(), ProvisionError> {
             let rootfs = staging.join("rootfs");
-            fs::create_dir(&rootfs).map_err(|source| StoreError::Io { path: rootfs.clone(), source })?;
-            let file = fs::File::open(&blob).map_err(|source| StoreError::Io { path: blob.clone(), source })?;
+            fs::create_dir(&rootfs).map_err(|source| StoreError::Io {
+                path: rootfs.clone(),
+                source,
+            })?;
+            let file = fs::File::open(&blob).map_err(|source| StoreError::Io {
+                path: blob.clone(),
+                source,
+            })?;
             let compression = extract::Compression::from_media_type(&descriptor.media_type);
-            let summary = extract::unpack_layer(std::io::BufReader::with_capacity(1 << 20, file), compression, &rootfs)
-                .map_err(|source| ProvisionError::Extract { blob: descriptor.digest.clone(), source })?;
+            let summary = extract::unpack_layer(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                compression,
+                &rootfs,
+            )
+            .map_err(|source| ProvisionError::Extract {
+                blob: descriptor.digest.clone(),
+                source,
+            })?;
             let expected = format!("sha256:{layer}");
             if summary.diff_id != expected {
                 return Err(ProvisionError::DiffIdMismatch {
@@ -329,7 +391,10 @@ impl Provisioner {
                     actual: summary.diff_id.clone(),
                 });
             }
-            fs::remove_file(&blob).map_err(|source| StoreError::Io { path: blob.clone(), source })?;
+            fs::remove_file(&blob).map_err(|source| StoreError::Io {
+                path: blob.clone(),
+                source,
+            })?;
             store.commit_layer(&layer, &staging, &summary)?;
             Ok(())
         })
@@ -406,13 +471,18 @@ impl Provisioner {
             let _ = self.destroy(cid).await;
             return Err(e);
         }
-        Ok(ProvisionInfo { rootfs, backend: backend.name(), image: record })
+        Ok(ProvisionInfo {
+            rootfs,
+            backend: backend.name(),
+            image: record,
+        })
     }
 
     /// Removes container `cid`'s rootfs (idempotent; unknown containers are fine).
     pub async fn destroy(&self, cid: &str) -> Result<(), ProvisionError> {
         let container_dir = self.containers_dir.join(cid);
-        let checkpoint: Option<ContainerRootfs> = state::recover(&container_dir.join("rootfs.json"))?;
+        let checkpoint: Option<ContainerRootfs> =
+            state::recover(&container_dir.join("rootfs.json"))?;
         if let Some(checkpoint) = checkpoint {
             let (rootfs, scratch) = paths(&container_dir, &checkpoint);
             let backend = self.backend.clone();
@@ -427,7 +497,10 @@ impl Provisioner {
         tokio::task::spawn_blocking(move || store::remove_tree(&dir))
             .await
             .map_err(|e| ProvisionError::Task(e.to_string()))?
-            .map_err(|source| StoreError::Io { path: container_dir, source })?;
+            .map_err(|source| StoreError::Io {
+                path: container_dir,
+                source,
+            })?;
         self.collect().await?;
         Ok(())
     }
@@ -446,7 +519,9 @@ fn layers_in_use(containers_dir: &Path) -> HashSet<String> {
     let mut in_use = HashSet::new();
     if let Ok(entries) = fs::read_dir(containers_dir) {
         for entry in entries.flatten() {
-            if let Ok(Some(c)) = state::recover::<ContainerRootfs>(&entry.path().join("rootfs.json")) {
+            if let Ok(Some(c)) =
+                state::recover::<ContainerRootfs>(&entry.path().join("rootfs.json"))
+            {
                 in_use.extend(c.layers);
             }
         }
@@ -457,6 +532,9 @@ fn layers_in_use(containers_dir: &Path) -> HashSet<String> {
 /// The store's layer id for a diff_id: its hex, when it is a well-formed sha256 digest.
 fn layer_id(diff_id: &str) -> Option<String> {
     let hex = diff_id.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
-        .then(|| hex.to_string())
+    (hex.len() == 64
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+    .then(|| hex.to_string())
 }

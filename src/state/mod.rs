@@ -13,16 +13,27 @@ pub enum CheckpointError {
     #[error("checkpoint {path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("checkpoint {path}: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content,
 /// never a torn file: readers after a restart see only what was fully written.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io_err = |source| CheckpointError::Io { path: path.display().to_string(), source };
-    let dir = path.parent().ok_or_else(|| io_err(io::Error::other("no parent directory")))?;
+    let io_err = |source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .ok_or_else(|| io_err(io::Error::other("no parent directory")))?;
     fs::create_dir_all(dir).map_err(io_err)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
     let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut file = File::create(&tmp)?;
@@ -49,12 +60,19 @@ pub fn checkpoint<T: Serialize>(path: &Path, value: &T) -> Result<(), Checkpoint
 /// Reads a checkpoint written by [`checkpoint`]; `Ok(None)` when there is none.
 pub fn recover<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, CheckpointError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| CheckpointError::Json {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| CheckpointError::Json {
+                    path: path.display().to_string(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CheckpointError::Io {
             path: path.display().to_string(),
             source,
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CheckpointError::Io { path: path.display().to_string(), source }),
     }
 }
 

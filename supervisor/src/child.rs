@@ -75,6 +75,41 @@ fn mount(
     sys::mount(Some(&src), &dst, fstype.as_deref(), flags, data.as_deref())
 }
 
+/// The mount point (in this mount namespace) that holds `path`: the longest mount point
+/// of /proc/self/mountinfo that is `path` or one of its ancestors.
+fn containing_mount(path: &Path) -> io::Result<PathBuf> {
+    let table = fs::read_to_string("/proc/self/mountinfo")?;
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_octal(m)))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.components().count())
+        .ok_or_else(|| io::Error::other(format!("no mount holds {}", path.display())))
+}
+
+/// Mountinfo writes spaces, tabs, newlines and backslashes as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Changes a mount's flags or propagation (no source, no type).
 fn mount_change(dst: &Path, flags: libc::c_ulong) -> io::Result<()> {
     sys::mount(None, &cs(dst)?, None, flags, None)
@@ -542,12 +577,32 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
     let own_uts = opened.iter().any(|(k, _)| *k == NsKind::Uts);
     drop(opened);
 
-    // Nothing we mount propagates back to the host; host mounts still propagate in.
-    step(
-        "make / rslave",
-        mount_change(Path::new("/"), libc::MS_SLAVE | libc::MS_REC),
-    )?;
+    // Nothing we mount propagates back to the host; host mounts still propagate in. The
+    // exception is a bidirectional (rshared) volume: it must stay a peer of its host mount,
+    // so then the whole tree stays shared and only the mount holding the rootfs is made
+    // private, which keeps the container's own mounts (proc, dev, the rootfs bind) off the
+    // host while a volume bound from a shared source joins the source's peer group.
+    let bidirectional = info
+        .mounts
+        .iter()
+        .any(|m| m.options.iter().any(|o| o == "rshared" || o == "shared"));
     let root = step("rootfs", fs::canonicalize(&info.rootfs))?;
+    if bidirectional {
+        step(
+            "make / rshared",
+            mount_change(Path::new("/"), libc::MS_SHARED | libc::MS_REC),
+        )?;
+        let parent = step("find the rootfs mount", containing_mount(&root))?;
+        step(
+            "make the rootfs mount private",
+            mount_change(&parent, libc::MS_PRIVATE),
+        )?;
+    } else {
+        step(
+            "make / rslave",
+            mount_change(Path::new("/"), libc::MS_SLAVE | libc::MS_REC),
+        )?;
+    }
     step(
         "bind rootfs",
         mount(&root, &root, None, libc::MS_BIND | libc::MS_REC, ""),
@@ -601,9 +656,15 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         step("remount rootfs ro", remount_bind(&root, libc::MS_RDONLY))?;
     }
 
-    // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
+    // pivot_root(".", ".") stacks the old root on top of the new one; detach it. The old
+    // root is entered through a descriptor opened before, as runc does: "." after the
+    // pivot may name the new root for mount(2), and making *that* rslave would cut
+    // bidirectional volumes off their host peers.
+    let old_root = step("open old root", fs::File::open("/"))?;
     step("chdir rootfs", std::env::set_current_dir(&root))?;
     step("pivot_root", sys::pivot_root_dot())?;
+    step("enter old root", sys::fchdir(old_root.as_raw_fd()))?;
+    drop(old_root);
     step(
         "make old root rslave",
         mount_change(Path::new("."), libc::MS_SLAVE | libc::MS_REC),

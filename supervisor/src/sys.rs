@@ -382,6 +382,12 @@ pub fn pivot_root_dot() -> io::Result<()> {
     cvt_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) }).map(drop)
 }
 
+/// `fchdir(fd)`: back into a directory held open across pivot_root.
+pub fn fchdir(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    cvt(unsafe { libc::fchdir(fd) }).map(drop)
+}
+
 pub fn mknod(path: &CStr, mode: libc::mode_t, major: u64, minor: u64) -> io::Result<()> {
     let dev = libc::makedev(major as u32, minor as u32);
     // SAFETY: valid C string.

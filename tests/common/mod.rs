@@ -28,7 +28,9 @@ impl Env {
     /// A registry with every harness image and a daemon allowed to pull from it.
     pub async fn start(extra_args: &[&str]) -> Env {
         let registry = Registry::start().await.expect("registry");
-        let images = test_support::push_all(&registry).await.expect("push images");
+        let images = test_support::push_all(&registry)
+            .await
+            .expect("push images");
         let daemon = Daemon::builder(BIN)
             .arg(format!("--insecure_registries={}", registry.addr()))
             .args(extra_args)
@@ -37,13 +39,23 @@ impl Env {
             .expect("daemon");
         let runtime = daemon.runtime_client().await.unwrap();
         let image = daemon.image_client().await.unwrap();
-        Env { registry, images, daemon, runtime, image, logs: tempfile::tempdir().unwrap() }
+        Env {
+            registry,
+            images,
+            daemon,
+            runtime,
+            image,
+            logs: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub async fn pull(&mut self, reference: &str) -> String {
         self.image
             .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: reference.into(), ..Default::default() }),
+                image: Some(cri::ImageSpec {
+                    image: reference.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
             .await
@@ -74,7 +86,10 @@ impl Env {
     pub async fn run_pod(&mut self, config: &cri::PodSandboxConfig) -> String {
         match self
             .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
             .await
         {
             Ok(r) => r.into_inner().pod_sandbox_id,
@@ -100,13 +115,20 @@ impl Env {
 
     pub async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
         self.runtime
-            .start_container(cri::StartContainerRequest { container_id: id.into() })
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
             .await
             .map(|_| ())
     }
 
     /// Create + start, panicking with the daemon log on failure.
-    pub async fn run(&mut self, pod_id: &str, pod: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+    pub async fn run(
+        &mut self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
         let id = match self.create(pod_id, pod, config).await {
             Ok(id) => id,
             Err(e) => panic!("CreateContainer: {e}\n{}", self.daemon.log()),
@@ -119,7 +141,10 @@ impl Env {
 
     pub async fn status(&mut self, id: &str) -> cri::ContainerStatus {
         self.runtime
-            .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -134,12 +159,21 @@ impl Env {
             if status.state == cri::ContainerState::ContainerExited as i32 {
                 return status;
             }
-            assert!(Instant::now() < deadline, "container {id} still {:?} after {timeout:?}", status.state);
+            assert!(
+                Instant::now() < deadline,
+                "container {id} still {:?} after {timeout:?}",
+                status.state
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    pub async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
         self.runtime
             .exec_sync(cri::ExecSyncRequest {
                 container_id: id.into(),
@@ -152,11 +186,15 @@ impl Env {
 
     pub async fn stop_remove_pod(&mut self, pod_id: &str) {
         self.runtime
-            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod_id.into() })
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod_id.into(),
+            })
             .await
             .unwrap();
         self.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod_id.into() })
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod_id.into(),
+            })
             .await
             .unwrap();
     }
@@ -164,7 +202,8 @@ impl Env {
     /// Mount points below the daemon's work and runtime dirs that are still mounted (the
     /// dirs themselves are shared bind mounts the daemon keeps, as Mesos does).
     pub fn mounts_under_daemon(&self) -> Vec<String> {
-        let dirs = [self.daemon.work_dir(), self.daemon.runtime_dir()].map(|d| format!("{}/", d.display()));
+        let dirs = [self.daemon.work_dir(), self.daemon.runtime_dir()]
+            .map(|d| format!("{}/", d.display()));
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
@@ -177,8 +216,14 @@ impl Env {
 
 pub fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}/0.log"),
         labels: HashMap::from([("container".to_string(), name.to_string())]),
@@ -193,11 +238,17 @@ pub fn log_records(path: &Path) -> Vec<(String, String, String)> {
         .map(|line| {
             let mut parts = line.splitn(4, ' ');
             let time = parts.next().unwrap_or_default();
-            assert!(time.ends_with('Z') && time.contains('T') && time.len() == 30, "RFC3339Nano time: {line:?}");
+            assert!(
+                time.ends_with('Z') && time.contains('T') && time.len() == 30,
+                "RFC3339Nano time: {line:?}"
+            );
             let stream = parts.next().unwrap_or_default().to_string();
             let tag = parts.next().unwrap_or_default().to_string();
             let content = parts.next().unwrap_or_default().to_string();
-            assert!(stream == "stdout" || stream == "stderr", "stream in {line:?}");
+            assert!(
+                stream == "stdout" || stream == "stderr",
+                "stream in {line:?}"
+            );
             assert!(tag == "P" || tag == "F", "tag in {line:?}");
             (stream, tag, content)
         })
@@ -216,12 +267,18 @@ pub async fn wait_for_log(path: &Path, timeout: Duration, check: impl Fn(&str) -
         if check(&text) {
             return text;
         }
-        assert!(Instant::now() < deadline, "log {} never matched; it has:\n{text}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "log {} never matched; it has:\n{text}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }

@@ -6,8 +6,8 @@ pub mod local;
 
 use std::path::Path;
 
-pub use self::docker::{ProviderError, ProviderErrorKind};
 use self::docker::{Credentials, LayerDescriptor, RegistryProvider, ResolvedImage};
+pub use self::docker::{ProviderError, ProviderErrorKind};
 use self::local::LocalProvider;
 use super::reference::ImageReference;
 

@@ -30,7 +30,10 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One image as the store knows it.
@@ -90,7 +93,10 @@ impl Store {
             remove_tree(&path).map_err(io_err(&path))?;
         }
         let index = state::recover::<Index>(&root.join("images.json"))?.unwrap_or_default();
-        Ok(Store { root: root.to_path_buf(), index: Mutex::new(index) })
+        Ok(Store {
+            root: root.to_path_buf(),
+            index: Mutex::new(index),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -100,7 +106,10 @@ impl Store {
     /// A fresh directory under `staging/` for one piece of work; renamed into place when
     /// done, or removed on failure.
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("staging").join(uuid::Uuid::new_v4().simple().to_string());
+        let dir = self
+            .root
+            .join("staging")
+            .join(uuid::Uuid::new_v4().simple().to_string());
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         Ok(dir)
     }
@@ -127,7 +136,12 @@ impl Store {
 
     /// Moves an extracted layer from staging into the store. `staged` holds `rootfs/`;
     /// the summary is written last, so a layer without one is incomplete.
-    pub fn commit_layer(&self, layer: &str, staged: &Path, summary: &LayerSummary) -> Result<(), StoreError> {
+    pub fn commit_layer(
+        &self,
+        layer: &str,
+        staged: &Path,
+        summary: &LayerSummary,
+    ) -> Result<(), StoreError> {
         state::checkpoint(&staged.join("summary.json"), summary)?;
         let dest = self.layer_dir(layer);
         if self.has_layer(layer) {
@@ -152,7 +166,9 @@ impl Store {
         for other in index.images.values_mut() {
             if other.id != record.id {
                 other.repo_tags.retain(|t| !record.repo_tags.contains(t));
-                other.repo_digests.retain(|d| !record.repo_digests.contains(d));
+                other
+                    .repo_digests
+                    .retain(|d| !record.repo_digests.contains(d));
             }
         }
         if let Some(existing) = index.images.get(&record.id) {
@@ -181,16 +197,18 @@ impl Store {
         if let Some(record) = index.images.get(key) {
             return Some(record.clone());
         }
-        let by_name = index
-            .images
-            .values()
-            .find(|r| r.repo_tags.iter().any(|t| t == key) || r.repo_digests.iter().any(|d| d == key));
+        let by_name = index.images.values().find(|r| {
+            r.repo_tags.iter().any(|t| t == key) || r.repo_digests.iter().any(|d| d == key)
+        });
         if let Some(record) = by_name {
             return Some(record.clone());
         }
         let hex = key.strip_prefix("sha256:").unwrap_or(key);
         if hex.len() >= 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            let mut matches = index.images.values().filter(|r| r.id["sha256:".len()..].starts_with(hex));
+            let mut matches = index
+                .images
+                .values()
+                .filter(|r| r.id["sha256:".len()..].starts_with(hex));
             if let (Some(only), None) = (matches.next(), matches.next()) {
                 return Some(only.clone());
             }
@@ -217,7 +235,11 @@ impl Store {
     pub fn collect(&self, in_use: &HashSet<String>) -> Result<Vec<String>, StoreError> {
         let referenced: HashSet<String> = {
             let index = self.lock();
-            index.images.values().flat_map(|r| r.layers.iter().cloned()).collect()
+            index
+                .images
+                .values()
+                .flat_map(|r| r.layers.iter().cloned())
+                .collect()
         };
         let layers = self.root.join("layers");
         let mut removed = Vec::new();
@@ -277,12 +299,16 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 fn make_writable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = fs::symlink_metadata(path)
-        && meta.is_dir() {
-            let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
-            if let Ok(entries) = fs::read_dir(path) {
-                for entry in entries.flatten() {
-                    make_writable(&entry.path());
-                }
+        && meta.is_dir()
+    {
+        let _ = fs::set_permissions(
+            path,
+            fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+        );
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                make_writable(&entry.path());
             }
         }
+    }
 }
