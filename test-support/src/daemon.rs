@@ -288,6 +288,9 @@ impl Drop for Daemon {
             eprintln!("{KEEP_ENV}: keeping {}", dir.keep().display());
             return;
         }
+        // A test that failed half-way leaves its pods running: their supervisors kill their
+        // containers on SIGTERM, and the emptied pod cgroups go after them.
+        stop_leftover_pods(&self.runtime_dir);
         if !unmount_under(&self.root) {
             eprintln!(
                 "mounts remain under {}; not deleting it",
@@ -295,6 +298,47 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// SIGTERMs the supervisors of pods still recorded under `runtime_dir`, waits (briefly) for
+/// them, and removes the pods' cgroups from the default `--cgroups_root`.
+fn stop_leftover_pods(runtime_dir: &Path) {
+    let Ok(pods) = std::fs::read_dir(runtime_dir.join("pods")) else { return };
+    let mut pids = Vec::new();
+    let mut ids = Vec::new();
+    for pod in pods.flatten() {
+        ids.push(pod.file_name());
+        let pid_file = pod.path().join("supervisor/supervisor.pid");
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+            // SAFETY: kill(2) with a pid read from the pod's own state dir; no memory involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            pids.push(pid);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| Path::new(&format!("/proc/{p}/status")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            for id in &ids {
+                remove_cgroup_tree(&h.path().join("cri-mesos").join(id));
+            }
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Lazily unmounts every mount point under `root`, deepest first; true when none is left.
