@@ -133,6 +133,27 @@ struct Cli {
     )]
     network_cni_plugins_dir: Option<String>,
     #[arg(
+        long = "network_cni_plugin_timeout",
+        visible_alias = "network-cni-plugin-timeout",
+        env = "CRI_MESOS_NETWORK_CNI_PLUGIN_TIMEOUT"
+    )]
+    network_cni_plugin_timeout: Option<String>,
+    /// Boolean; use the embedded bridge network when the config dir has none.
+    #[arg(
+        long = "network_cni_default",
+        visible_alias = "network-cni-default",
+        env = "CRI_MESOS_NETWORK_CNI_DEFAULT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    network_cni_default: Option<String>,
+    #[arg(
+        long = "network_cni_default_subnet",
+        visible_alias = "network-cni-default-subnet",
+        env = "CRI_MESOS_NETWORK_CNI_DEFAULT_SUBNET"
+    )]
+    network_cni_default_subnet: Option<String>,
+    #[arg(
         long = "fetcher_cache_dir",
         visible_alias = "fetcher-cache-dir",
         env = "CRI_MESOS_FETCHER_CACHE_DIR"
@@ -229,6 +250,12 @@ struct FileConfig {
     network_cni_config_dir: Option<PathBuf>,
     #[serde(alias = "network-cni-plugins-dir")]
     network_cni_plugins_dir: Option<String>,
+    #[serde(alias = "network-cni-plugin-timeout")]
+    network_cni_plugin_timeout: Option<Scalar>,
+    #[serde(alias = "network-cni-default")]
+    network_cni_default: Option<Scalar>,
+    #[serde(alias = "network-cni-default-subnet")]
+    network_cni_default_subnet: Option<String>,
     #[serde(alias = "fetcher-cache-dir")]
     fetcher_cache_dir: Option<PathBuf>,
     #[serde(alias = "fetcher-cache-size")]
@@ -317,6 +344,10 @@ pub struct Flags {
     pub max_concurrent_downloads: usize,
     pub network_cni_config_dir: PathBuf,
     pub network_cni_plugins_dir: Vec<PathBuf>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub network_cni_plugin_timeout: Duration,
+    pub network_cni_default: bool,
+    pub network_cni_default_subnet: String,
     pub fetcher_cache_dir: PathBuf,
     pub fetcher_cache_size: u64,
     #[serde(serialize_with = "serialize_duration")]
@@ -527,6 +558,44 @@ impl Flags {
             absolute("network_cni_plugins_dir", dir)?;
         }
 
+        let timeout_text = cli
+            .network_cni_plugin_timeout
+            .or(file.network_cni_plugin_timeout.map(Scalar::into_text))
+            .unwrap_or_else(|| "60secs".into());
+        let network_cni_plugin_timeout = parse_duration(&timeout_text)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| FlagError::Invalid {
+                flag: "network_cni_plugin_timeout",
+                value: timeout_text.clone(),
+                reason: "expected a positive duration, e.g. 60secs".into(),
+            })?;
+        let default_text = cli
+            .network_cni_default
+            .or(file.network_cni_default.map(Scalar::into_text))
+            .unwrap_or_else(|| "false".into());
+        let network_cni_default = parse_bool(&default_text).ok_or_else(|| FlagError::Invalid {
+            flag: "network_cni_default",
+            value: default_text.clone(),
+            reason: "expected true or false".into(),
+        })?;
+        let network_cni_default_subnet = cli
+            .network_cni_default_subnet
+            .or(file.network_cni_default_subnet)
+            .unwrap_or_else(|| "10.88.0.0/16".into());
+        let subnet_ok = network_cni_default_subnet
+            .split_once('/')
+            .is_some_and(|(ip, p)| {
+                ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 128)
+            });
+        if !subnet_ok {
+            return Err(FlagError::Invalid {
+                flag: "network_cni_default_subnet",
+                value: network_cni_default_subnet,
+                reason: "expected ADDRESS/PREFIX".into(),
+            });
+        }
+
         let fetcher_cache_dir = cli
             .fetcher_cache_dir
             .or(file.fetcher_cache_dir)
@@ -650,6 +719,9 @@ impl Flags {
             max_concurrent_downloads,
             network_cni_config_dir,
             network_cni_plugins_dir,
+            network_cni_plugin_timeout,
+            network_cni_default,
+            network_cni_default_subnet,
             fetcher_cache_dir,
             fetcher_cache_size,
             container_disk_watch_interval,

@@ -303,13 +303,18 @@ impl Drop for Daemon {
 /// SIGTERMs the supervisors of pods still recorded under `runtime_dir`, waits (briefly) for
 /// them, and removes the pods' cgroups from the default `--cgroups_root`.
 fn stop_leftover_pods(runtime_dir: &Path) {
-    let Ok(pods) = std::fs::read_dir(runtime_dir.join("pods")) else { return };
+    let Ok(pods) = std::fs::read_dir(runtime_dir.join("pods")) else {
+        return;
+    };
     let mut pids = Vec::new();
     let mut ids = Vec::new();
     for pod in pods.flatten() {
         ids.push(pod.file_name());
         let pid_file = pod.path().join("supervisor/supervisor.pid");
-        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+        if let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
             // SAFETY: kill(2) with a pid read from the pod's own state dir; no memory involved.
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
@@ -318,7 +323,11 @@ fn stop_leftover_pods(runtime_dir: &Path) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| Path::new(&format!("/proc/{p}/status")).exists()) && Instant::now() < deadline {
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}/status")).exists())
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
