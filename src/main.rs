@@ -37,7 +37,13 @@ fn main() -> ExitCode {
         let created = Provisioner::from_flags(&flags)
             .map_err(anyhow::Error::from)
             .and_then(|p| MesosContainerizer::new(flags.clone(), p).map_err(anyhow::Error::from));
-        match created {
+        let recovered = created.and_then(|c| {
+            runtime
+                .block_on(cri_mesos::containerizer::Containerizer::recover(&*c))
+                .map(|()| c)
+                .map_err(anyhow::Error::from)
+        });
+        match recovered {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("cri-mesos: {e}");

@@ -807,8 +807,13 @@ impl MesosContainerizer {
         }
         let pod = self.pod(&record.pod_id)?;
         record.mesos_state = MesosState::Isolating;
-        for isolator in &self.isolators {
-            isolator.isolate(&record.id, record.pid).await?;
+        // As Mesos: isolate runs for all isolators at once (no dependencies among them).
+        let isolations = self
+            .isolators
+            .iter()
+            .map(|i| i.isolate(&record.id, record.pid));
+        for result in futures_util::future::join_all(isolations).await {
+            result?;
         }
         // Nothing to fetch yet: URIs come with the fetcher.
         record.mesos_state = MesosState::Fetching;
@@ -1129,4 +1134,135 @@ fn mount_shm(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         source: e.into(),
     })
+}
+
+#[tonic::async_trait]
+impl super::Containerizer for MesosContainerizer {
+    async fn recover(&self) -> Result<()> {
+        let known: Vec<String> = self.tables().containers.keys().cloned().collect();
+        for isolator in &self.isolators {
+            isolator.recover(&known).await?;
+        }
+        Ok(())
+    }
+
+    async fn launch(self: Arc<Self>, config: super::LaunchConfig) -> Result<super::ContainerId> {
+        match config {
+            super::LaunchConfig::Sandbox {
+                config,
+                runtime_handler,
+            } => {
+                let value = self.launch_pod(config, runtime_handler).await?;
+                Ok(super::ContainerId {
+                    value,
+                    parent: None,
+                })
+            }
+            super::LaunchConfig::Nested { sandbox_id, config } => {
+                let value = self.launch_container(&sandbox_id, config).await?;
+                let parent = Some(self.container(&value)?.pod_id);
+                Ok(super::ContainerId { value, parent })
+            }
+        }
+    }
+
+    async fn exec(&self, id: &super::ContainerId) -> Result<()> {
+        self.start_container(&id.value).await
+    }
+
+    async fn update(
+        &self,
+        id: &super::ContainerId,
+        resources: &cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let record = self.container(&id.value)?;
+        for isolator in &self.isolators {
+            isolator.update(&record.id, resources).await?;
+        }
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        id: &super::ContainerId,
+    ) -> Result<crate::isolators::chain::ResourceStatistics> {
+        let record = self.container(&id.value)?;
+        let mut statistics = crate::isolators::chain::ResourceStatistics {
+            timestamp_ns: now_ns(),
+            ..Default::default()
+        };
+        // As Mesos's await(): one isolator failing leaves the others' figures.
+        for isolator in &self.isolators {
+            if let Err(e) = isolator.usage(&record.id, &mut statistics).await {
+                tracing::debug!(isolator = %isolator.name(), error = %e, "usage");
+            }
+        }
+        Ok(statistics)
+    }
+
+    async fn status(&self, id: &super::ContainerId) -> Result<serde_json::Value> {
+        if let Ok(record) = self.container(&id.value) {
+            let mut isolators = serde_json::Map::new();
+            for isolator in &self.isolators {
+                if let Some(status) = isolator.status(&record.id).await {
+                    isolators.insert(isolator.name().to_string(), status);
+                }
+            }
+            return Ok(serde_json::json!({
+                "mesosState": record.mesos_state,
+                "pid": record.pid,
+                "rootfs": record.rootfs,
+                "backend": record.backend,
+                "cgroup": record.cgroup.relative,
+                "isolators": self.isolator_names(),
+                "isolatorStatus": isolators,
+                "process": record.process,
+                "stopSignal": record.stop_signal,
+            }));
+        }
+        let pod = self.pod(&id.value)?;
+        Ok(serde_json::json!({
+            "mesosState": pod.mesos_state,
+            "supervisorPid": pod.supervisor_pid,
+            "supervisorSocket": pod.supervisor_socket,
+            "cgroup": pod.info.cgroup.relative,
+            "netNamespace": pod.info.net_ns,
+            "utsNamespace": pod.info.uts_ns,
+            "ipcNamespace": pod.info.ipc_ns,
+            "pidMode": pod.info.pid_mode,
+            "isolators": self.isolator_names(),
+            "config": pod.info.config,
+        }))
+    }
+
+    async fn wait(
+        &self,
+        id: &super::ContainerId,
+    ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
+        Ok(self.container(&id.value)?.exit())
+    }
+
+    async fn destroy(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
+        match &id.parent {
+            Some(_) => {
+                self.stop_container(&id.value, grace.as_secs() as i64)
+                    .await?;
+                self.remove_container(&id.value).await
+            }
+            None => self.remove_pod(&id.value).await,
+        }
+    }
+
+    async fn containers(&self) -> Vec<super::ContainerId> {
+        let tables = self.tables();
+        let pods = tables.pods.keys().map(|id| super::ContainerId {
+            value: id.clone(),
+            parent: None,
+        });
+        let nested = tables.containers.values().map(|c| super::ContainerId {
+            value: c.id.clone(),
+            parent: Some(c.pod_id.clone()),
+        });
+        pods.chain(nested).collect()
+    }
 }

@@ -105,3 +105,44 @@ pub fn new_id() -> String {
         uuid::Uuid::new_v4().simple()
     )
 }
+
+/// What to launch: a top-level container (a pod sandbox) or a nested one inside a sandbox.
+#[derive(Debug, Clone)]
+pub enum LaunchConfig {
+    Sandbox {
+        config: k8s_cri::v1::PodSandboxConfig,
+        runtime_handler: String,
+    },
+    Nested {
+        sandbox_id: String,
+        config: k8s_cri::v1::ContainerConfig,
+    },
+}
+
+/// Mesos's containerizer interface. The CRI splits Mesos's `launch` at the pipe the
+/// forked container waits on: `launch` of a nested container stops there (CREATED) and
+/// `exec` does the rest (isolate, fetch, release: RUNNING), as Mesos's own `exec()` step.
+#[tonic::async_trait]
+pub trait Containerizer: Send + Sync {
+    /// Rebuilds state after a restart; isolators get the known containers.
+    async fn recover(&self) -> Result<()>;
+    async fn launch(self: std::sync::Arc<Self>, config: LaunchConfig) -> Result<ContainerId>;
+    async fn exec(&self, id: &ContainerId) -> Result<()>;
+    async fn update(
+        &self,
+        id: &ContainerId,
+        resources: &k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<()>;
+    async fn usage(&self, id: &ContainerId) -> Result<crate::isolators::chain::ResourceStatistics>;
+    /// Verbose status: Mesos state, pids, rootfs, backend, isolators.
+    async fn status(&self, id: &ContainerId) -> Result<serde_json::Value>;
+    /// The exit status of a nested container once it ended (`None` while it runs).
+    async fn wait(
+        &self,
+        id: &ContainerId,
+    ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>>;
+    /// Kills (after `grace`) and releases everything the container holds; nested
+    /// containers of a sandbox go first. Idempotent.
+    async fn destroy(&self, id: &ContainerId, grace: std::time::Duration) -> Result<()>;
+    async fn containers(&self) -> Vec<ContainerId>;
+}

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{containerizer_status, service_impl};
 use crate::containerizer::mesos::MesosContainerizer;
 use crate::containerizer::records::{ContainerRecord, PodRecord};
+use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
 use crate::flags::Flags;
 
 /// The version of the kubelet runtime API this runtime speaks (what kubelet itself sends).
@@ -251,12 +253,9 @@ service_impl! {
         ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
             let request = request.into_inner();
             let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
-            let pod_sandbox_id = self
-                .containerizer
-                .launch_pod(config, request.runtime_handler)
-                .await
-                .map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
+            let launch = LaunchConfig::Sandbox { config, runtime_handler: request.runtime_handler };
+            let id = self.containerizer.clone().launch(launch).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id.value }))
         }
 
         async fn stop_pod_sandbox(
@@ -273,7 +272,11 @@ service_impl! {
             request: Request<cri::RemovePodSandboxRequest>,
         ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
             let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
-            self.containerizer.remove_pod(&id).await.map_err(|e| containerizer_status(&e))?;
+            let Ok(pod) = self.containerizer.pod(&id) else {
+                return Ok(Response::new(cri::RemovePodSandboxResponse {}));
+            };
+            let sandbox = ContainerId { value: pod.id().to_string(), parent: None };
+            self.containerizer.destroy(&sandbox, Duration::ZERO).await.map_err(|e| containerizer_status(&e))?;
             Ok(Response::new(cri::RemovePodSandboxResponse {}))
         }
 
@@ -286,18 +289,8 @@ service_impl! {
             let pod = self.containerizer.pod(&id).map_err(|e| containerizer_status(&e))?;
             let mut info = HashMap::new();
             if request.verbose {
-                let details = serde_json::json!({
-                    "mesosState": pod.mesos_state,
-                    "supervisorPid": pod.supervisor_pid,
-                    "supervisorSocket": pod.supervisor_socket,
-                    "cgroup": pod.info.cgroup.relative,
-                    "netNamespace": pod.info.net_ns,
-                    "utsNamespace": pod.info.uts_ns,
-                    "ipcNamespace": pod.info.ipc_ns,
-                    "pidMode": pod.info.pid_mode,
-                    "isolators": self.containerizer.isolator_names(),
-                    "config": pod.info.config,
-                });
+                let sandbox = ContainerId { value: pod.id().to_string(), parent: None };
+                let details = self.containerizer.status(&sandbox).await.map_err(|e| containerizer_status(&e))?;
                 info.insert("info".to_string(), details.to_string());
             }
             Ok(Response::new(cri::PodSandboxStatusResponse {
@@ -340,12 +333,9 @@ service_impl! {
             let request = request.into_inner();
             let pod_id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
             let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
-            let container_id = self
-                .containerizer
-                .launch_container(&pod_id, config)
-                .await
-                .map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::CreateContainerResponse { container_id }))
+            let launch = LaunchConfig::Nested { sandbox_id: pod_id, config };
+            let id = self.containerizer.clone().launch(launch).await.map_err(|e| containerizer_status(&e))?;
+            Ok(Response::new(cri::CreateContainerResponse { container_id: id.value }))
         }
 
         async fn start_container(
@@ -353,7 +343,9 @@ service_impl! {
             request: Request<cri::StartContainerRequest>,
         ) -> Result<Response<cri::StartContainerResponse>, Status> {
             let id = required(request.into_inner().container_id, "container_id")?;
-            self.containerizer.start_container(&id).await.map_err(|e| containerizer_status(&e))?;
+            let container = self.containerizer.container(&id).map_err(|e| containerizer_status(&e))?;
+            let nested = ContainerId { value: container.id, parent: Some(container.pod_id) };
+            self.containerizer.exec(&nested).await.map_err(|e| containerizer_status(&e))?;
             Ok(Response::new(cri::StartContainerResponse {}))
         }
 
@@ -375,7 +367,11 @@ service_impl! {
             request: Request<cri::RemoveContainerRequest>,
         ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
             let id = required(request.into_inner().container_id, "container_id")?;
-            self.containerizer.remove_container(&id).await.map_err(|e| containerizer_status(&e))?;
+            let Ok(container) = self.containerizer.container(&id) else {
+                return Ok(Response::new(cri::RemoveContainerResponse {}));
+            };
+            let nested = ContainerId { value: container.id, parent: Some(container.pod_id) };
+            self.containerizer.destroy(&nested, Duration::ZERO).await.map_err(|e| containerizer_status(&e))?;
             Ok(Response::new(cri::RemoveContainerResponse {}))
         }
 
@@ -422,16 +418,8 @@ service_impl! {
             let container = self.containerizer.container(&id).map_err(|e| containerizer_status(&e))?;
             let mut info = HashMap::new();
             if request.verbose {
-                let details = serde_json::json!({
-                    "mesosState": container.mesos_state,
-                    "pid": container.pid,
-                    "rootfs": container.rootfs,
-                    "backend": container.backend,
-                    "cgroup": container.cgroup.relative,
-                    "isolators": self.containerizer.isolator_names(),
-                    "process": container.process,
-                    "stopSignal": container.stop_signal,
-                });
+                let nested = ContainerId { value: container.id.clone(), parent: Some(container.pod_id.clone()) };
+                let details = self.containerizer.status(&nested).await.map_err(|e| containerizer_status(&e))?;
                 info.insert("info".to_string(), details.to_string());
             }
             Ok(Response::new(cri::ContainerStatusResponse { status: Some(container_status(&container)), info }))

@@ -39,6 +39,27 @@ pub enum IsolatorError {
     },
 }
 
+/// A limit a container reached (Mesos's `ContainerLimitation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limitation {
+    /// CRI-style reason, e.g. `OOMKilled`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// Usage figures, named after Mesos's `ResourceStatistics`; isolators fill what they know.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ResourceStatistics {
+    pub timestamp_ns: i64,
+    pub cpus_user_time_secs: Option<f64>,
+    pub cpus_system_time_secs: Option<f64>,
+    pub cpu_usage_ns: Option<u64>,
+    pub mem_total_bytes: Option<u64>,
+    pub mem_rss_bytes: Option<u64>,
+    pub mem_limit_bytes: Option<u64>,
+    pub processes: Option<u64>,
+}
+
 /// Namespace sharing of a pod, from `NamespaceOption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +127,13 @@ pub struct ContainerPrep<'a> {
 pub trait Isolator: Send + Sync + std::fmt::Debug {
     fn name(&self) -> IsolatorName;
 
+    /// Rebuilds the isolator's state after a daemon restart from the checkpointed
+    /// containers (`known`); containers it holds state for but not in `known` are orphans
+    /// the isolator releases.
+    async fn recover(&self, _known: &[String]) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
     /// Adds this isolator's part to the container's launch info. Runs serially, in chain
     /// order, before the container is forked.
     async fn prepare(
@@ -120,6 +148,35 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
     /// isolator's mechanism. Runs for all isolators at once.
     async fn isolate(&self, _container_id: &str, _pid: i32) -> Result<(), IsolatorError> {
         Ok(())
+    }
+
+    /// Resolves when the container hits a limit this isolator enforces (OOM, disk quota);
+    /// the containerizer then destroys it. `None`: this isolator enforces nothing.
+    async fn watch(&self, _container_id: &str) -> Option<Limitation> {
+        None
+    }
+
+    /// Applies new resource requests/limits to a running container.
+    async fn update(
+        &self,
+        _container_id: &str,
+        _resources: &cri::LinuxContainerResources,
+    ) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Adds this isolator's figures to the container's statistics.
+    async fn usage(
+        &self,
+        _container_id: &str,
+        _statistics: &mut ResourceStatistics,
+    ) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Adds this isolator's part to the container's status (for verbose status).
+    async fn status(&self, _container_id: &str) -> Option<serde_json::Value> {
+        None
     }
 
     /// Releases what `prepare`/`isolate` set up. Runs in reverse chain order after the
