@@ -26,8 +26,9 @@ use crate::cgroups::{Cgroup, Hierarchies};
 use crate::flags::Flags;
 use crate::inflight::Inflight;
 use crate::isolators::chain::{ContainerPrep, Isolator, NsMode, PodInfo};
+use crate::isolators::network::cni::{CniManager, PodNetwork};
 use crate::isolators::registry::{self, IsolatorContext};
-use crate::launcher::namespaces::{self, Wanted};
+use crate::launcher::namespaces;
 use crate::launcher::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
 use crate::provisioner::Provisioner;
 use crate::state;
@@ -61,6 +62,8 @@ pub struct MesosContainerizer {
     isolators: Vec<Box<dyn Isolator>>,
     hierarchies: Hierarchies,
     supervisor_bin: SupervisorBinary,
+    /// The pod side of network/cni: pod networks, their configs and checkpoints.
+    network: Arc<CniManager>,
     tables: Mutex<Tables>,
     /// Lifecycle calls of one pod (and its containers) take its lock in turn.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -83,6 +86,31 @@ fn task_died(reason: String) -> Shared<String> {
 
 fn unshared(e: Arc<ContainerizerError>) -> ContainerizerError {
     Arc::try_unwrap(e).unwrap_or_else(ContainerizerError::Shared)
+}
+
+/// The id reserved for `key`: the one of an identical earlier call, else a new one;
+/// another config under the same name is refused, naming the holder.
+fn reserve<C: PartialEq + Clone>(
+    names: &mut HashMap<String, Reservation<C>>,
+    key: &str,
+    config: &C,
+    conflict: impl FnOnce(&str) -> String,
+) -> Result<String> {
+    match names.get(key) {
+        Some(r) if r.config == *config => Ok(r.id.clone()),
+        Some(r) => Err(ContainerizerError::AlreadyExists(conflict(&r.id))),
+        None => {
+            let id = new_id();
+            names.insert(
+                key.to_string(),
+                Reservation {
+                    id: id.clone(),
+                    config: config.clone(),
+                },
+            );
+            Ok(id)
+        }
+    }
 }
 
 fn pod_key(meta: &cri::PodSandboxMetadata) -> String {
@@ -121,12 +149,14 @@ impl MesosContainerizer {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         }
         let supervisor_bin = SupervisorBinary::in_dir(&flags.launcher_dir)?;
+        let network = Arc::new(CniManager::new(&flags));
         let containerizer = Arc::new(MesosContainerizer {
             flags,
             provisioner,
             isolators,
             hierarchies,
             supervisor_bin,
+            network,
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
@@ -234,6 +264,42 @@ impl MesosContainerizer {
         &self.provisioner
     }
 
+    /// The pod networks (network/cni): readiness, pod CIDR, statistics.
+    pub fn network(&self) -> &Arc<CniManager> {
+        &self.network
+    }
+
+    /// The network part of a pod's verbose status: its networks and IPs, a CNI CHECK of
+    /// them (which is how a live pod's network is verified from outside) and interface
+    /// counters.
+    pub async fn pod_network_status(&self, pod: &PodRecord) -> serde_json::Value {
+        if pod.info.net_ns.is_none() {
+            return serde_json::json!({ "hostNetwork": true });
+        }
+        let check = if pod.ready {
+            match self.network.check(&pod.info.id).await {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        } else {
+            "not ready".to_string()
+        };
+        let network = self.network.clone();
+        let id = pod.info.id.clone();
+        let interfaces = tokio::task::spawn_blocking(move || network.statistics(&id))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        serde_json::json!({
+            "networks": pod.network.as_ref().map(|n| &n.networks),
+            "check": check,
+            "interfaces": match interfaces {
+                Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
+                Err(e) => serde_json::Value::String(e),
+            },
+        })
+    }
+
     // ---- pod sandboxes (top-level containers) ----
 
     /// RunPodSandbox: idempotent by name for an identical config, AlreadyExists otherwise.
@@ -262,29 +328,9 @@ impl MesosContainerizer {
             });
         }
         let key = pod_key(&meta);
-        let id = {
-            let mut tables = self.tables();
-            match tables.pod_names.get(&key) {
-                Some(r) if r.config == config => r.id.clone(),
-                Some(r) => {
-                    return Err(ContainerizerError::AlreadyExists(format!(
-                        "pod sandbox name {key:?} is reserved for {}",
-                        r.id
-                    )));
-                }
-                None => {
-                    let id = new_id();
-                    tables.pod_names.insert(
-                        key.clone(),
-                        Reservation {
-                            id: id.clone(),
-                            config: config.clone(),
-                        },
-                    );
-                    id
-                }
-            }
-        };
+        let id = reserve(&mut self.tables().pod_names, &key, &config, |holder| {
+            format!("pod sandbox name {key:?} is reserved for {holder}")
+        })?;
         if self
             .tables()
             .pods
@@ -293,26 +339,14 @@ impl MesosContainerizer {
         {
             return Ok(id);
         }
-        let this = self.clone();
-        let launch_id = id.clone();
         let span = tracing::info_span!("pod", pod_id = %id);
-        self.creations
-            .run(
-                &id,
-                move || {
-                    async move {
-                        let result = this.launch_pod_uncached(&launch_id, config, handler).await;
-                        if result.is_err() {
-                            this.tables().pod_names.remove(&key);
-                        }
-                        result.map(|()| launch_id).map_err(Arc::new)
-                    }
-                    .instrument(span)
-                },
-                task_died,
-            )
-            .await
-            .map_err(unshared)
+        self.create_once(
+            id,
+            span,
+            |t, id| t.pod_names.retain(|_, r| r.id != id),
+            move |this, id| async move { this.launch_pod_uncached(&id, config, handler).await },
+        )
+        .await
     }
 
     async fn launch_pod_uncached(
@@ -393,23 +427,20 @@ impl MesosContainerizer {
                 .join(format!("{}.sock", &id[..16])),
             supervisor_cgroup,
             owns_pod_cgroup,
+            network: None,
         };
         // The checkpoint comes first, so that a crash at any later step leaves a record
         // that StopPodSandbox/RemovePodSandbox can clean up from.
         self.checkpoint_pod(&record)?;
         self.tables().pods.insert(id.to_string(), record.clone());
 
-        let result = self
-            .prepare_pod(
-                &mut record,
-                &hostname,
-                Wanted {
-                    net: !host_net,
-                    uts: !host_net,
-                    ipc: !host_ipc,
-                },
-            )
-            .await;
+        // Host-network pods skip CNI entirely: no namespace, no plugins.
+        let targets = namespaces::Pinned {
+            net: (!host_net).then(|| self.network.netns_path(id)),
+            uts: (!host_net).then(|| dir.join("ns").join("uts")),
+            ipc: (!host_ipc).then(|| dir.join("ns").join("ipc")),
+        };
+        let result = self.prepare_pod(&mut record, &hostname, targets).await;
         match result {
             Ok(()) => {
                 record.ready = true;
@@ -421,7 +452,11 @@ impl MesosContainerizer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pod sandbox launch failed; undoing");
-                self.teardown_pod(&record).await;
+                if let Err(undo) = self.teardown_pod(&record).await {
+                    // The CNI checkpoint and the namespace stay for the orphan cleanup
+                    // of a later recovery; the pod itself is gone for the kubelet.
+                    tracing::warn!(error = %undo, "pod network not released");
+                }
                 self.forget_pod(id);
                 Err(e)
             }
@@ -432,24 +467,30 @@ impl MesosContainerizer {
         &self,
         record: &mut PodRecord,
         hostname: &str,
-        wanted: Wanted,
+        targets: namespaces::Pinned,
     ) -> Result<()> {
         let dir = record.info.dir.clone();
         std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
-        write_pod_files(&record.info, hostname)?;
-        if wanted.ipc {
+        if targets.ipc.is_some() {
             mount_shm(&dir.join("shm"))?;
         }
-        let ns_dir = dir.join("ns");
         let host = hostname.to_string();
-        let pinned =
-            tokio::task::spawn_blocking(move || namespaces::create(&ns_dir, wanted, &host))
-                .await
-                .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
+        let pinned = tokio::task::spawn_blocking(move || namespaces::create(&targets, &host))
+            .await
+            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
         record.info.net_ns = pinned.net;
         record.info.uts_ns = pinned.uts;
         record.info.ipc_ns = pinned.ipc;
         self.checkpoint_pod(record)?;
+        if let Some(netns) = record.info.net_ns.clone() {
+            let network = self
+                .network
+                .attach(&record.info.id, &record.info.config, &netns)
+                .await?;
+            record.network = Some(network);
+            self.checkpoint_pod(record)?;
+        }
+        write_pod_files(&record.info, hostname, record.network.as_ref())?;
 
         record.info.cgroup.create()?;
         record.supervisor_cgroup.create()?;
@@ -532,12 +573,13 @@ impl MesosContainerizer {
             self.checkpoint_pod(&record)?;
             self.tables().pods.insert(id.to_string(), record.clone());
         }
-        self.teardown_pod(&record).await;
-        Ok(())
+        self.teardown_pod(&record).await
     }
 
-    /// Releases what a pod holds on the host, whatever state it got to. Idempotent.
-    async fn teardown_pod(&self, record: &PodRecord) {
+    /// Releases what a pod holds on the host, whatever state it got to. Idempotent. A
+    /// failed CNI DEL is returned (StopPodSandbox fails, kubelet retries) and keeps the
+    /// network namespace and checkpoint for the retry.
+    async fn teardown_pod(&self, record: &PodRecord) -> Result<()> {
         let client = SupervisorClient::new(&record.supervisor_socket);
         if record.supervisor_pid > 0
             && let Err(e) = client.call(&Request::Shutdown, QUICK).await
@@ -547,15 +589,21 @@ impl MesosContainerizer {
         let supervisor_cgroup = record.supervisor_cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || supervisor_cgroup.kill_all(KILL_TIMEOUT)).await;
         let _ = std::fs::remove_file(&record.supervisor_socket);
+        // DEL while the namespace still exists, so the plugins also remove what is inside.
+        let detached = self.network.detach(&record.info.id).await;
         let pinned = namespaces::Pinned {
-            net: record.info.net_ns.clone(),
+            net: record.info.net_ns.clone().filter(|_| detached.is_ok()),
             uts: record.info.uts_ns.clone(),
             ipc: record.info.ipc_ns.clone(),
         };
         namespaces::remove(&pinned);
+        if detached.is_ok() {
+            self.network.forget(&record.info.id);
+        }
         // Without our own IPC namespace there is no shm mount of ours to remove.
         let shm = record.info.dir.join("shm");
         let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
+        detached.map_err(Into::into)
     }
 
     /// RemovePodSandbox: stops the pod, removes its containers and everything it left.
@@ -621,45 +669,54 @@ impl MesosContainerizer {
         }
         let pod_id = pod.info.id.clone();
         let key = container_key(&pod_id, &meta);
-        let id = {
-            let mut tables = self.tables();
-            match tables.container_names.get(&key) {
-                Some(r) if r.config == config => r.id.clone(),
-                Some(r) => {
-                    return Err(ContainerizerError::AlreadyExists(format!(
-                        "container name {:?} (attempt {}) in pod {pod_id} is reserved for {}",
-                        meta.name, meta.attempt, r.id
-                    )));
-                }
-                None => {
-                    let id = new_id();
-                    tables.container_names.insert(
-                        key.clone(),
-                        Reservation {
-                            id: id.clone(),
-                            config: config.clone(),
-                        },
-                    );
-                    id
-                }
-            }
-        };
+        let id = reserve(
+            &mut self.tables().container_names,
+            &key,
+            &config,
+            |holder| {
+                format!(
+                    "container name {:?} (attempt {}) in pod {pod_id} is reserved for {holder}",
+                    meta.name, meta.attempt
+                )
+            },
+        )?;
         if self.tables().containers.get(&id).is_some_and(|c| c.pid > 0) {
             return Ok(id);
         }
+        let span = tracing::info_span!("container", pod_id = %pod_id, container_id = %id);
+        self.create_once(
+            id,
+            span,
+            |t, id| t.container_names.retain(|_, r| r.id != id),
+            move |this, id| async move { this.launch_container_uncached(&id, pod, config).await },
+        )
+        .await
+    }
+
+    /// Runs a creation on a detached task shared by every identical call in flight, so a
+    /// client that gives up never leaves half a pod and a retry waits for the first call.
+    /// A failed creation frees its name (`release`) for the next attempt.
+    async fn create_once<F, Fut>(
+        self: &Arc<Self>,
+        id: String,
+        span: tracing::Span,
+        release: fn(&mut Tables, &str),
+        work: F,
+    ) -> Result<String>
+    where
+        F: FnOnce(Arc<Self>, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
         let this = self.clone();
         let launch_id = id.clone();
-        let span = tracing::info_span!("container", pod_id = %pod_id, container_id = %id);
         self.creations
             .run(
                 &id,
                 move || {
                     async move {
-                        let result = this
-                            .launch_container_uncached(&launch_id, pod, config)
-                            .await;
+                        let result = work(this.clone(), launch_id.clone()).await;
                         if result.is_err() {
-                            this.tables().container_names.remove(&key);
+                            release(&mut this.tables(), &launch_id);
                         }
                         result.map(|()| launch_id).map_err(Arc::new)
                     }
@@ -1091,10 +1148,15 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 }
 
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf of the pod, bound into its containers.
-fn write_pod_files(pod: &PodInfo, hostname: &str) -> Result<()> {
+fn write_pod_files(pod: &PodInfo, hostname: &str, network: Option<&PodNetwork>) -> Result<()> {
     state::atomic_write(&pod.hostname_file(), format!("{hostname}\n").as_bytes())?;
-    let hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".to_string();
+    let mut hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".to_string();
+    for ip in network.map(PodNetwork::pod_ips).unwrap_or_default() {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
     state::atomic_write(&pod.hosts_file(), hosts.as_bytes())?;
+    // Priority as Mesos: the pod's DNSConfig, then the network's DNS, then the host's.
+    let network_dns = network.and_then(PodNetwork::dns);
     let resolv = match pod
         .config
         .dns_config
@@ -1114,7 +1176,24 @@ fn write_pod_files(pod: &PodInfo, hostname: &str) -> Result<()> {
             }
             text
         }
-        None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        None => match network_dns {
+            Some(dns) => {
+                let mut text = String::new();
+                for server in &dns.nameservers {
+                    text.push_str(&format!("nameserver {server}\n"));
+                }
+                if !dns.search.is_empty() {
+                    text.push_str(&format!("search {}\n", dns.search.join(" ")));
+                } else if !dns.domain.is_empty() {
+                    text.push_str(&format!("domain {}\n", dns.domain));
+                }
+                if !dns.options.is_empty() {
+                    text.push_str(&format!("options {}\n", dns.options.join(" ")));
+                }
+                text
+            }
+            None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        },
     };
     state::atomic_write(&pod.resolv_conf(), resolv.as_bytes())?;
     Ok(())
@@ -1232,6 +1311,7 @@ impl super::Containerizer for MesosContainerizer {
             "pidMode": pod.info.pid_mode,
             "isolators": self.isolator_names(),
             "config": pod.info.config,
+            "network": self.pod_network_status(&pod).await,
         }))
     }
 
