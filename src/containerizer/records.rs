@@ -25,6 +25,10 @@ pub struct PodRecord {
     pub supervisor_cgroup: Cgroup,
     /// Whether the pod cgroup was made by us (no `cgroup_parent`) and so is ours to remove.
     pub owns_pod_cgroup: bool,
+    /// What the pod's CNI networks gave it (IPs, DNS); `None` until attached and for
+    /// host-network pods.
+    #[serde(default)]
+    pub network: Option<crate::isolators::network::cni::PodNetwork>,
 }
 
 impl PodRecord {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
@@ -24,9 +24,6 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 pub struct CriRuntime {
     flags: Arc<Flags>,
     containerizer: Arc<MesosContainerizer>,
-    /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); the default CNI
-    /// network allocates from it.
-    pod_cidr: RwLock<Option<String>>,
 }
 
 impl CriRuntime {
@@ -34,18 +31,32 @@ impl CriRuntime {
         Self {
             flags,
             containerizer,
-            pod_cidr: RwLock::new(None),
         }
     }
 
+    /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); kept by the CNI
+    /// manager, whose default network allocates from it.
     pub fn pod_cidr(&self) -> Option<String> {
-        self.pod_cidr
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.containerizer.network().pod_cidr()
     }
 
     fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        // Re-read on every Status: a config dropped into the dir makes the node Ready
+        // without a restart, as it does for other runtimes.
+        let network = match self.containerizer.network().readiness() {
+            Ok(_) => cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(message) => cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message,
+            },
+        };
         vec![
             cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -53,15 +64,7 @@ impl CriRuntime {
                 reason: String::new(),
                 message: String::new(),
             },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: format!(
-                    "cri-mesos: network/cni has no network loaded (config dir {})",
-                    self.flags.network_cni_config_dir.display()
-                ),
-            },
+            network,
         ]
     }
 }
@@ -89,12 +92,24 @@ fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone());
+    // The first IP is the primary one; the other, of the other family, is dual stack's.
+    let mut ips = pod
+        .network
+        .as_ref()
+        .map(|n| n.pod_ips())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|ip| ip.to_string());
+    let network = cri::PodSandboxNetworkStatus {
+        ip: ips.next().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip }).collect(),
+    };
     cri::PodSandboxStatus {
         id: pod.id().to_string(),
         metadata: pod.metadata(),
         state: pod.cri_state() as i32,
         created_at: pod.created_at,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(network),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace { options }),
         }),
@@ -243,7 +258,7 @@ service_impl! {
                 Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {reason}"))
             })?;
             tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
-            *self.pod_cidr.write().unwrap_or_else(|e| e.into_inner()) = Some(cidr);
+            self.containerizer.network().set_pod_cidr(Some(cidr));
             Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
         }
 

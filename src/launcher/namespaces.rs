@@ -22,15 +22,10 @@ pub enum NamespaceError {
     Thread,
 }
 
-/// Which namespaces a pod gets of its own (false: the host's).
-#[derive(Debug, Clone, Copy)]
-pub struct Wanted {
-    pub net: bool,
-    pub uts: bool,
-    pub ipc: bool,
-}
-
-/// The pinned namespace files made by [`create`].
+/// Pinned namespace files of a pod, one per kind; `None`: the pod uses the host's. Each
+/// kind has its own place because their owners differ: the network namespace lives with
+/// the `network/cni` state (Mesos's `isolators/network/cni/<id>/ns`), the others in the
+/// pod's directory.
 #[derive(Debug, Clone, Default)]
 pub struct Pinned {
     pub net: Option<PathBuf>,
@@ -38,18 +33,25 @@ pub struct Pinned {
     pub ipc: Option<PathBuf>,
 }
 
-/// Makes the wanted namespaces and pins them as `dir/{net,uts,ipc}`. On failure nothing
-/// stays pinned.
-pub fn create(dir: &Path, wanted: Wanted, hostname: &str) -> Result<Pinned, NamespaceError> {
-    fs::create_dir_all(dir).map_err(|source| NamespaceError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let dir = dir.to_path_buf();
+/// Makes a namespace for each path of `targets` and pins it there (parent directories are
+/// created). On failure nothing stays pinned.
+pub fn create(targets: &Pinned, hostname: &str) -> Result<Pinned, NamespaceError> {
+    for path in [&targets.net, &targets.uts, &targets.ipc]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|source| NamespaceError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+    }
+    let targets = targets.clone();
     let hostname = hostname.to_string();
     std::thread::spawn(move || {
         let mut pinned = Pinned::default();
-        let result = pin_in_this_thread(&dir, wanted, &hostname, &mut pinned);
+        let result = pin_in_this_thread(&targets, &hostname, &mut pinned);
         if result.is_err() {
             remove(&pinned);
         }
@@ -60,8 +62,7 @@ pub fn create(dir: &Path, wanted: Wanted, hostname: &str) -> Result<Pinned, Name
 }
 
 fn pin_in_this_thread(
-    dir: &Path,
-    wanted: Wanted,
+    targets: &Pinned,
     hostname: &str,
     pinned: &mut Pinned,
 ) -> Result<(), NamespaceError> {
@@ -70,48 +71,45 @@ fn pin_in_this_thread(
         move |source| NamespaceError::Sys { step, source }
     };
     let mut flags = CloneFlags::empty();
-    if wanted.net {
+    if targets.net.is_some() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if wanted.uts {
+    if targets.uts.is_some() {
         flags |= CloneFlags::CLONE_NEWUTS;
     }
-    if wanted.ipc {
+    if targets.ipc.is_some() {
         flags |= CloneFlags::CLONE_NEWIPC;
     }
     if flags.is_empty() {
         return Ok(());
     }
     nix::sched::unshare(flags).map_err(sys("unshare"))?;
-    if wanted.uts {
+    if targets.uts.is_some() {
         nix::unistd::sethostname(hostname).map_err(sys("sethostname"))?;
     }
-    if wanted.net {
+    if targets.net.is_some() {
         loopback_up().map_err(sys("bring lo up"))?;
     }
-    for (want, kind, slot) in [
-        (wanted.net, "net", &mut pinned.net),
-        (wanted.uts, "uts", &mut pinned.uts),
-        (wanted.ipc, "ipc", &mut pinned.ipc),
+    for (target, kind, slot) in [
+        (&targets.net, "net", &mut pinned.net),
+        (&targets.uts, "uts", &mut pinned.uts),
+        (&targets.ipc, "ipc", &mut pinned.ipc),
     ] {
-        if !want {
-            continue;
-        }
-        let target = dir.join(kind);
-        fs::File::create(&target).map_err(|source| NamespaceError::Io {
+        let Some(target) = target else { continue };
+        fs::File::create(target).map_err(|source| NamespaceError::Io {
             path: target.clone(),
             source,
         })?;
         let source = format!("/proc/thread-self/ns/{kind}");
         nix::mount::mount(
             Some(source.as_str()),
-            &target,
+            target,
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )
         .map_err(sys(&format!("pin {kind} at {}", target.display())))?;
-        *slot = Some(target);
+        *slot = Some(target.clone());
     }
     Ok(())
 }
@@ -133,6 +131,13 @@ pub fn unpin(path: &Path) {
         Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unpin namespace"),
     }
     let _ = fs::remove_file(path);
+}
+
+/// Whether `path` still pins a namespace: after an unmount (or a reboot of a persistent
+/// dir) only a plain empty file remains, which must not be handed to anyone as a netns.
+pub fn is_pinned(path: &Path) -> bool {
+    use nix::sys::statfs::{NSFS_MAGIC, statfs};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
 /// Sets IFF_UP on `lo` of the calling thread's network namespace.
@@ -173,20 +178,18 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let pinned = create(
-            dir.path(),
-            Wanted {
-                net: true,
-                uts: true,
-                ipc: true,
-            },
-            "pod-host",
-        )
-        .unwrap();
+        let targets = Pinned {
+            net: Some(dir.path().join("cni/pod/ns")),
+            uts: Some(dir.path().join("pod/ns/uts")),
+            ipc: Some(dir.path().join("pod/ns/ipc")),
+        };
+        let pinned = create(&targets, "pod-host").unwrap();
         let net = pinned.net.clone().unwrap();
         let st = nix::sys::stat::stat(&net).unwrap();
         let host = nix::sys::stat::stat("/proc/self/ns/net").unwrap();
         assert_ne!(st.st_ino, host.st_ino, "a new net namespace");
+        assert!(is_pinned(&net));
+        assert!(!is_pinned(dir.path()));
         remove(&pinned);
         assert!(!pinned.uts.unwrap().exists());
         assert!(!net.exists());

@@ -31,12 +31,22 @@ impl Env {
         let images = test_support::push_all(&registry)
             .await
             .expect("push images");
-        let daemon = Daemon::builder(BIN)
+        let logs = tempfile::tempdir().unwrap();
+        let mut builder = Daemon::builder(BIN)
             .arg(format!("--insecure_registries={}", registry.addr()))
-            .args(extra_args)
-            .start()
-            .await
-            .expect("daemon");
+            .args(extra_args);
+        // Pods join no CNI network unless the test configures one: what the machine has
+        // in /etc/cni/net.d must not change what the tests see.
+        if !extra_args
+            .iter()
+            .any(|a| a.starts_with("--network_cni_config_dir"))
+        {
+            builder = builder.arg(format!(
+                "--network_cni_config_dir={}",
+                logs.path().join("no-cni-config").display()
+            ));
+        }
+        let daemon = builder.start().await.expect("daemon");
         let runtime = daemon.runtime_client().await.unwrap();
         let image = daemon.image_client().await.unwrap();
         Env {
@@ -45,7 +55,7 @@ impl Env {
             daemon,
             runtime,
             image,
-            logs: tempfile::tempdir().unwrap(),
+            logs,
         }
     }
 
