@@ -7,6 +7,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cri_mesos_supervisor::mountinfo;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cgroup {path}: {source}")]
@@ -39,36 +41,21 @@ pub struct Hierarchies {
 impl Hierarchies {
     /// Reads the mounts below `root` (`--cgroups_hierarchy`) from /proc/self/mountinfo.
     pub fn detect(root: &Path) -> Result<Hierarchies, CgroupError> {
-        let mountinfo = Path::new("/proc/self/mountinfo");
-        let text = fs::read_to_string(mountinfo).map_err(io_err(mountinfo))?;
+        let table = mountinfo::read().map_err(io_err(Path::new("/proc/self/mountinfo")))?;
         let mut v1 = Vec::new();
         let mut v2 = None;
-        for line in text.lines() {
-            // Fields: id parent major:minor root mount-point options ... - fstype source super-options
-            let mut parts = line.split(" - ");
-            let (Some(left), Some(right)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let Some(mount_point) = left.split(' ').nth(4) else {
-                continue;
-            };
-            let mount_point = PathBuf::from(unescape(mount_point));
-            if !mount_point.starts_with(root) {
-                continue;
-            }
-            let mut right = right.split(' ');
-            let fstype = right.next().unwrap_or("");
-            let super_options = right.nth(1).unwrap_or("");
-            match fstype {
-                "cgroup2" => v2 = Some(mount_point),
+        for entry in table.into_iter().filter(|e| e.mount_point.starts_with(root)) {
+            match entry.fstype.as_str() {
+                "cgroup2" => v2 = Some(entry.mount_point),
                 "cgroup" => {
-                    let controllers: Vec<String> = super_options
+                    let controllers: Vec<String> = entry
+                        .super_options
                         .split(',')
                         .filter(|o| CONTROLLERS.contains(o))
                         .map(str::to_string)
                         .collect();
                     if !controllers.is_empty() {
-                        v1.push((controllers, mount_point));
+                        v1.push((controllers, entry.mount_point));
                     }
                 }
                 _ => {}
@@ -104,28 +91,6 @@ const CONTROLLERS: &[&str] = &[
     "rdma",
     "misc",
 ];
-
-/// Mountinfo escapes spaces and a few other bytes as octal (`\040`).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// One cgroup, present in every hierarchy.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -363,12 +328,6 @@ mod tests {
         let c = Cgroup::at(&h, "a/b").unwrap();
         assert_eq!(c.dirs, vec![PathBuf::from("/sys/fs/cgroup/a/b")]);
         assert!(c.child("..").is_err());
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
     }
 
     #[test]

@@ -75,39 +75,12 @@ fn mount(
     sys::mount(Some(&src), &dst, fstype.as_deref(), flags, data.as_deref())
 }
 
-/// The mount point (in this mount namespace) that holds `path`: the longest mount point
-/// of /proc/self/mountinfo that is `path` or one of its ancestors.
+/// The mount point (in this mount namespace) that holds `path`.
 fn containing_mount(path: &Path) -> io::Result<PathBuf> {
-    let table = fs::read_to_string("/proc/self/mountinfo")?;
-    table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_octal(m)))
-        .filter(|m| path.starts_with(m))
-        .max_by_key(|m| m.components().count())
+    let table = crate::mountinfo::read()?;
+    crate::mountinfo::containing(&table, path)
+        .map(|m| m.mount_point.clone())
         .ok_or_else(|| io::Error::other(format!("no mount holds {}", path.display())))
-}
-
-/// Mountinfo writes spaces, tabs, newlines and backslashes as `\ooo`.
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Changes a mount's flags or propagation (no source, no type).

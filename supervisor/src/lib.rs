@@ -31,6 +31,7 @@
 
 pub mod b64;
 pub mod client;
+pub mod mountinfo;
 pub mod protocol;
 
 mod child;

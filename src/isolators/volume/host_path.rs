@@ -5,8 +5,9 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use cri_mesos_supervisor::mountinfo::{self, MountEntry};
 use cri_mesos_supervisor::protocol::{CreateKind, LaunchInfo, MountSpec};
 use k8s_cri::v1 as cri;
 
@@ -146,7 +147,7 @@ fn mount_spec(
     if let Some(need) = need {
         if table.is_none() {
             let path = Path::new(MOUNTINFO);
-            *table = Some(parse_mountinfo(
+            *table = Some(mountinfo::parse(
                 &fs::read_to_string(path).map_err(io_error(path))?,
             ));
         }
@@ -168,79 +169,9 @@ fn mount_spec(
     })
 }
 
-/// One line of /proc/self/mountinfo, what propagation checks need of it.
-#[derive(Debug)]
-struct MountEntry {
-    mount_point: PathBuf,
-    /// Optional fields: "shared:N", "master:N", "propagate_from:N", "unbindable".
-    optional: Vec<String>,
-}
-
-impl MountEntry {
-    fn has(&self, tag: &str) -> bool {
-        self.optional
-            .iter()
-            .any(|o| o.split(':').next() == Some(tag))
-    }
-}
-
-/// Fields: id parent major:minor root mount-point options [optional...] - fstype source super.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, _) = line.split_once(" - ")?;
-            let fields: Vec<&str> = left.split(' ').collect();
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape(fields.get(4)?)),
-                optional: fields
-                    .get(6..)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
-/// The kernel writes space, tab, newline and backslash in mount points as `\ooo`.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mount `path` (canonical) lives on: the longest mount point above it, the last one
-/// listed when several are stacked on the same point (the top of the stack).
-fn mount_of<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    entries
-        .iter()
-        .filter(|e| path.starts_with(&e.mount_point))
-        .max_by_key(|e| e.mount_point.components().count())
-}
-
 /// containerd's `ensureShared` / `ensureSharedOrSlave`, with their messages.
 fn check_propagation(entries: &[MountEntry], path: &Path, need: Need) -> Result<(), String> {
-    let Some(entry) = mount_of(entries, path) else {
+    let Some(entry) = mountinfo::containing(entries, path) else {
         return Err(format!(
             "path {:?} is not on any mount",
             path.display().to_string()
@@ -265,6 +196,8 @@ fn check_propagation(entries: &[MountEntry], path: &Path, need: Need) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::isolators::filesystem::linux::LinuxFilesystem;
     use crate::isolators::registry::test_support::Fixture;
@@ -435,7 +368,7 @@ mod tests {
 
     #[test]
     fn propagation_against_a_mount_table() {
-        let table = parse_mountinfo(MOUNTINFO_SAMPLE);
+        let table = mountinfo::parse(MOUNTINFO_SAMPLE);
         let check = |path: &str, need| check_propagation(&table, Path::new(path), need);
         assert_eq!(check("/srv/data", Need::Shared), Ok(()));
         assert_eq!(

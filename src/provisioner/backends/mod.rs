@@ -253,39 +253,11 @@ pub(crate) fn unmount_and_remove(backend: &'static str, path: &Path) -> Result<(
 
 /// Mount points at or below `path` (canonical), in /proc/self/mountinfo order.
 pub(crate) fn mounts_under(path: &Path) -> io::Result<Vec<PathBuf>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+    Ok(cri_mesos_supervisor::mountinfo::read()?
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|mount| mount.starts_with(path))
         .collect())
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    use std::os::unix::ffi::OsStringExt;
-    std::ffi::OsString::from_vec(out)
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Runs `f` on a short-lived thread whose working directory is `dir`, private to that
@@ -737,9 +709,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/a\040b\011c\134d"), "/a b\tc\\d");
-        assert_eq!(unescape_mountinfo(r"/x\0"), r"/x\0");
-    }
 }
