@@ -1014,7 +1014,7 @@ impl RegistryProvider {
         .await
     }
 
-    /// Streams one blob into `dest` (created or truncated, fsync'd), checking
+    /// Streams one blob into `dest` (created or truncated), checking
     /// size and sha256 on the way. On any failure `dest` is removed.
     pub async fn fetch_blob(
         &self,
@@ -1136,13 +1136,10 @@ impl BlobWriter {
             });
         }
         let path = self.path;
+        // No fsync: the blob is a staging file the store extracts and deletes at once;
+        // what must survive is the committed layer, not its download.
         self.file
             .flush()
-            .await
-            .map_err(|e| ProviderError::io(&path, e))?;
-        self.file
-            .into_inner()
-            .sync_all()
             .await
             .map_err(|e| ProviderError::io(&path, e))
     }

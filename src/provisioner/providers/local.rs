@@ -129,7 +129,7 @@ impl LocalProvider {
     }
 
     /// Copies one blob out of the image's archive into `dest` (created or
-    /// truncated, fsync'd), verifying its digest; `dest` is removed on failure.
+    /// truncated), verifying its digest; `dest` is removed on failure.
     pub async fn fetch_blob(
         &self,
         image: &ImageReference,
@@ -754,10 +754,10 @@ fn write_verified(
             actual,
         });
     }
-    let out = out
-        .into_inner()
-        .map_err(|e| ProviderError::io(dest, e.into_error()))?;
-    out.sync_all().map_err(|e| ProviderError::io(dest, e))
+    // Flushed, not fsync'd: a staging file the store extracts and deletes at once.
+    out.into_inner()
+        .map(drop)
+        .map_err(|e| ProviderError::io(dest, e.into_error()))
 }
 
 #[cfg(test)]
