@@ -48,6 +48,8 @@ async fn version_status_and_runtime_config() {
         .unwrap()
         .into_inner();
     assert!(status.info.is_empty(), "info only when verbose");
+    let handlers: Vec<&str> = status.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, ["", "mesos"]);
     let conditions = status.status.unwrap().conditions;
     let runtime = conditions
         .iter()

@@ -833,6 +833,14 @@ async fn failures_undo_their_own_work() {
         .unwrap()
         .into_inner();
     assert!(list.containers.is_empty());
+    // An unknown runtime handler (RuntimeClass) is NotFound, naming it.
+    let err = env
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(env.pod_config("handler")), runtime_handler: "kata".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("kata"), "{}", err.message());
     // Unknown ids: status is NotFound, stop and remove succeed.
     let err = env
         .runtime

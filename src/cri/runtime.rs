@@ -224,7 +224,11 @@ service_impl! {
             Ok(Response::new(cri::StatusResponse {
                 status: Some(cri::RuntimeStatus { conditions: self.conditions() }),
                 info,
-                runtime_handlers: vec![cri::RuntimeHandler { name: String::new(), features: handler_features }],
+                // The default handler ("") and its name, as RuntimeClass may spell it.
+                runtime_handlers: ["", "mesos"]
+                    .into_iter()
+                    .map(|name| cri::RuntimeHandler { name: name.into(), features: handler_features })
+                    .collect(),
                 features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
             }))
         }
