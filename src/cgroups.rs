@@ -44,7 +44,10 @@ impl Hierarchies {
         let table = mountinfo::read().map_err(io_err(Path::new("/proc/self/mountinfo")))?;
         let mut v1 = Vec::new();
         let mut v2 = None;
-        for entry in table.into_iter().filter(|e| e.mount_point.starts_with(root)) {
+        for entry in table
+            .into_iter()
+            .filter(|e| e.mount_point.starts_with(root))
+        {
             match entry.fstype.as_str() {
                 "cgroup2" => v2 = Some(entry.mount_point),
                 "cgroup" => {

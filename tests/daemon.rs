@@ -27,7 +27,13 @@ async fn verbose_config(daemon: &Daemon) -> serde_json::Value {
 
 #[tokio::test]
 async fn version_status_and_runtime_config() {
-    let daemon = Daemon::start(BIN).await.unwrap();
+    // An empty CNI config dir of its own: NetworkReady must not depend on the host's.
+    let cni = tempfile::tempdir().unwrap();
+    let daemon = Daemon::builder(BIN)
+        .arg(format!("--network_cni_config_dir={}", cni.path().display()))
+        .start()
+        .await
+        .unwrap();
     let mut client = daemon.runtime_client().await.unwrap();
 
     let version = client
@@ -48,7 +54,11 @@ async fn version_status_and_runtime_config() {
         .unwrap()
         .into_inner();
     assert!(status.info.is_empty(), "info only when verbose");
-    let handlers: Vec<&str> = status.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    let handlers: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
     assert_eq!(handlers, ["", "mesos"]);
     let conditions = status.status.unwrap().conditions;
     let runtime = conditions

@@ -836,7 +836,10 @@ async fn failures_undo_their_own_work() {
     // An unknown runtime handler (RuntimeClass) is NotFound, naming it.
     let err = env
         .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(env.pod_config("handler")), runtime_handler: "kata".into() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(env.pod_config("handler")),
+            runtime_handler: "kata".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

@@ -19,7 +19,9 @@ pub struct MountEntry {
 impl MountEntry {
     /// Whether an optional field with this tag (`shared`, `master`, ...) is present.
     pub fn has(&self, tag: &str) -> bool {
-        self.optional.iter().any(|o| o.split(':').next() == Some(tag))
+        self.optional
+            .iter()
+            .any(|o| o.split(':').next() == Some(tag))
     }
 }
 
@@ -36,7 +38,12 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let mut right = right.split(' ');
             Some(MountEntry {
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
-                optional: fields.get(6..).unwrap_or_default().iter().map(|s| s.to_string()).collect(),
+                optional: fields
+                    .get(6..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 fstype: right.next().unwrap_or_default().to_string(),
                 source: unescape(right.next().unwrap_or_default()),
                 super_options: right.next().unwrap_or_default().to_string(),
@@ -65,7 +72,10 @@ pub fn unescape(field: &str) -> String {
             .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                out.push(
+                    d.iter()
+                        .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
                 i += 4;
             }
             None => {
@@ -102,7 +112,15 @@ mod tests {
     #[test]
     fn containing_picks_the_deepest_mount() {
         let entries = parse(TABLE);
-        assert_eq!(containing(&entries, Path::new("/tmp/a b/c")).unwrap().mount_point, PathBuf::from("/tmp/a b"));
-        assert_eq!(containing(&entries, Path::new("/etc")).unwrap().mount_point, PathBuf::from("/"));
+        assert_eq!(
+            containing(&entries, Path::new("/tmp/a b/c"))
+                .unwrap()
+                .mount_point,
+            PathBuf::from("/tmp/a b")
+        );
+        assert_eq!(
+            containing(&entries, Path::new("/etc")).unwrap().mount_point,
+            PathBuf::from("/")
+        );
     }
 }

@@ -708,5 +708,4 @@ mod tests {
                 .unwrap();
         }
     }
-
 }

@@ -211,7 +211,9 @@ impl ConfigStore {
         let Some(default_file) = &self.default_file else {
             return Ok(cache.dir.clone());
         };
-        if !cache.dir.networks.is_empty() {
+        // Only an empty dir gets the default: broken files are the operator's config,
+        // reported by NetworkReady, not silently replaced.
+        if !cache.dir.networks.is_empty() || !cache.dir.errors.is_empty() {
             return Ok(cache.dir.clone());
         }
         let subnet = pod_cidr.unwrap_or(&self.default_subnet).to_string();
@@ -526,6 +528,10 @@ mod tests {
         );
 
         std::fs::create_dir(dir.path().join("net.d")).unwrap();
+        std::fs::write(dir.path().join("net.d/broken.conf"), "{").unwrap();
+        let set = store.current(None).unwrap();
+        assert!(!set.default && set.networks.is_empty() && set.errors.len() == 1);
+        std::fs::remove_file(dir.path().join("net.d/broken.conf")).unwrap();
         std::fs::write(
             dir.path().join("net.d/a.conflist"),
             conflist("a", "10.1.0.0/24"),

@@ -115,12 +115,15 @@ pub struct Target<'a> {
     pub netns: Option<&'a Path>,
 }
 
+/// Supported versions by plugin path, with the binary's mtime when asked.
+type VersionCache = HashMap<PathBuf, (Option<SystemTime>, Vec<String>)>;
+
 #[derive(Debug)]
 pub struct Invoker {
     dirs: Vec<PathBuf>,
     timeout: Duration,
     /// VERSION answers by plugin binary and its mtime: a plugin is asked once, not per pod.
-    versions: Mutex<HashMap<PathBuf, (Option<SystemTime>, Vec<String>)>>,
+    versions: Mutex<VersionCache>,
 }
 
 impl Invoker {
@@ -281,9 +284,7 @@ impl Invoker {
         Ok(info.supported)
     }
 
-    fn lock_versions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Option<SystemTime>, Vec<String>)>> {
+    fn lock_versions(&self) -> std::sync::MutexGuard<'_, VersionCache> {
         self.versions.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -145,10 +145,12 @@ impl CniManager {
             .map_err(|e| e.to_string())?;
         if set.networks.is_empty() {
             let mut message = format!(
-                "cri-mesos: network/cni has no network config in {} (and --network_cni_default is off)",
+                "cri-mesos: network/cni has no usable network config in {}",
                 self.configs.dir().display()
             );
-            if !set.errors.is_empty() {
+            if set.errors.is_empty() {
+                message.push_str(" (and --network_cni_default is off)");
+            } else {
                 message.push_str(&format!("; unusable: {}", set.errors.join("; ")));
             }
             return Err(message);
