@@ -209,6 +209,15 @@ int main(void) {
     }
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -528,7 +537,7 @@ async fn run_cri_mesos(
         }
         None => Err("no free private /16 for the CNI bridge".to_string()),
     };
-    let mut network = "no CNI (loopback only)".to_string();
+    let mut network = "no CNI config".to_string();
     let daemon = match &net {
         Ok(net) => match start_cri_mesos_with_cni(builder.clone(), net).await {
             Ok(daemon) => {
@@ -652,6 +661,12 @@ async fn run_containerd(
             return failed(net.describe(), format!("{e:#}"), notes);
         }
     };
+    if containerd::restrict_oom_score_adj() {
+        notes.push(
+            "restrict_oom_score_adj = true (no CAP_SYS_RESOURCE here: sandboxes cannot get -998)"
+                .into(),
+        );
+    }
     let result = async {
         let mut rt = ctrd.runtime_client().await?;
         let version = runtime_version(&mut rt).await?;
@@ -805,6 +820,7 @@ async fn main() {
         .expect("push pause")
         .reference();
     let subnets = free_subnets(2);
+    let load_before = loadavg();
 
     // CRI_BENCH_ONLY=cri-mesos or =containerd measures one runtime.
     let only = std::env::var("CRI_BENCH_ONLY").unwrap_or_default();
@@ -834,6 +850,11 @@ async fn main() {
          (the containers' own `sleep` not counted); pull = PullImage of busybox into an empty store"
     );
     println!("containerd's sandbox image: {pause_kind}");
+    println!(
+        "load average (1/5/15 min) before: {load_before}, after: {} (2 cores here: other \
+         work on the machine shows in the latencies)",
+        loadavg()
+    );
     println!();
     print_table(&rows);
     // containerd is the yardstick: its failure is reported above, but ours fails the bench.

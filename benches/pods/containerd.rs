@@ -37,6 +37,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// capability(7) number.
 const CAP_SYS_RESOURCE: u32 = 24;
 
+/// Whether the CRI plugin must clamp oom_score_adj: its sandboxes ask for -998, and lowering
+/// one's oom_score_adj needs CAP_SYS_RESOURCE, which this machine's root lacks (runc then
+/// fails with "can't get final child's PID from pipe: EOF").
+pub fn restrict_oom_score_adj() -> bool {
+    !procfs::has_capability(CAP_SYS_RESOURCE)
+}
+
 /// The executables the bench needs, found on `PATH`.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -225,7 +232,7 @@ disabled_plugins = [
             cni_bin = setup.cni_bin_dir.display(),
             cni_conf = setup.cni_conf_dir.display(),
             certs = p("certs.d"),
-            restrict_oom = !procfs::has_capability(CAP_SYS_RESOURCE),
+            restrict_oom = restrict_oom_score_adj(),
         );
         let path = root.join("config.toml");
         std::fs::write(&path, config)?;
@@ -304,40 +311,21 @@ disabled_plugins = [
     /// way to get rid of shims, netns, mounts and cgroups.
     pub async fn remove_all_pods(&self) -> Result<()> {
         let mut rt = self.runtime_client().await?;
-        let pods = tokio::time::timeout(
-            Duration::from_secs(30),
-            rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }),
-        )
-        .await
-        .context("ListPodSandbox timed out")??
-        .into_inner()
-        .items;
+        let list = cri::ListPodSandboxRequest { filter: None };
+        let pods = crate::call("ListPodSandbox", rt.list_pod_sandbox(list)).await?;
         let mut failures = Vec::new();
-        for pod in pods {
-            let id = pod.id;
-            let stop = tokio::time::timeout(
-                Duration::from_secs(60),
-                rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                }),
-            );
-            if let Err(e) = stop.await.map_err(anyhow::Error::from).and_then(|r| {
-                r.map_err(anyhow::Error::from)?;
-                Ok(())
-            }) {
-                failures.push(format!("stop {id}: {e:#}"));
+        for id in pods.items.into_iter().map(|p| p.id) {
+            let stop = cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            };
+            if let Err(e) = crate::call("StopPodSandbox", rt.stop_pod_sandbox(stop)).await {
+                failures.push(format!("{id}: {e:#}"));
             }
-            let remove = tokio::time::timeout(
-                Duration::from_secs(60),
-                rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                }),
-            );
-            if let Err(e) = remove.await.map_err(anyhow::Error::from).and_then(|r| {
-                r.map_err(anyhow::Error::from)?;
-                Ok(())
-            }) {
-                failures.push(format!("remove {id}: {e:#}"));
+            let remove = cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            };
+            if let Err(e) = crate::call("RemovePodSandbox", rt.remove_pod_sandbox(remove)).await {
+                failures.push(format!("{id}: {e:#}"));
             }
         }
         if !failures.is_empty() {

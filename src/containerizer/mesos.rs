@@ -219,6 +219,16 @@ impl MesosContainerizer {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn container_ids_of(&self, pod_id: &str) -> Vec<String> {
+        let tables = self.tables();
+        tables
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     fn lock_of(&self, pod_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
@@ -557,13 +567,7 @@ impl MesosContainerizer {
         let Ok(mut record) = self.pod(id) else {
             return Ok(());
         };
-        let containers: Vec<String> = self
-            .tables()
-            .containers
-            .values()
-            .filter(|c| c.pod_id == id)
-            .map(|c| c.id.clone())
-            .collect();
+        let containers = self.container_ids_of(&id);
         for cid in containers {
             self.stop_container_locked(&cid, 0).await?;
         }
@@ -616,13 +620,7 @@ impl MesosContainerizer {
         let lock = self.lock_of(&id);
         let _guard = lock.lock().await;
         self.stop_pod_locked(&id).await?;
-        let containers: Vec<String> = self
-            .tables()
-            .containers
-            .values()
-            .filter(|c| c.pod_id == id)
-            .map(|c| c.id.clone())
-            .collect();
+        let containers = self.container_ids_of(&id);
         for cid in containers {
             self.remove_container_locked(&cid).await?;
         }
