@@ -1,0 +1,486 @@
+//! The native `mesos` containerizer.
+//!
+//! RunPodSandbox launches a top-level container: pinned namespaces, the pod's files and
+//! cgroup, and its supervisor. CreateContainer runs the nested launch up to the blocked
+//! fork (PROVISIONING → PREPARING → fork); StartContainer does the rest (ISOLATING →
+//! FETCHING → release the pipe → RUNNING). Every step undoes itself on failure.
+//!
+//! Creation calls run detached from the gRPC request and are keyed by name, so a retried
+//! call with the same config waits for (or returns) the first one's result instead of
+//! failing with "name is reserved" (the containerd complaint).
+
+mod nested;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cri_mesos_supervisor::protocol::{
+    ExecInfo, ExecResult, LaunchInfo, ProcessSpec, Request, Response,
+};
+use k8s_cri::v1 as cri;
+use tracing::Instrument;
+
+use super::records::{ContainerRecord, PodRecord};
+use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
+use crate::cgroups::{Cgroup, Hierarchies};
+use crate::flags::Flags;
+use crate::inflight::Inflight;
+use crate::isolators::chain::{ContainerPrep, Isolator, NsMode, PodInfo};
+use crate::isolators::network::cni::{CniManager, PodNetwork};
+use crate::isolators::registry::{self, IsolatorContext};
+use crate::launcher::namespaces;
+use crate::launcher::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
+use crate::provisioner::Provisioner;
+use crate::state;
+
+/// Supervisor requests that return at once.
+const QUICK: Duration = Duration::from_secs(30);
+/// How long a container may take to set itself up before CreateContainer gives up.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// kubelet's default /dev/shm size.
+const SHM_SIZE: &str = "65536k";
+
+type Shared<T> = std::result::Result<T, Arc<ContainerizerError>>;
+
+struct Reservation<C> {
+    id: String,
+    config: C,
+}
+
+#[derive(Default)]
+struct Tables {
+    pods: HashMap<String, PodRecord>,
+    containers: HashMap<String, ContainerRecord>,
+    pod_names: HashMap<String, Reservation<cri::PodSandboxConfig>>,
+    container_names: HashMap<String, Reservation<cri::ContainerConfig>>,
+}
+
+pub struct MesosContainerizer {
+    flags: Arc<Flags>,
+    provisioner: Arc<Provisioner>,
+    isolators: Vec<Box<dyn Isolator>>,
+    hierarchies: Hierarchies,
+    supervisor_bin: SupervisorBinary,
+    /// The pod side of network/cni: pod networks, their configs and checkpoints.
+    network: Arc<CniManager>,
+    tables: Mutex<Tables>,
+    /// Lifecycle calls of one pod (and its containers) take its lock in turn.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    creations: Inflight<Shared<String>>,
+}
+
+impl std::fmt::Debug for MesosContainerizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MesosContainerizer")
+            .field("isolators", &self.isolators)
+            .finish_non_exhaustive()
+    }
+}
+
+fn task_died(reason: String) -> Shared<String> {
+    Err(Arc::new(ContainerizerError::Internal(format!(
+        "launch task failed: {reason}"
+    ))))
+}
+
+fn unshared(e: Arc<ContainerizerError>) -> ContainerizerError {
+    Arc::try_unwrap(e).unwrap_or_else(ContainerizerError::Shared)
+}
+
+/// The id reserved for `key`: the one of an identical earlier call, else a new one;
+/// another config under the same name is refused, naming the holder.
+fn reserve<C: PartialEq + Clone>(
+    names: &mut HashMap<String, Reservation<C>>,
+    key: &str,
+    config: &C,
+    conflict: impl FnOnce(&str) -> String,
+) -> Result<String> {
+    match names.get(key) {
+        Some(r) if r.config == *config => Ok(r.id.clone()),
+        Some(r) => Err(ContainerizerError::AlreadyExists(conflict(&r.id))),
+        None => {
+            let id = new_id();
+            names.insert(
+                key.to_string(),
+                Reservation {
+                    id: id.clone(),
+                    config: config.clone(),
+                },
+            );
+            Ok(id)
+        }
+    }
+}
+
+fn pod_key(meta: &cri::PodSandboxMetadata) -> String {
+    format!(
+        "{}_{}_{}_{}",
+        meta.name, meta.namespace, meta.uid, meta.attempt
+    )
+}
+
+fn container_key(pod_id: &str, meta: &cri::ContainerMetadata) -> String {
+    format!("{pod_id}/{}_{}", meta.name, meta.attempt)
+}
+
+fn invalid(field: &str, reason: &str) -> ContainerizerError {
+    ContainerizerError::InvalidArgument {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl MesosContainerizer {
+    pub fn new(
+        flags: Arc<Flags>,
+        provisioner: Arc<Provisioner>,
+    ) -> Result<Arc<MesosContainerizer>> {
+        let hierarchies = Hierarchies::detect(&flags.cgroups_hierarchy)?;
+        let context = IsolatorContext {
+            runtime_dir: flags.runtime_dir.clone(),
+            work_dir: flags.work_dir.clone(),
+        };
+        let isolators = registry::build(&flags.isolation, &context);
+        for dir in [
+            meta_dir(&flags).join("pods"),
+            meta_dir(&flags).join("containers"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
+        }
+        let supervisor_bin = SupervisorBinary::in_dir(&flags.launcher_dir)?;
+        let network = Arc::new(CniManager::new(&flags));
+        let containerizer = Arc::new(MesosContainerizer {
+            flags,
+            provisioner,
+            isolators,
+            hierarchies,
+            supervisor_bin,
+            network,
+            tables: Mutex::new(Tables::default()),
+            locks: Mutex::new(HashMap::new()),
+            creations: Inflight::default(),
+        });
+        containerizer.recover()?;
+        Ok(containerizer)
+    }
+
+    /// Rebuilds the tables from the checkpoints. Running pods and containers are left
+    /// alone: their supervisors kept running while the daemon was away.
+    fn recover(&self) -> Result<()> {
+        let meta = meta_dir(&self.flags);
+        let mut tables = self.tables();
+        for entry in std::fs::read_dir(meta.join("pods"))
+            .map_err(ContainerizerError::io(meta.join("pods")))?
+            .flatten()
+        {
+            if let Ok(Some(pod)) = state::recover::<PodRecord>(&entry.path()) {
+                if let Some(meta) = &pod.info.config.metadata {
+                    tables.pod_names.insert(
+                        pod_key(meta),
+                        Reservation {
+                            id: pod.info.id.clone(),
+                            config: pod.info.config.clone(),
+                        },
+                    );
+                }
+                tables.pods.insert(pod.info.id.clone(), pod);
+            }
+        }
+        let containers = meta.join("containers");
+        for entry in std::fs::read_dir(&containers)
+            .map_err(ContainerizerError::io(&containers))?
+            .flatten()
+        {
+            if let Ok(Some(c)) =
+                state::recover::<ContainerRecord>(&entry.path().join("container.json"))
+            {
+                if let Some(meta) = &c.config.metadata {
+                    tables.container_names.insert(
+                        container_key(&c.pod_id, meta),
+                        Reservation {
+                            id: c.id.clone(),
+                            config: c.config.clone(),
+                        },
+                    );
+                }
+                tables.containers.insert(c.id.clone(), c);
+            }
+        }
+        tracing::info!(
+            pods = tables.pods.len(),
+            containers = tables.containers.len(),
+            "recovered checkpoints"
+        );
+        Ok(())
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn container_ids_of(&self, pod_id: &str) -> Vec<String> {
+        let tables = self.tables();
+        tables
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    fn lock_of(&self, pod_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pod_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn pods(&self) -> Vec<PodRecord> {
+        self.tables().pods.values().cloned().collect()
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.tables().containers.values().cloned().collect()
+    }
+
+    pub fn pod(&self, id: &str) -> Result<PodRecord> {
+        let tables = self.tables();
+        find(&tables.pods, id)
+            .cloned()
+            .ok_or(ContainerizerError::NotFound {
+                what: "pod sandbox",
+                id: id.into(),
+            })
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        let tables = self.tables();
+        find(&tables.containers, id)
+            .cloned()
+            .ok_or(ContainerizerError::NotFound {
+                what: "container",
+                id: id.into(),
+            })
+    }
+
+    pub fn isolator_names(&self) -> Vec<&'static str> {
+        self.isolators.iter().map(|i| i.name().as_str()).collect()
+    }
+
+    pub fn provisioner(&self) -> &Arc<Provisioner> {
+        &self.provisioner
+    }
+
+    /// The pod networks (network/cni): readiness, pod CIDR, statistics.
+    pub fn network(&self) -> &Arc<CniManager> {
+        &self.network
+    }
+
+    /// Runs a creation on a detached task shared by every identical call in flight, so a
+    /// client that gives up never leaves half a pod and a retry waits for the first call.
+    /// A failed creation frees its name (`release`) for the next attempt.
+    async fn create_once<F, Fut>(
+        self: &Arc<Self>,
+        id: String,
+        span: tracing::Span,
+        release: fn(&mut Tables, &str),
+        work: F,
+    ) -> Result<String>
+    where
+        F: FnOnce(Arc<Self>, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let this = self.clone();
+        let launch_id = id.clone();
+        self.creations
+            .run(
+                &id,
+                move || {
+                    async move {
+                        let result = work(this.clone(), launch_id.clone()).await;
+                        if result.is_err() {
+                            release(&mut this.tables(), &launch_id);
+                        }
+                        result.map(|()| launch_id).map_err(Arc::new)
+                    }
+                    .instrument(span)
+                },
+                task_died,
+            )
+            .await
+            .map_err(unshared)
+    }
+}
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn meta_dir(flags: &Flags) -> PathBuf {
+    flags.work_dir.join("meta")
+}
+
+fn meta_name(config: &cri::PodSandboxConfig) -> String {
+    config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default()
+}
+
+/// Finds by full id or by a unique prefix (crictl shows shortened ids).
+fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
+    if let Some(found) = map.get(id) {
+        return Some(found);
+    }
+    if id.is_empty() {
+        return None;
+    }
+    let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((_, only)), None) => Some(only),
+        _ => None,
+    }
+}
+
+#[tonic::async_trait]
+impl super::Containerizer for MesosContainerizer {
+    async fn recover(&self) -> Result<()> {
+        let known: Vec<String> = self.tables().containers.keys().cloned().collect();
+        for isolator in &self.isolators {
+            isolator.recover(&known).await?;
+        }
+        Ok(())
+    }
+
+    async fn launch(self: Arc<Self>, config: super::LaunchConfig) -> Result<super::ContainerId> {
+        match config {
+            super::LaunchConfig::Sandbox {
+                config,
+                runtime_handler,
+            } => {
+                let value = self.launch_pod(config, runtime_handler).await?;
+                Ok(super::ContainerId {
+                    value,
+                    parent: None,
+                })
+            }
+            super::LaunchConfig::Nested { sandbox_id, config } => {
+                let value = self.launch_container(&sandbox_id, config).await?;
+                let parent = Some(self.container(&value)?.pod_id);
+                Ok(super::ContainerId { value, parent })
+            }
+        }
+    }
+
+    async fn exec(&self, id: &super::ContainerId) -> Result<()> {
+        self.start_container(&id.value).await
+    }
+
+    async fn update(
+        &self,
+        id: &super::ContainerId,
+        resources: &cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let record = self.container(&id.value)?;
+        for isolator in &self.isolators {
+            isolator.update(&record.id, resources).await?;
+        }
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        id: &super::ContainerId,
+    ) -> Result<crate::isolators::chain::ResourceStatistics> {
+        let record = self.container(&id.value)?;
+        let mut statistics = crate::isolators::chain::ResourceStatistics {
+            timestamp_ns: now_ns(),
+            ..Default::default()
+        };
+        // As Mesos's await(): one isolator failing leaves the others' figures.
+        for isolator in &self.isolators {
+            if let Err(e) = isolator.usage(&record.id, &mut statistics).await {
+                tracing::debug!(isolator = %isolator.name(), error = %e, "usage");
+            }
+        }
+        Ok(statistics)
+    }
+
+    async fn status(&self, id: &super::ContainerId) -> Result<serde_json::Value> {
+        if let Ok(record) = self.container(&id.value) {
+            let mut isolators = serde_json::Map::new();
+            for isolator in &self.isolators {
+                if let Some(status) = isolator.status(&record.id).await {
+                    isolators.insert(isolator.name().to_string(), status);
+                }
+            }
+            return Ok(serde_json::json!({
+                "mesosState": record.mesos_state,
+                "pid": record.pid,
+                "rootfs": record.rootfs,
+                "backend": record.backend,
+                "cgroup": record.cgroup.relative,
+                "isolators": self.isolator_names(),
+                "isolatorStatus": isolators,
+                "process": record.process,
+                "stopSignal": record.stop_signal,
+            }));
+        }
+        let pod = self.pod(&id.value)?;
+        Ok(serde_json::json!({
+            "mesosState": pod.mesos_state,
+            "supervisorPid": pod.supervisor_pid,
+            "supervisorSocket": pod.supervisor_socket,
+            "cgroup": pod.info.cgroup.relative,
+            "netNamespace": pod.info.net_ns,
+            "utsNamespace": pod.info.uts_ns,
+            "ipcNamespace": pod.info.ipc_ns,
+            "pidMode": pod.info.pid_mode,
+            "isolators": self.isolator_names(),
+            "config": pod.info.config,
+            "network": self.pod_network_status(&pod).await,
+        }))
+    }
+
+    async fn wait(
+        &self,
+        id: &super::ContainerId,
+    ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
+        Ok(self.container(&id.value)?.exit())
+    }
+
+    async fn destroy(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
+        match &id.parent {
+            Some(_) => {
+                self.stop_container(&id.value, grace.as_secs() as i64)
+                    .await?;
+                self.remove_container(&id.value).await
+            }
+            None => self.remove_pod(&id.value).await,
+        }
+    }
+
+    async fn containers(&self) -> Vec<super::ContainerId> {
+        let tables = self.tables();
+        let pods = tables.pods.keys().map(|id| super::ContainerId {
+            value: id.clone(),
+            parent: None,
+        });
+        let nested = tables.containers.values().map(|c| super::ContainerId {
+            value: c.id.clone(),
+            parent: Some(c.pod_id.clone()),
+        });
+        pods.chain(nested).collect()
+    }
+}

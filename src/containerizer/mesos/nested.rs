@@ -1,0 +1,438 @@
+//! Nested containers: the CRI containers of a pod, from launch to removal.
+
+use super::*;
+
+impl MesosContainerizer {
+    /// CreateContainer: provision, prepare, fork blocked. Idempotent by name for an
+    /// identical config.
+    pub async fn launch_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        if meta.name.is_empty() {
+            return Err(invalid("config.metadata.name", "must not be empty"));
+        }
+        if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
+            return Err(invalid("config.image.image", "must not be empty"));
+        }
+        let pod = self.pod(pod_id)?;
+        if !pod.ready {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.info.id
+            )));
+        }
+        let pod_id = pod.info.id.clone();
+        let key = container_key(&pod_id, &meta);
+        let id = reserve(
+            &mut self.tables().container_names,
+            &key,
+            &config,
+            |holder| {
+                format!(
+                    "container name {:?} (attempt {}) in pod {pod_id} is reserved for {holder}",
+                    meta.name, meta.attempt
+                )
+            },
+        )?;
+        if self.tables().containers.get(&id).is_some_and(|c| c.pid > 0) {
+            return Ok(id);
+        }
+        let span = tracing::info_span!("container", pod_id = %pod_id, container_id = %id);
+        self.create_once(
+            id,
+            span,
+            |t, id| t.container_names.retain(|_, r| r.id != id),
+            move |this, id| async move { this.launch_container_uncached(&id, pod, config).await },
+        )
+        .await
+    }
+
+    pub(super) async fn launch_container_uncached(
+        &self,
+        id: &str,
+        pod: PodRecord,
+        config: cri::ContainerConfig,
+    ) -> Result<()> {
+        let lock = self.lock_of(&pod.info.id);
+        let _guard = lock.lock().await;
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let container_dir = meta_dir(&self.flags).join("containers").join(id);
+        let log_path = {
+            let dir = &pod.info.config.log_directory;
+            (!dir.is_empty() && !config.log_path.is_empty())
+                .then(|| Path::new(dir).join(&config.log_path))
+        };
+        let mut record = ContainerRecord {
+            id: id.to_string(),
+            pod_id: pod.info.id.clone(),
+            config: config.clone(),
+            created_at: now_ns(),
+            started_at: 0,
+            mesos_state: MesosState::Provisioning,
+            image_id: String::new(),
+            rootfs: PathBuf::new(),
+            backend: self.provisioner.backend_name().to_string(),
+            cgroup: pod.info.cgroup.child(id)?,
+            pid: 0,
+            log_path: log_path.clone(),
+            stop_signal: libc::SIGTERM,
+            process: ProcessSpec::default(),
+            exit_file: container_dir.join("exit"),
+            start_error: None,
+        };
+        self.checkpoint_container(&record)?;
+        self.tables()
+            .containers
+            .insert(id.to_string(), record.clone());
+
+        let result = self.prepare_and_fork(&mut record, &pod, &image_name).await;
+        match result {
+            Ok(()) => {
+                self.checkpoint_container(&record)?;
+                self.tables().containers.insert(id.to_string(), record);
+                tracing::info!("container created");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "container launch failed; undoing");
+                self.destroy_container_resources(&record).await;
+                let _ = std::fs::remove_dir_all(&container_dir);
+                self.tables().containers.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn prepare_and_fork(
+        &self,
+        record: &mut ContainerRecord,
+        pod: &PodRecord,
+        image_name: &str,
+    ) -> Result<()> {
+        // PROVISIONING
+        let provisioned = self.provisioner.provision(&record.id, image_name).await?;
+        record.rootfs = provisioned.rootfs.clone();
+        record.image_id = provisioned.image.id.clone();
+        record.stop_signal = crate::isolators::docker::runtime::stop_signal(&provisioned.image);
+        // PREPARING: isolators in chain order, each adding to one launch info.
+        record.mesos_state = MesosState::Preparing;
+        self.checkpoint_container(record)?;
+        record.cgroup.create()?;
+        let mut launch = LaunchInfo {
+            container_id: record.id.clone(),
+            cgroup_procs: record.cgroup.procs_files(),
+            log_path: record.log_path.clone(),
+            exit_file: record.exit_file.clone(),
+            ..Default::default()
+        };
+        let prep = ContainerPrep {
+            id: &record.id,
+            pod: &pod.info,
+            config: &record.config,
+            image: &provisioned.image,
+            rootfs: &provisioned.rootfs,
+            cgroup: &record.cgroup,
+        };
+        for isolator in &self.isolators {
+            isolator.prepare(&prep, &mut launch).await?;
+        }
+        record.process = launch.process.clone();
+        self.checkpoint_container(record)?;
+        // The launcher: the supervisor forks the container, which sets itself up and
+        // then blocks on its start pipe.
+        let client = SupervisorClient::new(&pod.supervisor_socket);
+        match client
+            .call(&Request::Launch(Box::new(launch)), LAUNCH_TIMEOUT)
+            .await?
+        {
+            Response::Launched { pid } => record.pid = pid,
+            other => return Err(unexpected(&other)),
+        }
+        Ok(())
+    }
+
+    pub(super) fn checkpoint_container(&self, record: &ContainerRecord) -> Result<()> {
+        let path = meta_dir(&self.flags)
+            .join("containers")
+            .join(&record.id)
+            .join("container.json");
+        state::checkpoint(&path, record)?;
+        Ok(())
+    }
+
+    /// StartContainer: ISOLATING → FETCHING → release the pipe → RUNNING.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let record = self.container(id)?;
+        let lock = self.lock_of(&record.pod_id);
+        let _guard = lock.lock().await;
+        let mut record = self.container(id)?;
+        let exit = record.exit();
+        match record.cri_state(&exit) {
+            cri::ContainerState::ContainerCreated => {}
+            state => {
+                return Err(ContainerizerError::FailedPrecondition(format!(
+                    "container {} is {}, not CREATED",
+                    record.id,
+                    state.as_str_name()
+                )));
+            }
+        }
+        let pod = self.pod(&record.pod_id)?;
+        record.mesos_state = MesosState::Isolating;
+        // As Mesos: isolate runs for all isolators at once (no dependencies among them).
+        let isolations = self
+            .isolators
+            .iter()
+            .map(|i| i.isolate(&record.id, record.pid));
+        for result in futures_util::future::join_all(isolations).await {
+            result?;
+        }
+        // Nothing to fetch yet: URIs come with the fetcher.
+        record.mesos_state = MesosState::Fetching;
+        let client = SupervisorClient::new(&pod.supervisor_socket);
+        match client
+            .call(
+                &Request::Start {
+                    container_id: record.id.clone(),
+                },
+                LAUNCH_TIMEOUT,
+            )
+            .await
+        {
+            Ok(Response::Started { pid }) => {
+                record.pid = pid;
+                record.started_at = now_ns();
+                record.mesos_state = MesosState::Running;
+                self.checkpoint_container(&record)?;
+                self.tables().containers.insert(record.id.clone(), record);
+                Ok(())
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(SupervisorError::Refused(message)) => {
+                record.start_error = Some(message.clone());
+                self.checkpoint_container(&record)?;
+                self.tables().containers.insert(record.id.clone(), record);
+                Err(ContainerizerError::FailedPrecondition(format!(
+                    "failed to start container {id}: {message}"
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// StopContainer: the stop signal, then SIGKILL of the whole cgroup after `timeout`
+    /// seconds. Idempotent, also for unknown ids.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Ok(record) = self.container(id) else {
+            return Ok(());
+        };
+        let lock = self.lock_of(&record.pod_id);
+        let _guard = lock.lock().await;
+        self.stop_container_locked(&record.id, timeout).await
+    }
+
+    pub(super) async fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<()> {
+        let Ok(record) = self.container(id) else {
+            return Ok(());
+        };
+        if record.exit().is_some() || record.start_error.is_some() || record.pid <= 0 {
+            return Ok(());
+        }
+        let pod = self.pod(&record.pod_id)?;
+        let client = SupervisorClient::new(&pod.supervisor_socket);
+        if timeout > 0 && record.started_at > 0 {
+            let signal = Request::Signal {
+                container_id: record.id.clone(),
+                signal: record.stop_signal,
+                all: false,
+            };
+            if let Err(e) = client.call(&signal, QUICK).await {
+                tracing::debug!(error = %e, "stop signal");
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout as u64);
+            while tokio::time::Instant::now() < deadline {
+                if record.exit().is_some() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // The grace period is over (or there was none): kill every process of the container.
+        let kill = Request::Signal {
+            container_id: record.id.clone(),
+            signal: libc::SIGKILL,
+            all: true,
+        };
+        if let Err(e) = client.call(&kill, QUICK).await {
+            tracing::debug!(error = %e, "kill through the supervisor");
+        }
+        let cgroup = record.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT))
+            .await
+            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
+        // The supervisor writes the exit status once it reaped the init.
+        let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
+        while record.exit().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if record.exit().is_none() {
+            // The supervisor is gone (pod torn down, or it died): record the kill ourselves.
+            let exit = cri_mesos_supervisor::protocol::ExitRecord {
+                exit_code: 128 + libc::SIGKILL,
+                signal: Some(libc::SIGKILL),
+                finished_at_ns: now_ns(),
+                started_at_ns: record.started_at,
+                oom_killed: false,
+                error: None,
+            };
+            state::checkpoint(&record.exit_file, &exit)?;
+        }
+        Ok(())
+    }
+
+    /// RemoveContainer: force-stops it, then undoes its launch. Idempotent.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.container(id) else {
+            return Ok(());
+        };
+        let lock = self.lock_of(&record.pod_id);
+        let _guard = lock.lock().await;
+        self.remove_container_locked(&record.id).await
+    }
+
+    pub(super) async fn remove_container_locked(&self, id: &str) -> Result<()> {
+        let Ok(mut record) = self.container(id) else {
+            return Ok(());
+        };
+        self.stop_container_locked(id, 0).await?;
+        record.mesos_state = MesosState::Destroying;
+        if let Ok(pod) = self.pod(&record.pod_id) {
+            let client = SupervisorClient::new(&pod.supervisor_socket);
+            let _ = client
+                .call(
+                    &Request::Forget {
+                        container_id: id.to_string(),
+                    },
+                    QUICK,
+                )
+                .await;
+        }
+        self.destroy_container_resources(&record).await;
+        let dir = meta_dir(&self.flags).join("containers").join(id);
+        std::fs::remove_dir_all(&dir)
+            .or_else(ignore_missing)
+            .map_err(ContainerizerError::io(&dir))?;
+        let mut tables = self.tables();
+        tables.containers.remove(id);
+        tables.container_names.retain(|_, r| r.id != id);
+        Ok(())
+    }
+
+    /// Cleanup in reverse isolator order, then the cgroup and the rootfs.
+    pub(super) async fn destroy_container_resources(&self, record: &ContainerRecord) {
+        let cgroup = record.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await;
+        for isolator in self.isolators.iter().rev() {
+            if let Err(e) = isolator.cleanup(&record.id).await {
+                tracing::warn!(isolator = %isolator.name(), error = %e, "cleanup failed");
+            }
+        }
+        if let Err(e) = record.cgroup.destroy() {
+            tracing::warn!(error = %e, "container cgroup not removed");
+        }
+        if let Err(e) = self.provisioner.destroy(&record.id).await {
+            tracing::warn!(error = %e, "container rootfs not removed");
+        }
+    }
+
+    /// ExecSync: runs a command in the container's namespaces and cgroup, with the
+    /// container's env, user and cwd.
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecResult> {
+        let record = self.container(id)?;
+        if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(invalid("cmd", "must not be empty"));
+        }
+        let pod = self.pod(&record.pod_id)?;
+        let exec = ExecInfo {
+            container_id: record.id.clone(),
+            args: cmd,
+            env: record.process.env.clone(),
+            cwd: record.process.cwd.clone(),
+            uid: record.process.uid,
+            gid: record.process.gid,
+            additional_gids: record.process.additional_gids.clone(),
+            tty: false,
+            timeout_ms: (timeout > 0).then(|| timeout as u64 * 1000),
+            stdin_b64: None,
+        };
+        // The supervisor enforces the timeout; ours only guards against a lost reply.
+        let guard = if timeout > 0 {
+            Duration::from_secs(timeout as u64 + 30)
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
+        let client = SupervisorClient::new(&pod.supervisor_socket);
+        match client.call(&Request::Exec(Box::new(exec)), guard).await {
+            Ok(Response::ExecResult(result)) if result.timed_out => {
+                Err(ContainerizerError::DeadlineExceeded(format!(
+                    "command timed out after {timeout}s in container {}",
+                    record.id
+                )))
+            }
+            Ok(Response::ExecResult(result)) => Ok(result),
+            Ok(other) => Err(unexpected(&other)),
+            Err(SupervisorError::Refused(message)) => {
+                Err(ContainerizerError::FailedPrecondition(message))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// ReopenContainerLog: the supervisor reopens the log file by path.
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let record = self.container(id)?;
+        if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
+        }
+        let pod = self.pod(&record.pod_id)?;
+        let client = SupervisorClient::new(&pod.supervisor_socket);
+        match client
+            .call(
+                &Request::ReopenLog {
+                    container_id: record.id.clone(),
+                },
+                QUICK,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SupervisorError::Refused(message)) => {
+                Err(ContainerizerError::FailedPrecondition(message))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn unexpected(reply: &Response) -> ContainerizerError {
+    ContainerizerError::Internal(format!("unexpected supervisor reply: {reply:?}"))
+}

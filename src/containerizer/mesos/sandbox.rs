@@ -1,0 +1,435 @@
+//! Top-level containers: pod sandboxes (their namespaces, files, network, supervisor).
+
+use super::*;
+
+impl MesosContainerizer {
+    /// The network part of a pod's verbose status: its networks and IPs, a CNI CHECK of
+    /// them (which is how a live pod's network is verified from outside) and interface
+    /// counters.
+    pub async fn pod_network_status(&self, pod: &PodRecord) -> serde_json::Value {
+        if pod.info.net_ns.is_none() {
+            return serde_json::json!({ "hostNetwork": true });
+        }
+        let check = if pod.ready {
+            match self.network.check(&pod.info.id).await {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        } else {
+            "not ready".to_string()
+        };
+        let network = self.network.clone();
+        let id = pod.info.id.clone();
+        let interfaces = tokio::task::spawn_blocking(move || network.statistics(&id))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        serde_json::json!({
+            "networks": pod.network.as_ref().map(|n| &n.networks),
+            "check": check,
+            "interfaces": match interfaces {
+                Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
+                Err(e) => serde_json::Value::String(e),
+            },
+        })
+    }
+
+    // ---- pod sandboxes (top-level containers) ----
+
+    /// RunPodSandbox: idempotent by name for an identical config, AlreadyExists otherwise.
+    pub async fn launch_pod(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        handler: String,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        for (field, value) in [
+            ("config.metadata.name", &meta.name),
+            ("config.metadata.namespace", &meta.namespace),
+            ("config.metadata.uid", &meta.uid),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        if !handler.is_empty() && handler != "mesos" {
+            return Err(ContainerizerError::NotFound {
+                what: "runtime handler",
+                id: handler,
+            });
+        }
+        let key = pod_key(&meta);
+        let id = reserve(&mut self.tables().pod_names, &key, &config, |holder| {
+            format!("pod sandbox name {key:?} is reserved for {holder}")
+        })?;
+        if self
+            .tables()
+            .pods
+            .get(&id)
+            .is_some_and(|p| p.mesos_state == MesosState::Running)
+        {
+            return Ok(id);
+        }
+        let span = tracing::info_span!("pod", pod_id = %id);
+        self.create_once(
+            id,
+            span,
+            |t, id| t.pod_names.retain(|_, r| r.id != id),
+            move |this, id| async move { this.launch_pod_uncached(&id, config, handler).await },
+        )
+        .await
+    }
+
+    pub(super) async fn launch_pod_uncached(
+        &self,
+        id: &str,
+        config: cri::PodSandboxConfig,
+        handler: String,
+    ) -> Result<()> {
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        let options = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let host_net = options.network == cri::NamespaceMode::Node as i32;
+        let host_ipc = options.ipc == cri::NamespaceMode::Node as i32;
+        let pid_mode = match cri::NamespaceMode::try_from(options.pid)
+            .unwrap_or(cri::NamespaceMode::Container)
+        {
+            cri::NamespaceMode::Pod => NsMode::Pod,
+            cri::NamespaceMode::Node => NsMode::Node,
+            _ => NsMode::Container,
+        };
+        let dir = self.flags.runtime_dir.join("pods").join(id);
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        let (pod_cgroup, owns_pod_cgroup) = if cgroup_parent.is_empty() {
+            (
+                Cgroup::at(
+                    &self.hierarchies,
+                    &format!("{}/{id}", self.flags.cgroups_root),
+                )?,
+                true,
+            )
+        } else {
+            let cgroup = Cgroup::at(&self.hierarchies, &cgroup_parent)
+                .map_err(|e| invalid("config.linux.cgroup_parent", &e.to_string()))?;
+            (cgroup, false)
+        };
+        let supervisor_cgroup = pod_cgroup.child(id)?;
+        let hostname = if config.hostname.is_empty() {
+            if host_net {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_default()
+            } else {
+                meta_name(&config)
+            }
+        } else {
+            config.hostname.clone()
+        };
+        let mut record = PodRecord {
+            info: PodInfo {
+                id: id.to_string(),
+                config: config.clone(),
+                dir: dir.clone(),
+                net_ns: None,
+                uts_ns: None,
+                ipc_ns: None,
+                pid_mode,
+                cgroup: pod_cgroup.clone(),
+            },
+            created_at: now_ns(),
+            ready: false,
+            mesos_state: MesosState::Preparing,
+            runtime_handler: handler,
+            supervisor_pid: 0,
+            supervisor_socket: self
+                .flags
+                .runtime_dir
+                .join("sv")
+                .join(format!("{}.sock", &id[..16])),
+            supervisor_cgroup,
+            owns_pod_cgroup,
+            network: None,
+        };
+        // The checkpoint comes first, so that a crash at any later step leaves a record
+        // that StopPodSandbox/RemovePodSandbox can clean up from.
+        self.checkpoint_pod(&record)?;
+        self.tables().pods.insert(id.to_string(), record.clone());
+
+        // Host-network pods skip CNI entirely: no namespace, no plugins.
+        let targets = namespaces::Pinned {
+            net: (!host_net).then(|| self.network.netns_path(id)),
+            uts: (!host_net).then(|| dir.join("ns").join("uts")),
+            ipc: (!host_ipc).then(|| dir.join("ns").join("ipc")),
+        };
+        let result = self.prepare_pod(&mut record, &hostname, targets).await;
+        match result {
+            Ok(()) => {
+                record.ready = true;
+                record.mesos_state = MesosState::Running;
+                self.checkpoint_pod(&record)?;
+                self.tables().pods.insert(id.to_string(), record);
+                tracing::info!("pod sandbox ready");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pod sandbox launch failed; undoing");
+                if let Err(undo) = self.teardown_pod(&record).await {
+                    // The CNI checkpoint and the namespace stay for the orphan cleanup
+                    // of a later recovery; the pod itself is gone for the kubelet.
+                    tracing::warn!(error = %undo, "pod network not released");
+                }
+                self.forget_pod(id);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn prepare_pod(
+        &self,
+        record: &mut PodRecord,
+        hostname: &str,
+        targets: namespaces::Pinned,
+    ) -> Result<()> {
+        let dir = record.info.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
+        if targets.ipc.is_some() {
+            mount_shm(&dir.join("shm"))?;
+        }
+        let host = hostname.to_string();
+        let pinned = tokio::task::spawn_blocking(move || namespaces::create(&targets, &host))
+            .await
+            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
+        record.info.net_ns = pinned.net;
+        record.info.uts_ns = pinned.uts;
+        record.info.ipc_ns = pinned.ipc;
+        self.checkpoint_pod(record)?;
+        if let Some(netns) = record.info.net_ns.clone() {
+            let network = self
+                .network
+                .attach(&record.info.id, &record.info.config, &netns)
+                .await?;
+            record.network = Some(network);
+            self.checkpoint_pod(record)?;
+        }
+        write_pod_files(&record.info, hostname, record.network.as_ref())?;
+
+        record.info.cgroup.create()?;
+        record.supervisor_cgroup.create()?;
+        let socket = record.supervisor_socket.clone();
+        if let Some(parent) = socket.parent() {
+            std::fs::create_dir_all(parent).map_err(ContainerizerError::io(parent))?;
+        }
+        if socket.exists() {
+            // A 16-hex-digit prefix collision, or a leftover: refuse rather than share.
+            return Err(ContainerizerError::Internal(format!(
+                "supervisor socket {} already exists",
+                socket.display()
+            )));
+        }
+        let pid = self
+            .supervisor_bin
+            .spawn(
+                &record.info.id,
+                &socket,
+                &dir.join("supervisor"),
+                record.info.pid_mode == NsMode::Pod,
+            )
+            .await?;
+        record.supervisor_pid = pid;
+        self.checkpoint_pod(record)?;
+        // Charged to the pod, as the pause container is under containerd.
+        record.supervisor_cgroup.add(pid)?;
+        Ok(())
+    }
+
+    pub(super) fn checkpoint_pod(&self, record: &PodRecord) -> Result<()> {
+        state::checkpoint(
+            &meta_dir(&self.flags)
+                .join("pods")
+                .join(format!("{}.json", record.info.id)),
+            record,
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn forget_pod(&self, id: &str) {
+        let _ = std::fs::remove_file(
+            meta_dir(&self.flags)
+                .join("pods")
+                .join(format!("{id}.json")),
+        );
+        let mut tables = self.tables();
+        tables.pods.remove(id);
+        tables.pod_names.retain(|_, r| r.id != id);
+    }
+
+    /// StopPodSandbox: kills every container, stops the supervisor, releases the pod's
+    /// namespaces and shm. Idempotent, also for unknown ids.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.pod(id) else {
+            return Ok(());
+        };
+        let lock = self.lock_of(&record.info.id);
+        let _guard = lock.lock().await;
+        self.stop_pod_locked(&record.info.id).await
+    }
+
+    pub(super) async fn stop_pod_locked(&self, id: &str) -> Result<()> {
+        let Ok(mut record) = self.pod(id) else {
+            return Ok(());
+        };
+        let containers = self.container_ids_of(id);
+        for cid in containers {
+            self.stop_container_locked(&cid, 0).await?;
+        }
+        if record.ready || record.mesos_state != MesosState::Destroying {
+            record.ready = false;
+            record.mesos_state = MesosState::Destroying;
+            self.checkpoint_pod(&record)?;
+            self.tables().pods.insert(id.to_string(), record.clone());
+        }
+        self.teardown_pod(&record).await
+    }
+
+    /// Releases what a pod holds on the host, whatever state it got to. Idempotent. A
+    /// failed CNI DEL is returned (StopPodSandbox fails, kubelet retries) and keeps the
+    /// network namespace and checkpoint for the retry.
+    pub(super) async fn teardown_pod(&self, record: &PodRecord) -> Result<()> {
+        let client = SupervisorClient::new(&record.supervisor_socket);
+        if record.supervisor_pid > 0
+            && let Err(e) = client.call(&Request::Shutdown, QUICK).await
+        {
+            tracing::debug!(error = %e, "supervisor shutdown");
+        }
+        let supervisor_cgroup = record.supervisor_cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || supervisor_cgroup.kill_all(KILL_TIMEOUT)).await;
+        let _ = std::fs::remove_file(&record.supervisor_socket);
+        // DEL while the namespace still exists, so the plugins also remove what is inside.
+        let detached = self.network.detach(&record.info.id).await;
+        let pinned = namespaces::Pinned {
+            net: record.info.net_ns.clone().filter(|_| detached.is_ok()),
+            uts: record.info.uts_ns.clone(),
+            ipc: record.info.ipc_ns.clone(),
+        };
+        namespaces::remove(&pinned);
+        if detached.is_ok() {
+            self.network.forget(&record.info.id);
+        }
+        // Without our own IPC namespace there is no shm mount of ours to remove.
+        let shm = record.info.dir.join("shm");
+        let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
+        detached.map_err(Into::into)
+    }
+
+    /// RemovePodSandbox: stops the pod, removes its containers and everything it left.
+    /// Idempotent.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.pod(id) else {
+            return Ok(());
+        };
+        let id = record.info.id.clone();
+        let lock = self.lock_of(&id);
+        let _guard = lock.lock().await;
+        self.stop_pod_locked(&id).await?;
+        let containers = self.container_ids_of(&id);
+        for cid in containers {
+            self.remove_container_locked(&cid).await?;
+        }
+        record.supervisor_cgroup.destroy()?;
+        if record.owns_pod_cgroup {
+            record.info.cgroup.destroy()?;
+        }
+        let dir = record.info.dir.clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        self.forget_pod(&id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        tracing::info!(pod_id = %id, "pod sandbox removed");
+        Ok(())
+    }
+
+    // ---- containers (nested containers) ----
+}
+
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf of the pod, bound into its containers.
+fn write_pod_files(pod: &PodInfo, hostname: &str, network: Option<&PodNetwork>) -> Result<()> {
+    state::atomic_write(&pod.hostname_file(), format!("{hostname}\n").as_bytes())?;
+    let mut hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".to_string();
+    for ip in network.map(PodNetwork::pod_ips).unwrap_or_default() {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    state::atomic_write(&pod.hosts_file(), hosts.as_bytes())?;
+    // Priority as Mesos: the pod's DNSConfig, then the network's DNS, then the host's.
+    let network_dns = network.and_then(PodNetwork::dns);
+    let resolv = match pod
+        .config
+        .dns_config
+        .as_ref()
+        .filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
+    {
+        Some(dns) => {
+            let mut text = String::new();
+            for server in &dns.servers {
+                text.push_str(&format!("nameserver {server}\n"));
+            }
+            if !dns.searches.is_empty() {
+                text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            if !dns.options.is_empty() {
+                text.push_str(&format!("options {}\n", dns.options.join(" ")));
+            }
+            text
+        }
+        None => match network_dns {
+            Some(dns) => {
+                let mut text = String::new();
+                for server in &dns.nameservers {
+                    text.push_str(&format!("nameserver {server}\n"));
+                }
+                if !dns.search.is_empty() {
+                    text.push_str(&format!("search {}\n", dns.search.join(" ")));
+                } else if !dns.domain.is_empty() {
+                    text.push_str(&format!("domain {}\n", dns.domain));
+                }
+                if !dns.options.is_empty() {
+                    text.push_str(&format!("options {}\n", dns.options.join(" ")));
+                }
+                text
+            }
+            None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        },
+    };
+    state::atomic_write(&pod.resolv_conf(), resolv.as_bytes())?;
+    Ok(())
+}
+
+fn mount_shm(path: &Path) -> Result<()> {
+    use nix::mount::MsFlags;
+    std::fs::create_dir_all(path).map_err(ContainerizerError::io(path))?;
+    nix::mount::mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
+    )
+    .map_err(|e| ContainerizerError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
