@@ -13,9 +13,16 @@
 //! The workload's own processes (`sleep`) are not counted for either. Each runtime gets its
 //! own bridge (unique name, private /16 not routed on the host) from the same conflist
 //! template: bridge + host-local + portmap + loopback. If cri-mesos cannot run a pod with a
-//! CNI config, it is measured without one, and the table says so.
+//! CNI config, it is measured without one, and the table says so. cri-mesos is measured a
+//! second time without any CNI config (comparable with the figures from before the
+//! network/cni isolator); containerd's CRI cannot run pods without CNI.
+//!
+//! A containerd failure is printed in the table (with the reason and its log's tail) and
+//! does not fail the bench; a cri-mesos failure does.
 //!
 //! Run with `hack/bench.sh pods` (builds both release binaries and installs containerd).
+//! `CRI_BENCH_ONLY=cri-mesos|cri-mesos-nocni|containerd` measures a subset;
+//! `CRI_BENCH_RUNC=/path` gives containerd another runc.
 
 #[path = "pods/containerd.rs"]
 mod containerd;
@@ -519,27 +526,37 @@ async fn start_cri_mesos_with_cni(
     Ok(daemon)
 }
 
+/// How cri-mesos is networked.
+enum MesosNet<'a> {
+    /// With a CNI conflist on this subnet (or, without one, a note saying why not).
+    Cni(Option<&'a String>),
+    /// Without any CNI config, as the figures before the network/cni isolator.
+    Off,
+}
+
 async fn run_cri_mesos(
     bin: &str,
     supervisor: &Path,
     registry: &str,
     image: &str,
     work: &Path,
-    subnet: Option<&String>,
+    cni: MesosNet<'_>,
 ) -> Row {
     let mut notes = Vec::new();
     let builder = Daemon::builder(bin)
         .arg(format!("--insecure_registries={registry}"))
         .env("RUST_LOG", "warn");
-    let net = match subnet {
-        Some(s) => {
-            Network::write(work, "mesos", s).map_err(|e| format!("writing the conflist: {e:#}"))
-        }
-        None => Err("no free private /16 for the CNI bridge".to_string()),
+    let net = match cni {
+        MesosNet::Off => None,
+        MesosNet::Cni(Some(s)) => Some(
+            Network::write(work, "mesos", s).map_err(|e| format!("writing the conflist: {e:#}")),
+        ),
+        MesosNet::Cni(None) => Some(Err("no free private /16 for the CNI bridge".to_string())),
     };
     let mut network = "no CNI config".to_string();
     let daemon = match &net {
-        Ok(net) => match start_cri_mesos_with_cni(builder.clone(), net).await {
+        None => builder.start().await,
+        Some(Ok(net)) => match start_cri_mesos_with_cni(builder.clone(), net).await {
             Ok(daemon) => {
                 network = net.describe();
                 Ok(daemon)
@@ -552,7 +569,7 @@ async fn run_cri_mesos(
                 builder.start().await
             }
         },
-        Err(reason) => {
+        Some(Err(reason)) => {
             notes.push(format!("ran WITHOUT CNI: {reason}"));
             builder.start().await
         }
@@ -596,7 +613,7 @@ async fn run_cri_mesos(
         );
     }
     drop(daemon);
-    if let Ok(net) = &net {
+    if let Some(Ok(net)) = &net {
         net.clean_up(&mut notes);
     }
     match result {
@@ -770,7 +787,7 @@ fn print_table(rows: &[Row]) {
         println!("{}", line(c));
     }
     for r in rows {
-        println!("{}:", r.runtime);
+        println!("{} ({}):", r.runtime, r.network);
         if let Err(e) = &r.result {
             println!("  FAILED: {e}");
         }
@@ -811,8 +828,18 @@ async fn main() {
             &busybox_image(ManifestFormat::Oci, Compression::Gzip),
         )
         .await
-        .expect("push busybox")
-        .reference();
+        .expect("push busybox");
+    // One read of everything first, so the first runtime's pull does not pay for a cold
+    // registry (its first requests, its page cache).
+    let client = registry.client();
+    client
+        .get_manifest("busybox", TAG)
+        .await
+        .expect("get manifest");
+    for digest in busybox.layer_digests.iter().chain([&busybox.config_digest]) {
+        client.get_blob("busybox", digest).await.expect("get blob");
+    }
+    let busybox = busybox.reference();
     let (pause, pause_kind) = pause_image(work.path());
     let pause = registry
         .push("pause", "3.9", &pause)
@@ -822,23 +849,20 @@ async fn main() {
     let subnets = free_subnets(2);
     let load_before = loadavg();
 
-    // CRI_BENCH_ONLY=cri-mesos or =containerd measures one runtime.
+    // CRI_BENCH_ONLY=cri-mesos (both of its rows), cri-mesos-nocni or containerd.
     let only = std::env::var("CRI_BENCH_ONLY").unwrap_or_default();
+    let wanted = |row: &str| only.is_empty() || row.starts_with(only.as_str());
     let mut rows = Vec::new();
-    if only.is_empty() || only == "cri-mesos" {
-        rows.push(
-            run_cri_mesos(
-                bin,
-                &supervisor,
-                &registry.addr(),
-                &busybox,
-                work.path(),
-                subnets.first(),
-            )
-            .await,
-        );
+    for (row, cni) in [
+        ("cri-mesos", MesosNet::Cni(subnets.first())),
+        ("cri-mesos-nocni", MesosNet::Off),
+    ] {
+        if wanted(row) {
+            let addr = registry.addr();
+            rows.push(run_cri_mesos(bin, &supervisor, &addr, &busybox, work.path(), cni).await);
+        }
     }
-    if only.is_empty() || only == "containerd" {
+    if wanted("containerd") {
         rows.push(run_containerd(&registry, &pause, &busybox, work.path(), subnets.get(1)).await);
     }
 

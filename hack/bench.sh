@@ -4,7 +4,8 @@
 #   pods  - pod start/stop latency, memory and processes per pod, cri-mesos and containerd
 #           side by side (same CRI workload, registry and CNI conflist)
 # Pass bench names to run a subset: hack/bench.sh pods
-# Environment of the pods bench: CRI_BENCH_ONLY=cri-mesos|containerd measures one runtime;
+# Environment of the pods bench: CRI_BENCH_ONLY=cri-mesos|cri-mesos-nocni|containerd measures
+# a subset (cri-mesos: both of its rows);
 # CRI_BENCH_RUNC=/path/to/runc makes containerd use another runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
