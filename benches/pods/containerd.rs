@@ -14,7 +14,6 @@
 //! executable and `-address` argument) are killed by pid, mounts under the temp dir are
 //! detached, cgroups and the CNI bridge are removed, and the temp dir is deleted.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -383,7 +382,7 @@ disabled_plugins = [
         if !self.shims().is_empty() {
             problems.push("containerd-shim-runc-v2 processes survived SIGKILL".to_string());
         }
-        if !unmount_under(&self.root) {
+        if !test_support::unmount_under(&self.root) {
             problems.push(format!("mounts remain under {}", self.root.display()));
         }
         for cgroup in &self.own_cgroups {
@@ -415,7 +414,7 @@ disabled_plugins = [
             let _ = std::fs::remove_dir(Path::new("/run/containerd"));
         }
         if let Some(dir) = self.dir.take() {
-            if mounts_under(&self.root).is_empty() {
+            if test_support::mounts_under(&self.root).is_empty() {
                 if std::env::var_os(test_support::daemon::KEEP_ENV).is_some() {
                     eprintln!("keeping {}", dir.keep().display());
                 } else if let Err(e) = dir.close() {
@@ -525,51 +524,4 @@ pub fn remove_cni_cache(network: &str, ids: &[String]) {
             }
         }
     }
-}
-
-/// Lazily unmounts every mount point under `root`, deepest first; true when none is left.
-pub fn unmount_under(root: &Path) -> bool {
-    for _ in 0..5 {
-        let mounts = mounts_under(root);
-        if mounts.is_empty() {
-            return true;
-        }
-        // mountinfo lists a mount after the one it sits on, so reverse order is top-down.
-        for mount in mounts.iter().rev() {
-            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    mounts_under(root).is_empty()
-}
-
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(field))))
-        .filter(|path| path.starts_with(root))
-        .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (field[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }

@@ -351,7 +351,7 @@ fn remove_cgroup_tree(dir: &Path) {
 }
 
 /// Lazily unmounts every mount point under `root`, deepest first; true when none is left.
-fn unmount_under(root: &Path) -> bool {
+pub fn unmount_under(root: &Path) -> bool {
     for _ in 0..5 {
         let mounts = mounts_under(root);
         if mounts.is_empty() {
@@ -370,36 +370,14 @@ fn unmount_under(root: &Path) -> bool {
     mounts_under(root).is_empty()
 }
 
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(field))))
+/// Mount points at or below `root`, in mountinfo order.
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    cri_mesos_supervisor::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|path| path.starts_with(root))
         .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (field[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// A gRPC channel over a unix socket (tonic needs some http URI; it is never resolved).
@@ -466,12 +444,6 @@ pub fn run_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(unescape_mountinfo(br"/tmp/a\040b\134c"), b"/tmp/a b\\c");
-        assert_eq!(unescape_mountinfo(br"/x\04"), br"/x\04");
-    }
 
     #[test]
     fn run_once_captures_exit_code_and_output() {

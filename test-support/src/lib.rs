@@ -22,7 +22,9 @@ pub mod images;
 pub mod layer;
 pub mod registry;
 
-pub use daemon::{Daemon, DaemonBuilder, RunOutput, connect_unix, run_once};
+pub use daemon::{
+    Daemon, DaemonBuilder, RunOutput, connect_unix, mounts_under, run_once, unmount_under,
+};
 pub use image::{BuiltImage, BuiltIndex, BuiltLayer, ImageBuilder, ManifestFormat};
 pub use images::{Expect, TestImage, TestImages, TestIndex, push_all, push_entries};
 pub use layer::{Compression, EntryKind, Layer, TarEntry};
