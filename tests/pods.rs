@@ -350,6 +350,15 @@ async fn command_without_args_ignores_the_image_cmd() {
         text.contains("foo=bar cwd=/work uid=1000 gid=1000"),
         "{text}"
     );
+    let user = status
+        .user
+        .and_then(|u| u.linux)
+        .expect("ContainerStatus.user");
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+    assert!(
+        user.supplemental_groups.contains(&2000),
+        "app is in group extra: {user:?}"
+    );
     env.stop_remove_pod(&pod_id).await;
 }
 

@@ -165,7 +165,20 @@ fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             .unwrap_or_default(),
         resources: None,
         image_id: c.image_id.clone(),
-        user: None,
+        // The identity the process really got (after image and security-context rules),
+        // as kubelet's SupplementalGroupsPolicy reporting wants it.
+        user: (c.pid > 0).then(|| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: c.process.uid.into(),
+                gid: c.process.gid.into(),
+                supplemental_groups: c
+                    .process
+                    .additional_gids
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
+            }),
+        }),
     }
 }
 
