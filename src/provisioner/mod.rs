@@ -108,6 +108,10 @@ pub struct Provisioner {
     downloads: Arc<Semaphore>,
     pulls: Inflight<SharedResult<ImageRecord>>,
     layers: Inflight<SharedResult<()>>,
+    /// Pulls and provisions hold it shared while the layers they use are referenced by
+    /// nothing yet (committed but not recorded in an image, or looked up but not yet
+    /// checkpointed for a container); layer GC takes it exclusively.
+    gc: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for dyn Backend {
@@ -137,6 +141,7 @@ impl Provisioner {
             downloads: Arc::new(Semaphore::new(max_concurrent_downloads.max(1))),
             pulls: Inflight::default(),
             layers: Inflight::default(),
+            gc: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -226,6 +231,7 @@ impl Provisioner {
         reference: ImageReference,
         credentials: Option<Credentials>,
     ) -> Result<ImageRecord, ProvisionError> {
+        let _no_gc = self.gc.read().await;
         let resolved = self
             .provider
             .resolve(&reference, credentials.as_ref())
@@ -281,7 +287,10 @@ impl Provisioner {
             config,
             manifest_digest: resolved.manifest_digest.clone(),
         };
-        let record = self.store.put_image(record)?;
+        let store = self.store.clone();
+        let record = tokio::task::spawn_blocking(move || store.put_image(record))
+            .await
+            .map_err(|e| ProvisionError::Task(e.to_string()))??;
         tracing::info!(image = %reference, id = %record.id, "image pulled");
         Ok(record)
     }
@@ -404,7 +413,10 @@ impl Provisioner {
 
     /// Removes an image (all its names) and collects the layers nobody uses any more.
     pub async fn remove_image(&self, id: &str) -> Result<Option<ImageRecord>, ProvisionError> {
-        let removed = self.store.remove_image(id)?;
+        let (store, id) = (self.store.clone(), id.to_string());
+        let removed = tokio::task::spawn_blocking(move || store.remove_image(&id))
+            .await
+            .map_err(|e| ProvisionError::Task(e.to_string()))??;
         if removed.is_some() {
             self.collect().await?;
         }
@@ -413,6 +425,7 @@ impl Provisioner {
 
     /// Deletes layers referenced by no image and no container rootfs.
     pub async fn collect(&self) -> Result<Vec<String>, ProvisionError> {
+        let _exclusive = self.gc.write().await;
         let store = self.store.clone();
         let containers_dir = self.containers_dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -425,6 +438,7 @@ impl Provisioner {
 
     /// Makes the rootfs of container `cid` from image `image` (an id or a name in the store).
     pub async fn provision(&self, cid: &str, image: &str) -> Result<ProvisionInfo, ProvisionError> {
+        let no_gc = self.gc.read().await;
         let record = self
             .store
             .lookup(image)
@@ -444,7 +458,9 @@ impl Provisioner {
         };
         let container_dir = self.containers_dir.join(cid);
         let (rootfs, scratch) = paths(&container_dir, &checkpoint);
-        state::checkpoint(&container_dir.join("rootfs.json"), &checkpoint)?;
+        state::checkpoint_async(&container_dir.join("rootfs.json"), &checkpoint).await?;
+        // From here the checkpoint keeps the layers; destroy (below, on failure) collects.
+        drop(no_gc);
         let layers = record
             .layers
             .iter()

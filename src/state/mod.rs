@@ -57,6 +57,27 @@ pub fn checkpoint<T: Serialize>(path: &Path, value: &T) -> Result<(), Checkpoint
     atomic_write(path, &bytes)
 }
 
+/// [`checkpoint`] from async code: the value is encoded here, the write and its fsyncs
+/// run on a blocking thread so the runtime's workers never wait on the disk.
+pub async fn checkpoint_async<T: Serialize>(path: &Path, value: &T) -> Result<(), CheckpointError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Json {
+        path: path.display().to_string(),
+        source,
+    })?;
+    write_async(path, bytes).await
+}
+
+/// [`atomic_write`] from async code (see [`checkpoint_async`]).
+pub async fn write_async(path: &Path, bytes: Vec<u8>) -> Result<(), CheckpointError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || atomic_write(&owned, &bytes))
+        .await
+        .map_err(|e| CheckpointError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
 /// Reads a checkpoint written by [`checkpoint`]; `Ok(None)` when there is none.
 pub fn recover<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, CheckpointError> {
     match fs::read(path) {

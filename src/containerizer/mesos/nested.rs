@@ -90,7 +90,7 @@ impl MesosContainerizer {
             exit_file: container_dir.join("exit"),
             start_error: None,
         };
-        self.checkpoint_container(&record)?;
+        self.checkpoint_container(&record).await?;
         self.tables()
             .containers
             .insert(id.to_string(), record.clone());
@@ -98,7 +98,7 @@ impl MesosContainerizer {
         let result = self.prepare_and_fork(&mut record, &pod, &image_name).await;
         match result {
             Ok(()) => {
-                self.checkpoint_container(&record)?;
+                self.checkpoint_container(&record).await?;
                 self.tables().containers.insert(id.to_string(), record);
                 tracing::info!("container created");
                 Ok(())
@@ -126,7 +126,7 @@ impl MesosContainerizer {
         record.stop_signal = crate::isolators::docker::runtime::stop_signal(&provisioned.image);
         // PREPARING: isolators in chain order, each adding to one launch info.
         record.mesos_state = MesosState::Preparing;
-        self.checkpoint_container(record)?;
+        self.checkpoint_container(record).await?;
         record.cgroup.create()?;
         let mut launch = LaunchInfo {
             container_id: record.id.clone(),
@@ -147,7 +147,7 @@ impl MesosContainerizer {
             isolator.prepare(&prep, &mut launch).await?;
         }
         record.process = launch.process.clone();
-        self.checkpoint_container(record)?;
+        self.checkpoint_container(record).await?;
         // The launcher: the supervisor forks the container, which sets itself up and
         // then blocks on its start pipe.
         let client = SupervisorClient::new(&pod.supervisor_socket);
@@ -161,12 +161,12 @@ impl MesosContainerizer {
         Ok(())
     }
 
-    pub(super) fn checkpoint_container(&self, record: &ContainerRecord) -> Result<()> {
+    pub(super) async fn checkpoint_container(&self, record: &ContainerRecord) -> Result<()> {
         let path = meta_dir(&self.flags)
             .join("containers")
             .join(&record.id)
             .join("container.json");
-        state::checkpoint(&path, record)?;
+        state::checkpoint_async(&path, record).await?;
         Ok(())
     }
 
@@ -213,14 +213,14 @@ impl MesosContainerizer {
                 record.pid = pid;
                 record.started_at = now_ns();
                 record.mesos_state = MesosState::Running;
-                self.checkpoint_container(&record)?;
+                self.checkpoint_container(&record).await?;
                 self.tables().containers.insert(record.id.clone(), record);
                 Ok(())
             }
             Ok(other) => Err(unexpected(&other)),
             Err(SupervisorError::Refused(message)) => {
                 record.start_error = Some(message.clone());
-                self.checkpoint_container(&record)?;
+                self.checkpoint_container(&record).await?;
                 self.tables().containers.insert(record.id.clone(), record);
                 Err(ContainerizerError::FailedPrecondition(format!(
                     "failed to start container {id}: {message}"
@@ -295,7 +295,7 @@ impl MesosContainerizer {
                 oom_killed: false,
                 error: None,
             };
-            state::checkpoint(&record.exit_file, &exit)?;
+            state::checkpoint_async(&record.exit_file, &exit).await?;
         }
         Ok(())
     }

@@ -165,7 +165,7 @@ impl MesosContainerizer {
         };
         // The checkpoint comes first, so that a crash at any later step leaves a record
         // that StopPodSandbox/RemovePodSandbox can clean up from.
-        self.checkpoint_pod(&record)?;
+        self.checkpoint_pod(&record).await?;
         self.tables().pods.insert(id.to_string(), record.clone());
 
         // Host-network pods skip CNI entirely: no namespace, no plugins.
@@ -179,7 +179,7 @@ impl MesosContainerizer {
             Ok(()) => {
                 record.ready = true;
                 record.mesos_state = MesosState::Running;
-                self.checkpoint_pod(&record)?;
+                self.checkpoint_pod(&record).await?;
                 self.tables().pods.insert(id.to_string(), record);
                 tracing::info!("pod sandbox ready");
                 Ok(())
@@ -215,16 +215,23 @@ impl MesosContainerizer {
         record.info.net_ns = pinned.net;
         record.info.uts_ns = pinned.uts;
         record.info.ipc_ns = pinned.ipc;
-        self.checkpoint_pod(record)?;
+        self.checkpoint_pod(record).await?;
         if let Some(netns) = record.info.net_ns.clone() {
             let network = self
                 .network
                 .attach(&record.info.id, &record.info.config, &netns)
                 .await?;
             record.network = Some(network);
-            self.checkpoint_pod(record)?;
+            self.checkpoint_pod(record).await?;
         }
-        write_pod_files(&record.info, hostname, record.network.as_ref())?;
+        let (info, host, network) = (
+            record.info.clone(),
+            hostname.to_string(),
+            record.network.clone(),
+        );
+        tokio::task::spawn_blocking(move || write_pod_files(&info, &host, network.as_ref()))
+            .await
+            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
 
         record.info.cgroup.create()?;
         record.supervisor_cgroup.create()?;
@@ -249,19 +256,17 @@ impl MesosContainerizer {
             )
             .await?;
         record.supervisor_pid = pid;
-        self.checkpoint_pod(record)?;
+        self.checkpoint_pod(record).await?;
         // Charged to the pod, as the pause container is under containerd.
         record.supervisor_cgroup.add(pid)?;
         Ok(())
     }
 
-    pub(super) fn checkpoint_pod(&self, record: &PodRecord) -> Result<()> {
-        state::checkpoint(
-            &meta_dir(&self.flags)
-                .join("pods")
-                .join(format!("{}.json", record.info.id)),
-            record,
-        )?;
+    pub(super) async fn checkpoint_pod(&self, record: &PodRecord) -> Result<()> {
+        let path = meta_dir(&self.flags)
+            .join("pods")
+            .join(format!("{}.json", record.info.id));
+        state::checkpoint_async(&path, record).await?;
         Ok(())
     }
 
@@ -298,7 +303,7 @@ impl MesosContainerizer {
         if record.ready || record.mesos_state != MesosState::Destroying {
             record.ready = false;
             record.mesos_state = MesosState::Destroying;
-            self.checkpoint_pod(&record)?;
+            self.checkpoint_pod(&record).await?;
             self.tables().pods.insert(id.to_string(), record.clone());
         }
         self.teardown_pod(&record).await
