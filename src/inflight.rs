@@ -5,19 +5,25 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+type Entries<T> = Arc<Mutex<HashMap<String, (u64, Shared<BoxFuture<'static, T>>)>>>;
+
 pub struct Inflight<T: Clone> {
-    map: Mutex<HashMap<String, Shared<BoxFuture<'static, T>>>>,
+    map: Entries<T>,
+    /// Tells runs of one key apart, so a finished run removes its own entry only.
+    generation: AtomicU64,
 }
 
 impl<T: Clone> Default for Inflight<T> {
     fn default() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Arc::new(Mutex::new(HashMap::new())),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -39,32 +45,39 @@ impl<T: Clone + Send + Sync + 'static> Inflight<T> {
         let shared = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             match map.get(key) {
-                Some(existing) => existing.clone(),
+                Some((_, existing)) => existing.clone(),
                 None => {
-                    let task = tokio::spawn(start());
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                    let work = start();
+                    let entries = self.map.clone();
+                    let owned_key = key.to_string();
+                    // The task forgets its entry itself when done, even if every caller
+                    // gave up meanwhile, so a later request (say, after RemoveImage)
+                    // starts anew instead of getting an old answer.
+                    let task = tokio::spawn(async move {
+                        let out = work.await;
+                        let mut map = entries.lock().unwrap_or_else(|e| e.into_inner());
+                        if map.get(&owned_key).is_some_and(|(g, _)| *g == generation) {
+                            map.remove(&owned_key);
+                        }
+                        out
+                    });
                     let shared =
                         async move { task.await.unwrap_or_else(|e| panicked(e.to_string())) }
                             .boxed()
                             .shared();
-                    map.insert(key.to_string(), shared.clone());
+                    map.insert(key.to_string(), (generation, shared.clone()));
                     shared
                 }
             }
         };
-        let result = shared.await;
-        // Finished entries go, so a later request (say, after RemoveImage) starts anew.
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, f| f.peek().is_none());
-        result
+        shared.await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 
@@ -90,5 +103,19 @@ mod tests {
         );
         assert_eq!((a, b), (1, 1));
         assert_eq!(call(inflight.clone(), runs.clone()).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_every_caller_abandoned_is_forgotten_when_done() {
+        let inflight: Arc<Inflight<()>> = Arc::default();
+        let waiting = inflight.run(
+            "k",
+            || tokio::time::sleep(std::time::Duration::from_millis(30)),
+            |_| (),
+        );
+        // The caller gives up (as a client past its deadline) before the work ends.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(5), waiting).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert_eq!(format!("{inflight:?}"), "Inflight(0 in flight)");
     }
 }

@@ -11,7 +11,7 @@ pub mod providers;
 pub mod reference;
 pub mod store;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -108,10 +108,30 @@ pub struct Provisioner {
     downloads: Arc<Semaphore>,
     pulls: Inflight<SharedResult<ImageRecord>>,
     layers: Inflight<SharedResult<()>>,
-    /// Pulls and provisions hold it shared while the layers they use are referenced by
-    /// nothing yet (committed but not recorded in an image, or looked up but not yet
-    /// checkpointed for a container); layer GC takes it exclusively.
-    gc: tokio::sync::RwLock<()>,
+    /// Layers that pulls and provisions are about to reference (committed but not yet in
+    /// an image record, or looked up but not yet checkpointed for a container), with a
+    /// count of holders. Layer GC spares them; it decides and unlinks under this lock.
+    pins: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// Releases its layers' pins when dropped.
+struct Pins {
+    map: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    layers: Vec<String>,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for layer in &self.layers {
+            if let Some(n) = map.get_mut(layer) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(layer);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Backend {
@@ -141,7 +161,7 @@ impl Provisioner {
             downloads: Arc::new(Semaphore::new(max_concurrent_downloads.max(1))),
             pulls: Inflight::default(),
             layers: Inflight::default(),
-            gc: tokio::sync::RwLock::new(()),
+            pins: Arc::default(),
         }))
     }
 
@@ -181,6 +201,17 @@ impl Provisioner {
             &flags.work_dir,
             flags.max_concurrent_downloads,
         )
+    }
+
+    fn pin(&self, layers: Vec<String>) -> Pins {
+        let mut map = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        for layer in &layers {
+            *map.entry(layer.clone()).or_default() += 1;
+        }
+        Pins {
+            map: self.pins.clone(),
+            layers,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -231,7 +262,6 @@ impl Provisioner {
         reference: ImageReference,
         credentials: Option<Credentials>,
     ) -> Result<ImageRecord, ProvisionError> {
-        let _no_gc = self.gc.read().await;
         let resolved = self
             .provider
             .resolve(&reference, credentials.as_ref())
@@ -260,6 +290,7 @@ impl Provisioner {
                 ),
             });
         }
+        let _pins = self.pin(diff_ids.iter().filter_map(|d| layer_id(d)).collect());
         let mut fetches = Vec::new();
         for (descriptor, diff_id) in resolved.layers.iter().zip(&diff_ids) {
             let layer = layer_id(diff_id).ok_or_else(|| ProvisionError::BadConfig {
@@ -424,13 +455,21 @@ impl Provisioner {
     }
 
     /// Deletes layers referenced by no image and no container rootfs.
-    pub async fn collect(&self) -> Result<Vec<String>, ProvisionError> {
-        let _exclusive = self.gc.write().await;
+    pub async fn collect(&self) -> Result<usize, ProvisionError> {
         let store = self.store.clone();
         let containers_dir = self.containers_dir.clone();
+        let pins = self.pins.clone();
         tokio::task::spawn_blocking(move || {
-            let in_use = layers_in_use(&containers_dir);
-            store.collect(&in_use).map_err(ProvisionError::from)
+            let doomed = {
+                // Deciding and unlinking under the pins' lock: a pull that pins a layer
+                // after this either finds it gone (and fetches it) or kept.
+                let pins = pins.lock().unwrap_or_else(|e| e.into_inner());
+                let mut in_use = layers_in_use(&containers_dir);
+                in_use.extend(pins.keys().cloned());
+                store.unlink_unreferenced(&in_use)?
+            };
+            Store::remove_unlinked(&doomed);
+            Ok(doomed.len())
         })
         .await
         .map_err(|e| ProvisionError::Task(e.to_string()))?
@@ -438,7 +477,6 @@ impl Provisioner {
 
     /// Makes the rootfs of container `cid` from image `image` (an id or a name in the store).
     pub async fn provision(&self, cid: &str, image: &str) -> Result<ProvisionInfo, ProvisionError> {
-        let no_gc = self.gc.read().await;
         let record = self
             .store
             .lookup(image)
@@ -448,6 +486,12 @@ impl Provisioner {
                     .and_then(|r| self.store.lookup(&r.to_string()))
             })
             .ok_or_else(|| ProvisionError::ImageNotFound(image.to_string()))?;
+        let pins = self.pin(record.layers.clone());
+        // Pinned after the lookup: a collection in between may have taken a layer of an
+        // image removed meanwhile; then the image is gone too.
+        if record.layers.iter().any(|l| !self.store.has_layer(l)) {
+            return Err(ProvisionError::ImageNotFound(image.to_string()));
+        }
         let backend = self.backend.clone();
         let rootfs_id = uuid::Uuid::new_v4().simple().to_string();
         let checkpoint = ContainerRootfs {
@@ -459,8 +503,8 @@ impl Provisioner {
         let container_dir = self.containers_dir.join(cid);
         let (rootfs, scratch) = paths(&container_dir, &checkpoint);
         state::checkpoint_async(&container_dir.join("rootfs.json"), &checkpoint).await?;
-        // From here the checkpoint keeps the layers; destroy (below, on failure) collects.
-        drop(no_gc);
+        // From here the checkpoint keeps the layers.
+        drop(pins);
         let layers = record
             .layers
             .iter()

@@ -61,6 +61,16 @@ impl MesosContainerizer {
     ) -> Result<()> {
         let lock = self.lock_of(&pod.info.id);
         let _guard = lock.lock().await;
+        // The pod may have been stopped or removed while this call waited for its lock.
+        let pod = match self.pod(&pod.info.id) {
+            Ok(current) if current.ready => current,
+            _ => {
+                return Err(ContainerizerError::FailedPrecondition(format!(
+                    "pod sandbox {} is not ready",
+                    pod.info.id
+                )));
+            }
+        };
         let image_name = config
             .image
             .as_ref()
@@ -236,12 +246,54 @@ impl MesosContainerizer {
         let Ok(record) = self.container(id) else {
             return Ok(());
         };
+        // The grace period runs without the pod's lock: kubelet stops a pod's containers
+        // in parallel, and each must get its signal at once, not after its siblings' grace.
+        if self.signal_and_wait(&record, timeout).await {
+            return Ok(());
+        }
         let lock = self.lock_of(&record.pod_id);
         let _guard = lock.lock().await;
-        self.stop_container_locked(&record.id, timeout).await
+        self.stop_container_locked(&record.id).await
     }
 
-    pub(super) async fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<()> {
+    /// Sends the stop signal to a running container and waits up to `timeout` seconds for
+    /// it to exit; true when it did.
+    async fn signal_and_wait(&self, record: &ContainerRecord, timeout: i64) -> bool {
+        if record.exit().is_some() || record.start_error.is_some() {
+            return true;
+        }
+        let Ok(pod) = self.pod(&record.pod_id) else {
+            return false;
+        };
+        // Never started (still blocked on its pipe) or no grace: straight to the kill.
+        if record.started_at == 0 || timeout <= 0 {
+            return false;
+        }
+        let signal = Request::Signal {
+            container_id: record.id.clone(),
+            signal: record.stop_signal,
+            all: false,
+        };
+        if let Err(e) = SupervisorClient::new(&pod.supervisor_socket)
+            .call(&signal, QUICK)
+            .await
+        {
+            tracing::debug!(error = %e, "stop signal");
+        }
+        // terminationGracePeriodSeconds has no upper bound; a year is forever enough.
+        let grace = Duration::from_secs(timeout.clamp(0, 365 * 24 * 3600) as u64);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if record.exit().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Kills every process of the container now and makes sure its exit is recorded.
+    pub(super) async fn stop_container_locked(&self, id: &str) -> Result<()> {
         let Ok(record) = self.container(id) else {
             return Ok(());
         };
@@ -250,23 +302,6 @@ impl MesosContainerizer {
         }
         let pod = self.pod(&record.pod_id)?;
         let client = SupervisorClient::new(&pod.supervisor_socket);
-        if timeout > 0 && record.started_at > 0 {
-            let signal = Request::Signal {
-                container_id: record.id.clone(),
-                signal: record.stop_signal,
-                all: false,
-            };
-            if let Err(e) = client.call(&signal, QUICK).await {
-                tracing::debug!(error = %e, "stop signal");
-            }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout as u64);
-            while tokio::time::Instant::now() < deadline {
-                if record.exit().is_some() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
         // The grace period is over (or there was none): kill every process of the container.
         let kill = Request::Signal {
             container_id: record.id.clone(),
@@ -314,7 +349,7 @@ impl MesosContainerizer {
         let Ok(mut record) = self.container(id) else {
             return Ok(());
         };
-        self.stop_container_locked(id, 0).await?;
+        self.stop_container_locked(id).await?;
         record.mesos_state = MesosState::Destroying;
         if let Ok(pod) = self.pod(&record.pod_id) {
             let client = SupervisorClient::new(&pod.supervisor_socket);
@@ -378,12 +413,12 @@ impl MesosContainerizer {
             gid: record.process.gid,
             additional_gids: record.process.additional_gids.clone(),
             tty: false,
-            timeout_ms: (timeout > 0).then(|| timeout as u64 * 1000),
+            timeout_ms: (timeout > 0).then(|| (timeout as u64).saturating_mul(1000)),
             stdin_b64: None,
         };
         // The supervisor enforces the timeout; ours only guards against a lost reply.
         let guard = if timeout > 0 {
-            Duration::from_secs(timeout as u64 + 30)
+            Duration::from_secs((timeout as u64).saturating_add(30))
         } else {
             Duration::from_secs(24 * 3600)
         };

@@ -186,12 +186,26 @@ impl MesosContainerizer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pod sandbox launch failed; undoing");
-                if let Err(undo) = self.teardown_pod(&record).await {
-                    // The CNI checkpoint and the namespace stay for the orphan cleanup
-                    // of a later recovery; the pod itself is gone for the kubelet.
-                    tracing::warn!(error = %undo, "pod network not released");
+                match self.teardown_pod(&record).await {
+                    Ok(()) => {
+                        if let Err(leftover) = self.remove_pod_leftovers(&record) {
+                            tracing::warn!(error = %leftover, "pod cgroups not removed");
+                        }
+                        self.forget_pod(id);
+                    }
+                    Err(undo) => {
+                        // The network could not be released: keep the sandbox, NOTREADY,
+                        // so kubelet's sandbox GC (Stop/Remove) retries the DEL. Its name
+                        // is free for the retry of RunPodSandbox, which gets a new id.
+                        tracing::warn!(error = %undo, "pod network not released; sandbox kept NOTREADY");
+                        record.ready = false;
+                        record.mesos_state = MesosState::Destroying;
+                        self.checkpoint_pod(&record).await?;
+                        let mut tables = self.tables();
+                        tables.pods.insert(id.to_string(), record);
+                        tables.pod_names.retain(|_, r| r.id != id);
+                    }
                 }
-                self.forget_pod(id);
                 Err(e)
             }
         }
@@ -298,7 +312,7 @@ impl MesosContainerizer {
         };
         let containers = self.container_ids_of(id);
         for cid in containers {
-            self.stop_container_locked(&cid, 0).await?;
+            self.stop_container_locked(&cid).await?;
         }
         if record.ready || record.mesos_state != MesosState::Destroying {
             record.ready = false;
@@ -339,6 +353,16 @@ impl MesosContainerizer {
         detached.map_err(Into::into)
     }
 
+    /// Removes the pod's cgroups (ours only) and its directory, once nothing runs in them.
+    fn remove_pod_leftovers(&self, record: &PodRecord) -> Result<()> {
+        record.supervisor_cgroup.destroy()?;
+        if record.owns_pod_cgroup {
+            record.info.cgroup.destroy()?;
+        }
+        let _ = std::fs::remove_dir_all(&record.info.dir);
+        Ok(())
+    }
+
     /// RemovePodSandbox: stops the pod, removes its containers and everything it left.
     /// Idempotent.
     pub async fn remove_pod(&self, id: &str) -> Result<()> {
@@ -353,12 +377,7 @@ impl MesosContainerizer {
         for cid in containers {
             self.remove_container_locked(&cid).await?;
         }
-        record.supervisor_cgroup.destroy()?;
-        if record.owns_pod_cgroup {
-            record.info.cgroup.destroy()?;
-        }
-        let dir = record.info.dir.clone();
-        let _ = std::fs::remove_dir_all(&dir);
+        self.remove_pod_leftovers(&record)?;
         self.forget_pod(&id);
         self.locks
             .lock()

@@ -230,9 +230,14 @@ impl Store {
         Ok(removed)
     }
 
-    /// Deletes every layer that no image and no container (`in_use`) references.
-    /// Blocking: run it on a blocking thread.
-    pub fn collect(&self, in_use: &HashSet<String>) -> Result<Vec<String>, StoreError> {
+    /// Takes every layer that no image and no container (`in_use`) references out of
+    /// `layers/` (a rename into staging, so a crash never leaves half a layer that looks
+    /// whole) and returns where they went, for [`Store::remove_unlinked`]. A layer that
+    /// cannot be moved is logged and skipped: one stuck layer must not stop the others.
+    pub fn unlink_unreferenced(
+        &self,
+        in_use: &HashSet<String>,
+    ) -> Result<Vec<PathBuf>, StoreError> {
         let referenced: HashSet<String> = {
             let index = self.lock();
             index
@@ -242,22 +247,34 @@ impl Store {
                 .collect()
         };
         let layers = self.root.join("layers");
-        let mut removed = Vec::new();
-        for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
-            let entry = entry.map_err(io_err(&layers))?;
+        let mut doomed = Vec::new();
+        for entry in fs::read_dir(&layers).map_err(io_err(&layers))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if referenced.contains(&name) || in_use.contains(&name) {
                 continue;
             }
-            let path = entry.path();
-            // Rename first so a crash mid-removal never leaves a half layer that looks whole.
-            let doomed = self.root.join("staging").join(format!("gc-{name}"));
-            fs::rename(&path, &doomed).map_err(io_err(&path))?;
-            remove_tree(&doomed).map_err(io_err(&doomed))?;
-            tracing::info!(layer = %name, "layer collected");
-            removed.push(name);
+            let target = self
+                .root
+                .join("staging")
+                .join(format!("gc-{}", uuid::Uuid::new_v4().simple()));
+            match fs::rename(entry.path(), &target) {
+                Ok(()) => {
+                    tracing::info!(layer = %name, "layer collected");
+                    doomed.push(target);
+                }
+                Err(e) => tracing::warn!(layer = %name, error = %e, "layer not collected"),
+            }
         }
-        Ok(removed)
+        Ok(doomed)
+    }
+
+    /// Deletes what [`Store::unlink_unreferenced`] moved aside (slow; no lock needed).
+    pub fn remove_unlinked(doomed: &[PathBuf]) {
+        for path in doomed {
+            if let Err(e) = remove_tree(path) {
+                tracing::warn!(path = %path.display(), error = %e, "collected layer not deleted; the next start removes it");
+            }
+        }
     }
 
     /// Bytes and inodes the extracted layers use, from their summaries (no tree walk).
