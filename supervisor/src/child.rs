@@ -10,7 +10,7 @@ use crate::sys;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -178,6 +178,62 @@ fn create_target(p: &Path, kind: CreateKind) -> io::Result<()> {
     }
 }
 
+/// Opens (creating when missing) the mount target `dst`, a path inside `root` from
+/// [`resolve_in_root`], one component at a time without following any symlink. A
+/// container sharing a volume with this one cannot swap a directory for a symlink between
+/// the resolution and the mount and so make us create or mount outside the rootfs (runc's
+/// CVE-2021-30465): a symlink found now fails the launch. The mount goes onto the
+/// returned descriptor (`/proc/self/fd/N`), not onto the path.
+fn open_target(root: &Path, dst: &Path, kind: CreateKind) -> io::Result<OwnedFd> {
+    let rel = dst.strip_prefix(root).map_err(|_| {
+        io::Error::other(format!(
+            "mount target {} is outside the rootfs",
+            dst.display()
+        ))
+    })?;
+    let names: Vec<&OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let mut at = OwnedFd::from(
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(root)?,
+    );
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let dir = !last || matches!(kind, CreateKind::Dir | CreateKind::Auto);
+        let flags = libc::O_PATH | if last { 0 } else { libc::O_DIRECTORY };
+        match sys::openat_no_symlinks(at.as_fd(), &name, flags, 0) {
+            Ok(fd) => at = fd,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && !(last && kind == CreateKind::None) =>
+            {
+                if dir {
+                    sys::mkdirat(at.as_fd(), &name, 0o755)?;
+                } else {
+                    drop(sys::openat_no_symlinks(
+                        at.as_fd(),
+                        &name,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                        0o644,
+                    )?);
+                }
+                at = sys::openat_no_symlinks(at.as_fd(), &name, flags, 0)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
+}
+
 /// Parsed fstab-like mount options.
 #[derive(Debug, Default, PartialEq)]
 pub struct MountOpts {
@@ -258,7 +314,7 @@ const BIND_REMOUNT_FLAGS: libc::c_ulong = libc::MS_RDONLY
     | libc::MS_STRICTATIME;
 
 /// Makes one mount (`dst` already resolved inside the rootfs).
-fn do_mount(m: &MountSpec, dst: &Path) -> io::Result<()> {
+fn do_mount(m: &MountSpec, root: &Path, dst: &Path) -> io::Result<()> {
     let o = parse_options(&m.options);
     let fstype = m.fstype.as_deref().filter(|t| !t.is_empty());
     let bind = o.bind || matches!(fstype, None | Some("bind") | Some("none"));
@@ -266,11 +322,12 @@ fn do_mount(m: &MountSpec, dst: &Path) -> io::Result<()> {
         CreateKind::Auto if bind && !m.source.is_dir() => CreateKind::File,
         k => k,
     };
-    create_target(dst, kind)?;
+    let target = open_target(root, dst, kind)?;
+    let at = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
     if bind {
         mount(
             &m.source,
-            dst,
+            &at,
             None,
             libc::MS_BIND | (o.flags & libc::MS_REC),
             "",
@@ -280,7 +337,7 @@ fn do_mount(m: &MountSpec, dst: &Path) -> io::Result<()> {
             remount_bind(dst, f)?;
         }
     } else {
-        mount(&m.source, dst, fstype, o.flags & !libc::MS_REC, &o.data)?;
+        mount(&m.source, &at, fstype, o.flags & !libc::MS_REC, &o.data)?;
     }
     for p in o.propagation {
         mount_change(dst, p)?;
@@ -585,7 +642,7 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         let d = step("resolve", resolve_in_root(&root, &m.destination))?;
         step(
             &format!("mount {}", m.destination.display()),
-            do_mount(m, &d),
+            do_mount(m, &root, &d),
         )?;
     }
     for d in &info.devices {
@@ -761,6 +818,29 @@ pub fn proc_path(pid: i32, rest: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_targets_never_follow_a_symlink_swapped_in() {
+        let base =
+            std::env::temp_dir().join(format!("cri-mesos-open-target-{}", std::process::id()));
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        fs::create_dir_all(root.join("data")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // Resolved when it was a directory; a neighbour then made it a symlink out.
+        let target = root.join("data/sub/volume");
+        std::os::unix::fs::symlink(&outside, root.join("data/sub")).unwrap();
+        let err = open_target(&root, &target, CreateKind::Dir).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing created outside"
+        );
+        // A plain path is created as asked: directories, then the final file.
+        let file = root.join("data/new/dir/file");
+        open_target(&root, &file, CreateKind::File).unwrap();
+        assert!(fs::symlink_metadata(&file).unwrap().is_file());
+        fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn options() {

@@ -382,6 +382,50 @@ pub fn pivot_root_dot() -> io::Result<()> {
     cvt_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) }).map(drop)
 }
 
+/// `openat2(dirfd, name, flags, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)`: opens one path
+/// below `dirfd` refusing any symlink on the way (ELOOP) and any escape (EXDEV).
+pub fn openat_no_symlinks(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    // The kernel's `struct open_how` (libc's is non-exhaustive, so it is spelled here).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH,
+    };
+    // SAFETY: valid descriptor and C string; `how` is a plain struct passed with its size.
+    let fd = cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `mkdirat(dirfd, name, mode)`.
+pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: valid descriptor and C string.
+    cvt(unsafe { libc::mkdirat(dirfd.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
 /// `fchdir(fd)`: back into a directory held open across pivot_root.
 pub fn fchdir(fd: std::os::fd::RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.
