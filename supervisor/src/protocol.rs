@@ -135,7 +135,8 @@ pub struct LaunchInfo {
     /// the output.
     #[serde(default)]
     pub log_path: Option<PathBuf>,
-    /// Where the [`ExitRecord`] JSON is written (atomically) when the container ends.
+    /// Where the [`ExitRecord`] JSON is written (atomically) when the container ends. Its
+    /// directory must exist; it is not recreated once the daemon removed it.
     pub exit_file: PathBuf,
 }
 

@@ -158,9 +158,10 @@ fn supervisor_main(cfg: Config, ready: OwnedFd) -> ! {
 }
 
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+/// The directory must exist: an exit file whose container the daemon already removed must
+/// not bring its directory back.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let mut f = OpenOptions::new()
@@ -383,6 +384,7 @@ impl Supervisor {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("socket: {e}"))?;
+        fs::create_dir_all(&cfg.state_dir).map_err(|e| format!("state dir: {e}"))?;
         write_atomic(
             &cfg.state_dir.join("supervisor.pid"),
             format!("{host_pid}\n").as_bytes(),

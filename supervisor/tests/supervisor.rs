@@ -153,6 +153,8 @@ impl Sup {
     }
 
     fn info(&self, id: &str, args: &[&str]) -> LaunchInfo {
+        // The daemon makes the exit file's directory (its container's meta dir) first.
+        fs::create_dir_all(self.dir.0.join("exits")).unwrap();
         LaunchInfo {
             container_id: id.into(),
             rootfs: self.root.clone(),
