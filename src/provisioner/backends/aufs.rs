@@ -11,8 +11,8 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use super::{
-    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, create_rootfs_dir, in_dir, kernel_has,
-    make_links, make_shared_slave, refused_store_fs, require_root, unmount_and_remove,
+    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, check_stackable, create_rootfs_dir, in_dir,
+    make_links, make_shared_slave, unmount_and_remove,
 };
 
 const NAME: &str = "aufs";
@@ -22,28 +22,14 @@ pub struct AufsBackend;
 
 impl AufsBackend {
     pub fn new(store_dir: &Path) -> Result<AufsBackend, BackendError> {
-        let unavailable = |reason: String| BackendError::Unavailable {
-            backend: NAME,
-            reason,
-        };
-        match kernel_has("aufs") {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(unavailable(
-                    "the kernel has no aufs filesystem (not in /proc/filesystems)".into(),
-                ));
-            }
-            Err(e) => return Err(unavailable(format!("reading /proc/filesystems: {e}"))),
-        }
-        require_root(NAME)?;
-        match refused_store_fs(store_dir, &["btrfs", "aufs", "ecryptfs"]) {
-            Ok(None) => Ok(AufsBackend),
-            Ok(Some(fs)) => Err(unavailable(format!(
-                "the image store {} is on {fs}, which aufs cannot stack",
-                store_dir.display()
-            ))),
-            Err(e) => Err(unavailable(format!("statfs {}: {e}", store_dir.display()))),
-        }
+        check_stackable(
+            NAME,
+            "aufs",
+            "aufs",
+            store_dir,
+            &["btrfs", "aufs", "ecryptfs"],
+        )?;
+        Ok(AufsBackend)
     }
 }
 

@@ -181,6 +181,36 @@ pub(crate) fn refused_store_fs(
     Ok(refused.contains(&name).then_some(name))
 }
 
+/// Mesos's checks for a stacking backend: the kernel has `kernel_fs`, we may mount, and
+/// the store is not on a filesystem in `refused` (which `label` cannot stack on).
+pub(crate) fn check_stackable(
+    backend: &'static str,
+    kernel_fs: &str,
+    label: &str,
+    store_dir: &Path,
+    refused: &[&'static str],
+) -> Result<(), BackendError> {
+    let unavailable = |reason: String| BackendError::Unavailable { backend, reason };
+    match kernel_has(kernel_fs) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(unavailable(format!(
+                "the kernel has no {kernel_fs} filesystem (not in /proc/filesystems)"
+            )));
+        }
+        Err(e) => return Err(unavailable(format!("reading /proc/filesystems: {e}"))),
+    }
+    require_root(backend)?;
+    match refused_store_fs(store_dir, refused) {
+        Ok(None) => Ok(()),
+        Ok(Some(fs)) => Err(unavailable(format!(
+            "the image store {} is on {fs}, which {label} cannot stack",
+            store_dir.display()
+        ))),
+        Err(e) => Err(unavailable(format!("statfs {}: {e}", store_dir.display()))),
+    }
+}
+
 pub(crate) fn require_root(backend: &'static str) -> Result<(), BackendError> {
     if nix::unistd::geteuid().is_root() {
         Ok(())

@@ -10,8 +10,8 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use super::{
-    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, create_rootfs_dir, in_dir, kernel_has,
-    make_links, make_shared_slave, refused_store_fs, require_root, unmount_and_remove,
+    Backend, BackendError, LayerRef, MOUNT_OPTIONS_MAX, check_stackable, create_rootfs_dir, in_dir,
+    make_links, make_shared_slave, unmount_and_remove,
 };
 
 const NAME: &str = "overlay";
@@ -24,37 +24,17 @@ impl OverlayBackend {
     /// the store's filesystem can be an overlayfs lower layer (not btrfs, aufs, overlay,
     /// zfs or ecryptfs, and with file types in directory entries).
     pub fn new(store_dir: &Path) -> Result<OverlayBackend, BackendError> {
-        let unavailable = |reason: String| BackendError::Unavailable {
-            backend: NAME,
-            reason,
-        };
-        match kernel_has("overlay") {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(unavailable(
-                    "the kernel has no overlay filesystem (not in /proc/filesystems)".into(),
-                ));
-            }
-            Err(e) => return Err(unavailable(format!("reading /proc/filesystems: {e}"))),
-        }
-        require_root(NAME)?;
         let refused = ["btrfs", "aufs", "overlay", "zfs", "ecryptfs"];
-        match refused_store_fs(store_dir, &refused) {
-            Ok(None) => {}
-            Ok(Some(fs)) => {
-                return Err(unavailable(format!(
-                    "the image store {} is on {fs}, which overlayfs cannot stack",
-                    store_dir.display()
-                )));
-            }
-            Err(e) => return Err(unavailable(format!("statfs {}: {e}", store_dir.display()))),
-        }
+        check_stackable(NAME, "overlay", "overlayfs", store_dir, &refused)?;
         if store_dir.is_dir() && !reports_d_type(store_dir) {
-            return Err(unavailable(format!(
-                "the image store {}'s filesystem does not report file types in directory entries \
+            return Err(BackendError::Unavailable {
+                backend: NAME,
+                reason: format!(
+                    "the image store {}'s filesystem does not report file types in directory entries \
                  (d_type; xfs needs ftype=1), which overlayfs needs",
-                store_dir.display()
-            )));
+                    store_dir.display()
+                ),
+            });
         }
         Ok(OverlayBackend)
     }
