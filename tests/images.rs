@@ -365,7 +365,7 @@ async fn basic_auth_with_htpasswd() {
         .image_ref;
     assert_eq!(id, images.busybox.id());
     // The `auth` field (base64 user:password) works too.
-    let encoded = base64_encode(b"puller:s3cret");
+    let encoded = cri_mesos_supervisor::b64::encode(b"puller:s3cret");
     client
         .pull_image(cri::PullImageRequest {
             image: spec(&images.configured.reference()),
@@ -377,27 +377,6 @@ async fn basic_auth_with_htpasswd() {
         })
         .await
         .unwrap();
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]
