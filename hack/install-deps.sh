@@ -9,8 +9,11 @@ packages=(
   docker-registry              # the registry the pull tests talk to on 127.0.0.1
   busybox-static               # the test images are built from /bin/busybox
   iproute2 iptables jq
-  util-linux                   # nsenter, unshare, mount tools used by tests
+  util-linux                   # nsenter, unshare, mount tools used by tests; ipcmk for critest
   ca-certificates
+  # critest (hack/critest.sh): its stand-in images are built and pushed with these;
+  # Go for building it comes from ../shared/critest/build-cri-tools.sh
+  skopeo curl openssl gcc python3
 )
 
 missing=()

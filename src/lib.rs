@@ -8,5 +8,6 @@ pub mod inflight;
 pub mod isolators;
 pub mod launcher;
 pub mod provisioner;
+pub mod quote;
 pub mod server;
 pub mod state;

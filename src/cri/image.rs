@@ -59,7 +59,7 @@ pub fn provision_status(error: &ProvisionError) -> Status {
         | ProvisionError::Extract { .. } => Code::Internal,
         _ => Code::Internal,
     };
-    Status::new(code, error.to_string())
+    Status::new(code, super::validate::bounded(error.to_string()))
 }
 
 fn credentials(auth: Option<cri::AuthConfig>) -> Option<Credentials> {

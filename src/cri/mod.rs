@@ -3,6 +3,7 @@
 
 pub mod image;
 pub mod runtime;
+pub mod validate;
 
 use tonic::{Code, Status};
 
@@ -33,7 +34,7 @@ pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
         ContainerizerError::Provision(p) => image::provision_status(p).code(),
         _ => Code::Internal,
     };
-    Status::new(code, error.to_string())
+    Status::new(code, validate::bounded(error.to_string()))
 }
 
 /// Implements a tonic service trait with the given methods, answering every method

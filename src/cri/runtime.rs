@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use super::{containerizer_status, service_impl};
+use super::{containerizer_status, service_impl, validate};
 use crate::containerizer::mesos::MesosContainerizer;
 use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
@@ -285,6 +285,7 @@ service_impl! {
         ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
             let request = request.into_inner();
             let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+            validate::pod_config(&config)?;
             let launch = LaunchConfig::Sandbox { config, runtime_handler: request.runtime_handler };
             let id = self.containerizer.clone().launch(launch).await.map_err(|e| containerizer_status(&e))?;
             Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id.value }))
@@ -355,7 +356,9 @@ service_impl! {
                     runtime_handler: p.runtime_handler.clone(),
                 })
                 .collect();
-            Ok(Response::new(cri::ListPodSandboxResponse { items }))
+            let reply = cri::ListPodSandboxResponse { items };
+            validate::reply_size("ListPodSandbox", &reply)?;
+            Ok(Response::new(reply))
         }
 
         async fn create_container(
@@ -365,6 +368,7 @@ service_impl! {
             let request = request.into_inner();
             let pod_id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
             let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+            validate::container_config(&config)?;
             let launch = LaunchConfig::Nested { sandbox_id: pod_id, config };
             let id = self.containerizer.clone().launch(launch).await.map_err(|e| containerizer_status(&e))?;
             Ok(Response::new(cri::CreateContainerResponse { container_id: id.value }))
@@ -438,7 +442,9 @@ service_impl! {
                     })
                 })
                 .collect();
-            Ok(Response::new(cri::ListContainersResponse { containers }))
+            let reply = cri::ListContainersResponse { containers };
+            validate::reply_size("ListContainers", &reply)?;
+            Ok(Response::new(reply))
         }
 
         async fn container_status(

@@ -145,13 +145,30 @@ impl LineSplitter {
 #[derive(Debug)]
 pub struct LogFile {
     pub path: PathBuf,
+    /// The log directory the file must stay beneath, and the path relative to it.
+    beneath: Option<(PathBuf, PathBuf)>,
     file: Option<File>,
 }
 
 impl LogFile {
-    pub fn open(path: &Path) -> io::Result<LogFile> {
+    /// `path` is opened beneath `directory` when one is given (the pod's log directory):
+    /// no symlink and no `..` can take it out.
+    pub fn open(path: &Path, directory: Option<&Path>) -> io::Result<LogFile> {
+        let beneath = match directory {
+            Some(dir) => {
+                let rel = path.strip_prefix(dir).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} is not inside {}", path.display(), dir.display()),
+                    )
+                })?;
+                Some((dir.to_path_buf(), rel.to_path_buf()))
+            }
+            None => None,
+        };
         let mut l = LogFile {
             path: path.to_path_buf(),
+            beneath,
             file: None,
         };
         l.reopen()?;
@@ -161,15 +178,20 @@ impl LogFile {
     /// Closes and reopens the file by path (creating it and its parent directories).
     pub fn reopen(&mut self) -> io::Result<()> {
         self.file = None;
-        if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path)?;
+        let f = match &self.beneath {
+            Some((dir, rel)) => open_beneath(dir, rel, true)?,
+            None => {
+                if let Some(parent) = self.path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&self.path)?
+            }
+        };
         self.file = Some(f);
         Ok(())
     }
@@ -180,6 +202,63 @@ impl LogFile {
             _ => Ok(()),
         }
     }
+}
+
+/// Opens `rel` beneath the directory `dir`, one component at a time and refusing every
+/// symlink (ELOOP) and escape (EXDEV), so a name planted in the log directory cannot point
+/// the runtime's writes at a host file. With `create`, the directory, the missing parents
+/// (0755) and the file (0640, for appending) are created; without, the existing path is
+/// opened `O_PATH`, to be looked at.
+pub fn open_beneath(dir: &Path, rel: &Path, create: bool) -> io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: {what}", rel.display()),
+        )
+    };
+    let mut names = Vec::new();
+    for component in rel.components() {
+        match component {
+            std::path::Component::Normal(name) => names.push(
+                std::ffi::CString::new(name.as_bytes()).map_err(|_| invalid("has a NUL byte"))?,
+            ),
+            std::path::Component::CurDir => {}
+            _ => return Err(invalid("must be relative, without '..'")),
+        }
+    }
+    let Some((last, parents)) = names.split_last() else {
+        return Err(invalid("names no file"));
+    };
+    if create {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut cur: std::os::fd::OwnedFd = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?
+        .into();
+    use std::os::fd::AsFd;
+    for name in parents {
+        if create {
+            match crate::sys::mkdirat(cur.as_fd(), name, 0o755) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        cur = crate::sys::openat_no_symlinks(
+            cur.as_fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+    }
+    let flags = if create {
+        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND
+    } else {
+        libc::O_PATH
+    };
+    Ok(crate::sys::openat_no_symlinks(cur.as_fd(), last, flags, 0o640)?.into())
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ pub mod protocol;
 
 mod child;
 mod crilog;
+pub use crilog::open_beneath;
 mod exec;
 mod server;
 mod sys;

@@ -135,6 +135,10 @@ pub struct LaunchInfo {
     /// the output.
     #[serde(default)]
     pub log_path: Option<PathBuf>,
+    /// The pod's log directory: when set, `log_path` is inside it and opened beneath it
+    /// (no symlink, no `..`), so the file cannot be anywhere else on the host.
+    #[serde(default)]
+    pub log_directory: Option<PathBuf>,
     /// Where the [`ExitRecord`] JSON is written (atomically) when the container ends. Its
     /// directory must exist; it is not recreated once the daemon removed it.
     pub exit_file: PathBuf,

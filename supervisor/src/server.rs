@@ -744,7 +744,8 @@ impl Supervisor {
         }
         let log = match &info.log_path {
             Some(p) => {
-                Some(LogFile::open(p).map_err(|e| format!("open log {}: {e}", p.display()))?)
+                let dir = info.log_directory.as_deref();
+                Some(LogFile::open(p, dir).map_err(|e| format!("open log {}: {e}", p.display()))?)
             }
             None => None,
         };

@@ -330,14 +330,6 @@ fn meta_dir(flags: &Flags) -> PathBuf {
     flags.work_dir.join("meta")
 }
 
-fn meta_name(config: &cri::PodSandboxConfig) -> String {
-    config
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default()
-}
-
 /// Finds by full id or by a unique prefix (crictl shows shortened ids).
 fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
     if let Some(found) = map.get(id) {

@@ -27,6 +27,7 @@ impl MesosContainerizer {
                 pod.info.id
             )));
         }
+        check_log_path(&pod.info.config.log_directory, &config.log_path).await?;
         let pod_id = pod.info.id.clone();
         let key = container_key(&pod_id, &meta);
         let id = reserve(
@@ -35,8 +36,9 @@ impl MesosContainerizer {
             &config,
             |holder| {
                 format!(
-                    "container name {:?} (attempt {}) in pod {pod_id} is reserved for {holder}",
-                    meta.name, meta.attempt
+                    "container name {} (attempt {}) in pod {pod_id} is reserved for {holder}",
+                    crate::quote::quote(&meta.name),
+                    meta.attempt
                 )
             },
         )?;
@@ -142,6 +144,10 @@ impl MesosContainerizer {
             container_id: record.id.clone(),
             cgroup_procs: record.cgroup.procs_files(),
             log_path: record.log_path.clone(),
+            log_directory: record
+                .log_path
+                .as_ref()
+                .map(|_| PathBuf::from(&pod.info.config.log_directory)),
             exit_file: record.exit_file.clone(),
             ..Default::default()
         };
@@ -470,4 +476,32 @@ impl MesosContainerizer {
 
 fn unexpected(reply: &Response) -> ContainerizerError {
     ContainerizerError::Internal(format!("unexpected supervisor reply: {reply:?}"))
+}
+
+/// `log_path` must name a file inside the pod's `log_directory` (the CRI layer has refused
+/// absolute paths and `..`): a symlink planted there must not send the output elsewhere,
+/// and a directory cannot be a log. The supervisor opens it the same way, beneath.
+async fn check_log_path(directory: &str, log_path: &str) -> Result<()> {
+    if directory.is_empty() || log_path.is_empty() {
+        return Ok(());
+    }
+    let (dir, rel) = (PathBuf::from(directory), PathBuf::from(log_path));
+    let found = tokio::task::spawn_blocking(move || {
+        cri_mesos_supervisor::open_beneath(&dir, &rel, false).and_then(|f| f.metadata())
+    })
+    .await
+    .map_err(|e| ContainerizerError::Internal(e.to_string()))?;
+    let reason = match found {
+        Ok(meta) if meta.is_dir() => "names a directory, not a file".to_string(),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) => {
+            "goes through a symlink; it must stay inside the pod's log_directory".to_string()
+        }
+        Err(e) => e.to_string(),
+    };
+    Err(invalid(
+        "config.log_path",
+        &format!("{} {reason}", crate::quote::quote(log_path)),
+    ))
 }

@@ -58,12 +58,15 @@ impl MesosContainerizer {
         if !handler.is_empty() && handler != "mesos" {
             return Err(ContainerizerError::NotFound {
                 what: "runtime handler",
-                id: handler,
+                id: crate::quote::quote(&handler),
             });
         }
         let key = pod_key(&meta);
         let id = reserve(&mut self.tables().pod_names, &key, &config, |holder| {
-            format!("pod sandbox name {key:?} is reserved for {holder}")
+            format!(
+                "pod sandbox name {} is reserved for {holder}",
+                crate::quote::quote(&key)
+            )
         })?;
         if self
             .tables()
@@ -126,15 +129,14 @@ impl MesosContainerizer {
             (cgroup, false)
         };
         let supervisor_cgroup = pod_cgroup.child(id)?;
+        // An empty hostname is the node's, as containerd does: the pod's name is not a
+        // hostname (it may be longer than sethostname's 64 bytes). The CRI layer has
+        // checked a hostname the client sent.
         let hostname = if config.hostname.is_empty() {
-            if host_net {
-                nix::unistd::gethostname()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .unwrap_or_default()
-            } else {
-                meta_name(&config)
-            }
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default()
         } else {
             config.hostname.clone()
         };
