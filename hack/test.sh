@@ -10,3 +10,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # not rebuild another package's binary).
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+# The CRI validation suite, judged against tests/critest-expected-failures.txt.
+if [ "$(id -u)" -eq 0 ]; then
+  hack/critest.sh
+else
+  echo "critest: not run (needs root: namespaces, mounts, cgroups, CNI)" >&2
+fi

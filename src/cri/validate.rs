@@ -238,7 +238,10 @@ fn dns_config(dns: &cri::DnsConfig) -> Result<(), Status> {
         if search.is_empty() || search.len() > DOMAIN_MAX {
             return Err(invalid(
                 field,
-                format!("{} is not a domain of 1 to {DOMAIN_MAX} bytes", quote(search)),
+                format!(
+                    "{} is not a domain of 1 to {DOMAIN_MAX} bytes",
+                    quote(search)
+                ),
             ));
         }
         word(search).map_err(|r| invalid(&field, r))?;
@@ -333,14 +336,7 @@ mod tests {
         for ok in ["c.log", "c/0.log", "./c/0.log"] {
             assert!(log_path(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "../x.log",
-            "a/../../x.log",
-            "/tmp/x.log",
-            ".",
-            "c/",
-            "a\0b",
-        ] {
+        for bad in ["../x.log", "a/../../x.log", "/tmp/x.log", ".", "c/", "a\0b"] {
             assert!(log_path(bad).is_err(), "{bad:?}");
         }
     }
@@ -362,7 +358,14 @@ mod tests {
             searches: searches.iter().map(|s| s.to_string()).collect(),
             options: options.iter().map(|s| s.to_string()).collect(),
         };
-        assert!(dns_config(&dns(&["10.0.0.10", "fd00::a"], &["svc.local"], &["ndots:5"])).is_ok());
+        assert!(
+            dns_config(&dns(
+                &["10.0.0.10", "fd00::a"],
+                &["svc.local"],
+                &["ndots:5"]
+            ))
+            .is_ok()
+        );
         let bad = [
             dns(&["10.0.0.10\nnameserver 6.6.6.6"], &[], &[]),
             dns(&[], &["a.local\noptions x"], &[]),
@@ -373,7 +376,11 @@ mod tests {
         for d in bad {
             let e = dns_config(&d).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
-            assert!(e.message().starts_with("config.dns_config."), "{}", e.message());
+            assert!(
+                e.message().starts_with("config.dns_config."),
+                "{}",
+                e.message()
+            );
         }
     }
 
@@ -382,7 +389,11 @@ mod tests {
         let mut big = HashMap::new();
         big.insert("k".to_string(), "v".repeat(ANNOTATIONS_MAX));
         let e = sizes("config", &HashMap::new(), &big).unwrap_err();
-        assert!(e.message().starts_with("config.annotations:"), "{}", e.message());
+        assert!(
+            e.message().starts_with("config.annotations:"),
+            "{}",
+            e.message()
+        );
         let e = sizes("config", &big, &HashMap::new()).unwrap_err();
         assert!(e.message().starts_with("config.labels:"), "{}", e.message());
         big.insert("k".to_string(), "v".repeat(200 * 1024));

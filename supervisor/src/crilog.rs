@@ -246,12 +246,8 @@ pub fn open_beneath(dir: &Path, rel: &Path, create: bool) -> io::Result<File> {
                 _ => {}
             }
         }
-        cur = crate::sys::openat_no_symlinks(
-            cur.as_fd(),
-            name,
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?;
+        cur =
+            crate::sys::openat_no_symlinks(cur.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
     }
     let flags = if create {
         libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND

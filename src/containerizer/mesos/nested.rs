@@ -495,7 +495,9 @@ async fn check_log_path(directory: &str, log_path: &str) -> Result<()> {
         Ok(meta) if meta.is_dir() => "names a directory, not a file".to_string(),
         Ok(_) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) =>
+        {
             "goes through a symlink; it must stay inside the pod's log_directory".to_string()
         }
         Err(e) => e.to_string(),
