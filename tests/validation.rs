@@ -291,6 +291,16 @@ async fn bad_container_configs_are_refused_before_anything_is_made() {
         0,
         "the runtime wrote nothing into the mount's source"
     );
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: format!("{}\0/etc", host.path().display()),
+        ..Default::default()
+    }];
+    assert_invalid(
+        env.create(&pod_id, &pod, config).await,
+        "config.mounts[0].host_path",
+    );
 
     let mut config = container("c", &image, &["sleep", "1000"]);
     config.annotations = HashMap::from([("big".to_string(), "v".repeat(300 * 1024))]);

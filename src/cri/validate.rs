@@ -87,10 +87,14 @@ pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
     for (i, mount) in config.mounts.iter().enumerate() {
         container_path(&mount.container_path)
             .map_err(|r| invalid(format!("config.mounts[{i}].container_path"), r))?;
+        no_nul(&mount.host_path)
+            .map_err(|r| invalid(format!("config.mounts[{i}].host_path"), r))?;
     }
     for (i, device) in config.devices.iter().enumerate() {
         container_path(&device.container_path)
             .map_err(|r| invalid(format!("config.devices[{i}].container_path"), r))?;
+        no_nul(&device.host_path)
+            .map_err(|r| invalid(format!("config.devices[{i}].host_path"), r))?;
     }
     Ok(())
 }
@@ -131,6 +135,14 @@ fn hostname(name: &str) -> Result<(), String> {
                 quote(name)
             ));
         }
+    }
+    Ok(())
+}
+
+/// A path the kernel is given as a C string, where a NUL would cut it short.
+fn no_nul(path: &str) -> Result<(), String> {
+    if path.contains('\0') {
+        return Err(format!("{} contains a NUL byte", quote(path)));
     }
     Ok(())
 }
@@ -382,6 +394,30 @@ mod tests {
                 e.message()
             );
         }
+    }
+
+    #[test]
+    fn oversized_list_replies_say_so() {
+        let pod = |i: usize| cri::PodSandbox {
+            id: format!("{i:064}"),
+            annotations: HashMap::from([("a".to_string(), "v".repeat(ANNOTATIONS_MAX - 1))]),
+            ..Default::default()
+        };
+        let small = cri::ListPodSandboxResponse {
+            items: (0..10).map(pod).collect(),
+        };
+        assert!(reply_size("ListPodSandbox", &small).is_ok());
+        let big = cri::ListPodSandboxResponse {
+            items: (0..70).map(pod).collect(),
+        };
+        let e = reply_size("ListPodSandbox", &big).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message()
+                .starts_with("ListPodSandbox: the reply would be"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
