@@ -119,6 +119,21 @@ pub struct ContainerPrep<'a> {
     pub rootfs: &'a Path,
     /// The container's cgroup (already created).
     pub cgroup: &'a Cgroup,
+    /// Every other container the containerizer knows, in any pod: what a container may
+    /// refer to (the target of a TARGET pid namespace).
+    pub peers: &'a [ContainerPeer],
+}
+
+/// Another container, as `prepare` may see it.
+#[derive(Debug, Clone)]
+pub struct ContainerPeer {
+    pub id: String,
+    pub pod_id: String,
+    /// Host pid of its init; 0 before it is forked.
+    pub pid: i32,
+    /// Started and not exited (CRI RUNNING).
+    pub running: bool,
+    pub cgroup: Cgroup,
 }
 
 /// One isolator of the chain. Hooks default to doing nothing, as most isolators care

@@ -25,7 +25,7 @@ pub struct IsolatorContext {
 
 /// The isolators of `chain`, in its order (the order of [`super::select`], which is Mesos's).
 pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isolator>> {
-    // None of today's isolators keeps state of its own yet; the context is for those
+    // None of today's isolators keeps state on disk yet; the context is for those
     // that will (the pod side of network/cni, cgroups, disk).
     let _ = ctx;
     chain
@@ -35,7 +35,7 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "filesystem/linux" => Box::new(LinuxFilesystem),
                 "docker/runtime" => Box::new(DockerRuntime),
                 "volume/host_path" => Box::new(HostPathVolume),
-                "namespaces/pid" => Box::new(PidNamespace),
+                "namespaces/pid" => Box::new(PidNamespace::default()),
                 "namespaces/ipc" => Box::new(IpcNamespace),
                 "network/cni" => Box::new(Cni),
                 _ => Box::new(NotBuilt(*name)),
@@ -79,7 +79,9 @@ pub(crate) mod test_support {
     use k8s_cri::v1 as cri;
 
     use crate::cgroups::Cgroup;
-    use crate::isolators::chain::{ContainerPrep, Isolator, IsolatorError, NsMode, PodInfo};
+    use crate::isolators::chain::{
+        ContainerPeer, ContainerPrep, Isolator, IsolatorError, NsMode, PodInfo,
+    };
     use crate::provisioner::store::ImageRecord;
 
     pub const PASSWD: &str = "\
@@ -106,6 +108,8 @@ nogroup:x:65534:
         pub config: cri::ContainerConfig,
         pub image: ImageRecord,
         pub cgroup: Cgroup,
+        /// The other containers `prepare` sees (none unless a test adds some).
+        pub peers: Vec<ContainerPeer>,
     }
 
     impl Fixture {
@@ -158,6 +162,7 @@ nogroup:x:65534:
                 config: cri::ContainerConfig::default(),
                 image,
                 cgroup,
+                peers: Vec::new(),
             }
         }
 
@@ -198,6 +203,7 @@ nogroup:x:65534:
                 image: &self.image,
                 rootfs: &rootfs,
                 cgroup: &self.cgroup,
+                peers: &self.peers,
             };
             isolator.prepare(&prep, launch).await
         }

@@ -28,7 +28,7 @@ use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
 use crate::flags::Flags;
 use crate::inflight::Inflight;
-use crate::isolators::chain::{ContainerPrep, Isolator, NsMode, PodInfo};
+use crate::isolators::chain::{ContainerPeer, ContainerPrep, Isolator, NsMode, PodInfo};
 use crate::isolators::network::cni::{CniManager, PodNetwork};
 use crate::isolators::registry::{self, IsolatorContext};
 use crate::launcher::namespaces;

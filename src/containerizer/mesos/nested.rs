@@ -151,6 +151,7 @@ impl MesosContainerizer {
             exit_file: record.exit_file.clone(),
             ..Default::default()
         };
+        let peers = self.peers_of(&record.id);
         let prep = ContainerPrep {
             id: &record.id,
             pod: &pod.info,
@@ -158,6 +159,7 @@ impl MesosContainerizer {
             image: &provisioned.image,
             rootfs: &provisioned.rootfs,
             cgroup: &record.cgroup,
+            peers: &peers,
         };
         for isolator in &self.isolators {
             isolator.prepare(&prep, &mut launch).await?;
@@ -175,6 +177,28 @@ impl MesosContainerizer {
             other => return Err(unexpected(&other)),
         }
         Ok(())
+    }
+
+    /// Every container but `id`, as isolators see the others.
+    fn peers_of(&self, id: &str) -> Vec<ContainerPeer> {
+        let records: Vec<ContainerRecord> = self
+            .tables()
+            .containers
+            .values()
+            .filter(|c| c.id != id)
+            .cloned()
+            .collect();
+        // Exit files are read outside the tables' lock.
+        records
+            .into_iter()
+            .map(|c| ContainerPeer {
+                running: c.cri_state(&c.exit()) == cri::ContainerState::ContainerRunning,
+                id: c.id,
+                pod_id: c.pod_id,
+                pid: c.pid,
+                cgroup: c.cgroup,
+            })
+            .collect()
     }
 
     pub(super) async fn checkpoint_container(&self, record: &ContainerRecord) -> Result<()> {

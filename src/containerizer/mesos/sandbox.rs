@@ -107,7 +107,14 @@ impl MesosContainerizer {
         {
             cri::NamespaceMode::Pod => NsMode::Pod,
             cri::NamespaceMode::Node => NsMode::Node,
-            _ => NsMode::Container,
+            cri::NamespaceMode::Container => NsMode::Container,
+            // TARGET names a container, and a pod has none yet when it is created.
+            cri::NamespaceMode::Target => {
+                return Err(invalid(
+                    "config.linux.security_context.namespace_options.pid",
+                    "TARGET is only valid for containers, not for pod sandboxes",
+                ));
+            }
         };
         let dir = self.flags.runtime_dir.join("pods").join(id);
         let cgroup_parent = config
