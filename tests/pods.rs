@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use common::{Env, container, log_records, wait_for_log};
 use k8s_cri::v1 as cri;
-use test_support::require_root;
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn a_pod_with_two_containers_runs_talks_over_loopback_and_leaves_nothing() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -146,8 +145,8 @@ async fn a_pod_with_two_containers_runs_talks_over_loopback_and_leaves_nothing()
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn pod_pid_mode_shares_one_pid_namespace() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -188,8 +187,8 @@ async fn pod_pid_mode_shares_one_pid_namespace() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn identical_retries_return_the_same_id_and_different_configs_conflict() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -271,8 +270,8 @@ async fn identical_retries_return_the_same_id_and_different_configs_conflict() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn stop_uses_the_image_stop_signal() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.configured.reference();
     env.pull(&image).await;
@@ -305,8 +304,8 @@ async fn stop_uses_the_image_stop_signal() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn command_without_args_ignores_the_image_cmd() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.configured.reference();
     env.pull(&image).await;
@@ -363,8 +362,8 @@ async fn command_without_args_ignores_the_image_cmd() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn exec_sync_timeout_is_deadline_exceeded() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -390,8 +389,8 @@ async fn exec_sync_timeout_is_deadline_exceeded() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn logs_reopen_after_rotation_and_long_lines_split() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -481,8 +480,8 @@ async fn logs_reopen_after_rotation_and_long_lines_split() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn tty_output_is_logged_as_stdout() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -509,8 +508,8 @@ async fn tty_output_is_logged_as_stdout() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn devices_mounts_and_hosts_override() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -568,8 +567,8 @@ async fn devices_mounts_and_hosts_override() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn mount_propagation_rshared_and_rslave() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -678,8 +677,8 @@ async fn mount_propagation_rshared_and_rslave() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn list_containers_filters() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -776,8 +775,8 @@ async fn list_containers_filters() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn failures_undo_their_own_work() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -881,8 +880,8 @@ async fn failures_undo_their_own_work() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn containers_outlive_a_killed_daemon() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
