@@ -112,6 +112,14 @@ async fn a_pod_with_two_containers_runs_talks_over_loopback_and_leaves_nothing()
         info["pid"].as_i64().unwrap() as i32
     };
 
+    // Without a cgroup to look for, the leak check below could not fail.
+    let cgroup = info["cgroup"].as_str().unwrap().to_string();
+    let hierarchies = common::cgroup_hierarchies();
+    assert!(
+        hierarchies.iter().any(|h| h.join(&cgroup).is_dir()),
+        "the pod's cgroup {cgroup} is in none of {hierarchies:?}"
+    );
+
     env.stop_remove_pod(&pod_id).await;
     assert!(
         !common::process_alive(container_pid),
@@ -123,13 +131,8 @@ async fn a_pod_with_two_containers_runs_talks_over_loopback_and_leaves_nothing()
         Vec::<String>::new(),
         "no mount left"
     );
-    let cgroup = info["cgroup"].as_str().unwrap().to_string();
-    for hierarchy in [
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/unified",
-    ] {
-        let dir = std::path::Path::new(hierarchy).join(&cgroup);
+    for hierarchy in &hierarchies {
+        let dir = hierarchy.join(&cgroup);
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
     assert!(!env.daemon.runtime_dir().join("pods").join(&pod_id).exists());
