@@ -145,42 +145,90 @@ async fn rpcs_of_later_issues_answer_unimplemented() {
     );
 }
 
+/// Each step is shown by a flag the daemon acts on, set in every source down to the one
+/// that must lose, so the value in effect can only have come from the winner.
 #[tokio::test]
 async fn flag_beats_env_beats_file_beats_default() {
     let dir = tempfile::tempdir().unwrap();
+    let cni_dir = |name: &str, conflist: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("10-net.conflist"), conflist).unwrap();
+        path
+    };
+    let usable = r#"{"cniVersion":"1.0.0","name":"net","plugins":[{"type":"bridge"}]}"#;
+    let flag_cni = cni_dir("flag-cni", "not a network config");
+    let env_cni = cni_dir("env-cni", usable);
+    let file_cni = cni_dir("file-cni", usable);
+    let file_store = dir.path().join("file-store");
     let file = dir.path().join("config.yaml");
     std::fs::write(
         &file,
-        "cgroups_root: from-file\n\
-         fetcher_cache_size: 1GB\n\
-         logging_level: WARNING\n\
-         container_disk_watch_interval: 1mins\n\
-         network-cni-plugins-dir: /opt/file-plugins\n",
+        format!(
+            "network_cni_config_dir: {}\n\
+             logging_level: INFO\n\
+             docker-store-dir: {}\n",
+            file_cni.display(),
+            file_store.display()
+        ),
     )
     .unwrap();
     let daemon = Daemon::builder(BIN)
         .arg("--config")
         .arg(&file)
-        .arg("--cgroups-root=from-flag")
-        .env("CRI_MESOS_CGROUPS_ROOT", "from-env")
-        .env("CRI_MESOS_FETCHER_CACHE_SIZE", "512MB")
+        .arg(format!("--network-cni-config-dir={}", flag_cni.display()))
+        .env("CRI_MESOS_NETWORK_CNI_CONFIG_DIR", &env_cni)
+        .env("CRI_MESOS_LOGGING_LEVEL", "WARNING")
+        // It would override --logging_level.
+        .env_remove("RUST_LOG")
         .start()
         .await
         .unwrap();
-    let config = verbose_config(&daemon).await;
-    assert_eq!(
-        config["cgroups_root"], "from-flag",
-        "flag beats env and file"
-    );
-    assert_eq!(config["fetcher_cache_size"], 512u64 << 20, "env beats file");
-    assert_eq!(config["logging_level"], "WARNING", "file beats default");
-    assert_eq!(config["container_disk_watch_interval"], "60secs");
-    assert_eq!(
-        config["network_cni_plugins_dir"],
-        serde_json::json!(["/opt/file-plugins"])
-    );
-    assert_eq!(config["max_concurrent_downloads"], 3, "default");
-    assert_eq!(config["config_file"], file.display().to_string());
+
+    // Flag beats env and file: the flag's directory, whose only file is unusable, is the
+    // one NetworkReady reports on; either other directory would make the node ready.
+    let status = daemon
+        .runtime_client()
+        .await
+        .unwrap()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let network = status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!network.status, "{network:?}");
+    let broken = flag_cni.join("10-net.conflist").display().to_string();
+    assert!(network.message.contains(&broken), "{}", network.message);
+
+    // Env beats file: WARNING, not the file's INFO. The unusable config just read logged
+    // a warning; the INFO line of the start-up did not make it.
+    let log = daemon.log();
+    assert!(log.contains("CNI config ignored"), "{log}");
+    assert!(!log.contains("serving CRI v1"), "{log}");
+
+    // File beats default: the image store is the file's, not <work_dir>/store/docker.
+    let fs_info = daemon
+        .image_client()
+        .await
+        .unwrap()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mountpoints: Vec<String> = fs_info
+        .image_filesystems
+        .iter()
+        .filter_map(|f| f.fs_id.as_ref().map(|id| id.mountpoint.clone()))
+        .collect();
+    assert_eq!(mountpoints, [file_store.display().to_string()]);
+    assert!(file_store.join("layers").is_dir());
+    assert!(!daemon.work_dir().join("store/docker").exists());
 }
 
 /// Each bad value exits 2 before the socket exists, with a message naming the value.

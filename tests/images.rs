@@ -6,9 +6,7 @@ use std::path::Path;
 
 use common::{BIN, Env, container};
 use k8s_cri::v1 as cri;
-use test_support::{
-    Compression, Daemon, ImageBuilder, Layer, Registry, TarEntry, require_root, run_once,
-};
+use test_support::{Compression, Daemon, ImageBuilder, Layer, Registry, TarEntry, run_once};
 use tonic::Code;
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
@@ -37,8 +35,8 @@ fn layer_count(daemon: &Daemon) -> usize {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn every_harness_image_pulls_by_tag_and_digest() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let images: Vec<_> = env.images.images().into_iter().cloned().collect();
     for image in &images {
@@ -167,8 +165,8 @@ async fn every_harness_image_pulls_by_tag_and_digest() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn bad_references_and_missing_images_have_clear_codes() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let err = env
         .image
@@ -207,8 +205,8 @@ async fn bad_references_and_missing_images_have_clear_codes() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn mirrors_keep_the_original_name() {
-    require_root!();
     let registry = Registry::start().await.unwrap();
     let image =
         test_support::images::busybox_image(test_support::ManifestFormat::Oci, Compression::Gzip);
@@ -249,8 +247,8 @@ async fn mirrors_keep_the_original_name() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn the_local_directory_provider_serves_docker_save_archives() {
-    require_root!();
     let dir = tempfile::tempdir().unwrap();
     let image = test_support::images::busybox_image(
         test_support::ManifestFormat::Docker,
@@ -314,8 +312,8 @@ async fn the_local_directory_provider_serves_docker_save_archives() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn basic_auth_with_htpasswd() {
-    require_root!();
     let registry = Registry::start_with_auth("puller", "s3cret").await.unwrap();
     let images = test_support::push_all(&registry).await.unwrap();
     let daemon = Daemon::builder(BIN)
@@ -380,8 +378,8 @@ async fn basic_auth_with_htpasswd() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn concurrent_pulls_fetch_each_blob_once() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.layered.clone();
     let (mut a, mut b) = (env.image.clone(), env.image.clone());
@@ -421,8 +419,8 @@ async fn concurrent_pulls_fetch_each_blob_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn malicious_layers_leave_the_host_untouched() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let sentinel = tempfile::tempdir().unwrap();
     let target = sentinel.path().display().to_string();
@@ -507,8 +505,8 @@ async fn malicious_layers_leave_the_host_untouched() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn a_corrupted_blob_stores_nothing_and_staging_is_cleaned_at_start() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.layered.clone();
     // Corrupt one layer in the registry's own storage: it serves the bytes unchecked.
@@ -559,8 +557,8 @@ async fn a_corrupted_blob_stores_nothing_and_staging_is_cleaned_at_start() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn layers_go_with_the_last_image_and_container_using_them() {
-    require_root!();
     let mut env = Env::start(&[]).await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
@@ -627,8 +625,8 @@ async fn rootfs_of(
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn overlay_and_copy_honour_whiteouts() {
-    require_root!();
     for backend in ["overlay", "copy"] {
         let mut env = Env::start(&[&format!("--image_provisioner_backend={backend}")]).await;
         let image = env.images.layered.clone();
@@ -650,8 +648,8 @@ async fn overlay_and_copy_honour_whiteouts() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn bind_serves_one_layer_read_only_and_refuses_more() {
-    require_root!();
     let mut env = Env::start(&["--image_provisioner_backend=bind"]).await;
     let busybox = env.images.busybox.clone();
     let layered = env.images.layered.clone();

@@ -32,7 +32,8 @@ const RUN_ONCE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct DaemonBuilder {
     bin: PathBuf,
     args: Vec<OsString>,
-    envs: Vec<(OsString, OsString)>,
+    /// Set (`Some`) or removed (`None`), in order.
+    envs: Vec<(OsString, Option<OsString>)>,
     ready_timeout: Duration,
 }
 
@@ -53,7 +54,14 @@ impl DaemonBuilder {
     /// An environment variable of the daemon (the rest is inherited, e.g. `RUST_LOG`).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.envs
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// An inherited environment variable the daemon must not see (say, `RUST_LOG`, which
+    /// overrides `--logging_level`).
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.envs.push((key.as_ref().to_owned(), None));
         self
     }
 
@@ -228,10 +236,15 @@ impl Daemon {
             .arg(&self.runtime_dir)
             .arg("--http_address=127.0.0.1:0")
             .args(&self.config.args)
-            .envs(self.config.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        for (key, value) in &self.config.envs {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
         let child = crate::spawn_tied(cmd)
             .with_context(|| format!("spawn {}", self.config.bin.display()))?;
         self.child = Some(child);

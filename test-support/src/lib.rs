@@ -11,7 +11,9 @@
 //!   tars; `docker save` archives.
 //! - [`Daemon`]: the `cri-mesos` binary as a child process in a private temp dir, with CRI
 //!   clients over its unix socket, graceful stop, crash (`kill9`) and restart.
-//! - [`require_root!`]: skip a test, loudly, when not running as root.
+//! - Root-only tests are `#[ignore = "needs root"]`, so that a run without root counts
+//!   them as ignored instead of passing them; `cargo test -- --include-ignored` as root
+//!   runs them (hack/test.sh does).
 //!
 //! Everything async is meant for `#[tokio::test]`; child processes are `std::process` children
 //! so `Drop` can kill and reap them synchronously, even while a test panics.
@@ -37,28 +39,6 @@ use std::sync::{Mutex, OnceLock, mpsc};
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Skips the current test (returns early) with a printed reason unless running as root.
-///
-/// `require_root!()` in a test returning `()`, `require_root!(Ok(()))` in one returning a
-/// `Result`. A skip is printed rather than silently passed so a non-root CI run is visible.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        $crate::require_root!(())
-    };
-    ($ret:expr) => {
-        if !$crate::is_root() {
-            eprintln!(
-                "SKIPPED {} ({}:{}): needs root (euid 0)",
-                module_path!(),
-                file!(),
-                line!()
-            );
-            return $ret;
-        }
-    };
 }
 
 /// The host architecture in GOARCH spelling, as used in image configs and index platforms.
@@ -159,22 +139,6 @@ pub(crate) fn kill_and_reap(child: &mut Child) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn require_root_works_in_unit_and_result_tests() {
-        fn unit(reached: &mut bool) {
-            crate::require_root!();
-            *reached = true;
-        }
-        fn result() -> Result<bool, ()> {
-            crate::require_root!(Ok(false));
-            Ok(true)
-        }
-        let mut reached = false;
-        unit(&mut reached);
-        assert_eq!(reached, crate::is_root());
-        assert_eq!(result(), Ok(crate::is_root()));
-    }
-
     #[test]
     fn arches_are_goarch_and_differ() {
         assert_ne!(crate::host_arch(), crate::other_arch());

@@ -286,6 +286,17 @@ pub async fn wait_for_log(path: &Path, timeout: Duration, check: impl Fn(&str) -
     }
 }
 
+/// Every mounted cgroup hierarchy: each cgroup v1 mount, controllers and named ones
+/// (`name=systemd`) alike, and the cgroup2 mount, wherever this machine has them.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    cri_mesos_supervisor::mountinfo::read()
+        .expect("read /proc/self/mountinfo")
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
+        .collect()
+}
+
 pub fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))

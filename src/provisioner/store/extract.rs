@@ -1511,9 +1511,9 @@ mod tests {
         s.assert_outside_untouched();
     }
 
-    #[test]
-    fn metadata_is_preserved() {
-        let s = Sandbox::new();
+    /// Every kind of entry with its metadata; device nodes only with `devices` (mknod
+    /// needs root, and without it they are skipped).
+    fn metadata_layer(devices: bool) -> Vec<u8> {
         let mut tar = Tar::new();
         tar.raw("bin/", b'5', 0o755, (0, 0), MTIME + 1, "", (0, 0), b"")
             .raw(
@@ -1585,12 +1585,18 @@ mod tests {
             .raw("x", b'0', 0o600, (0, 0), MTIME, "", (0, 0), b"xattr")
             .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")])
             .raw("y", b'0', 0o600, (0, 0), MTIME, "", (0, 0), b"");
-        if root() {
+        if devices {
             tar.raw("dev/null", b'3', 0o666, (0, 0), MTIME, "", (1, 3), b"")
                 .raw("dev/sda", b'4', 0o660, (0, 6), MTIME, "", (8, 0), b"");
         }
         tar.raw("fifo", b'6', 0o620, (0, 0), MTIME + 11, "", (0, 0), b"");
-        let summary = s.unpack(&tar.finish()).unwrap();
+        tar.finish()
+    }
+
+    #[test]
+    fn metadata_is_preserved() {
+        let s = Sandbox::new();
+        let summary = s.unpack(&metadata_layer(root())).unwrap();
 
         let meta = |p: &str| fs::symlink_metadata(s.rootfs.join(p)).unwrap();
         assert_eq!(meta("bin").mode() & 0o7777, 0o755);
@@ -1632,23 +1638,6 @@ mod tests {
             xattrs.is_empty(),
             "a layer's own overlay xattrs are dropped: {xattrs:?}"
         );
-        if root() {
-            assert_eq!((meta("home/u").uid(), meta("home/u").gid()), (1234, 5678));
-            assert_eq!(
-                (meta("home/u/file").uid(), meta("home/u/file").gid()),
-                (1234, 5678)
-            );
-            assert_eq!(
-                (meta("bin/sh").uid(), meta("bin/sh").gid()),
-                (1234, 5678),
-                "lchown"
-            );
-            assert!(meta("dev/null").file_type().is_char_device());
-            assert_eq!(meta("dev/null").rdev(), stat::makedev(1, 3));
-            assert_eq!(meta("dev/null").mode() & 0o7777, 0o666);
-            assert!(meta("dev/sda").file_type().is_block_device());
-            assert_eq!(meta("dev/sda").gid(), 6);
-        }
         assert_eq!(summary.size_bytes, 4 + 4 + 2 + 5);
         assert!(summary.whiteouts.is_empty() && summary.opaque_dirs.is_empty());
         // 5 files, 5 dirs (bin tmp home home/u ro), symlink, fifo, not the hardlink; as root
@@ -1657,14 +1646,35 @@ mod tests {
         assert_eq!(summary.entries, expected);
     }
 
+    #[test]
+    #[ignore = "needs root"]
+    fn owners_and_device_nodes_are_preserved() {
+        let s = Sandbox::new();
+        s.unpack(&metadata_layer(true)).unwrap();
+        let meta = |p: &str| fs::symlink_metadata(s.rootfs.join(p)).unwrap();
+        assert_eq!((meta("home/u").uid(), meta("home/u").gid()), (1234, 5678));
+        assert_eq!(
+            (meta("home/u/file").uid(), meta("home/u/file").gid()),
+            (1234, 5678)
+        );
+        assert_eq!(
+            (meta("bin/sh").uid(), meta("bin/sh").gid()),
+            (1234, 5678),
+            "lchown"
+        );
+        assert!(meta("dev/null").file_type().is_char_device());
+        assert_eq!(meta("dev/null").rdev(), stat::makedev(1, 3));
+        assert_eq!(meta("dev/null").mode() & 0o7777, 0o666);
+        assert!(meta("dev/sda").file_type().is_block_device());
+        assert_eq!(meta("dev/sda").gid(), 6);
+    }
+
     fn open_dir_for(path: &Path) -> OwnedFd {
         nix::fcntl::open(path, dir_flags(), Mode::empty()).unwrap()
     }
 
-    #[test]
-    fn whiteouts_are_converted_and_recorded() {
-        let s = Sandbox::new();
-        let tar = Tar::new()
+    fn whiteout_layer() -> Vec<u8> {
+        Tar::new()
             .dir("etc", 0o755)
             .file("etc/.wh.passwd", 0o644, b"")
             .dir("var/lib", 0o755)
@@ -1673,8 +1683,13 @@ mod tests {
             .file(".wh.gone", 0o644, b"")
             .file(".wh..wh.plnk/123.456", 0o644, b"aufs hardlink store")
             .file(".wh..wh.aufs", 0o644, b"")
-            .finish();
-        let summary = s.unpack(&tar).unwrap();
+            .finish()
+    }
+
+    #[test]
+    fn whiteouts_are_converted_and_recorded() {
+        let s = Sandbox::new();
+        let summary = s.unpack(&whiteout_layer()).unwrap();
         assert_eq!(
             summary.whiteouts,
             vec![PathBuf::from("etc/passwd"), PathBuf::from("gone")]
@@ -1691,27 +1706,32 @@ mod tests {
             "{names:?}"
         );
         assert!(!s.rootfs.join("etc/.wh.passwd").exists());
-        if root() {
-            let wh = fs::symlink_metadata(s.rootfs.join("etc/passwd")).unwrap();
-            assert!(wh.file_type().is_char_device());
-            assert_eq!(wh.rdev(), 0);
-            assert!(
-                fs::symlink_metadata(s.rootfs.join("gone"))
-                    .unwrap()
-                    .file_type()
-                    .is_char_device()
-            );
-            let x = get_xattrs_at(open_dir_for(&s.rootfs).as_fd(), b"var/lib").unwrap();
-            assert_eq!(
-                x,
-                vec![(CString::new(OVERLAY_OPAQUE_XATTR).unwrap(), b"y".to_vec())]
-            );
-        }
         assert_eq!(fs::read(s.rootfs.join("var/lib/new")).unwrap(), b"n");
         let json = serde_json::to_string(&summary).unwrap();
         assert_eq!(
             serde_json::from_str::<LayerSummary>(&json).unwrap(),
             summary
+        );
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn whiteouts_become_overlay_whiteouts_and_opaque_xattrs() {
+        let s = Sandbox::new();
+        s.unpack(&whiteout_layer()).unwrap();
+        let wh = fs::symlink_metadata(s.rootfs.join("etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(wh.rdev(), 0);
+        assert!(
+            fs::symlink_metadata(s.rootfs.join("gone"))
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        let x = get_xattrs_at(open_dir_for(&s.rootfs).as_fd(), b"var/lib").unwrap();
+        assert_eq!(
+            x,
+            vec![(CString::new(OVERLAY_OPAQUE_XATTR).unwrap(), b"y".to_vec())]
         );
     }
 

@@ -682,14 +682,12 @@ echo 'it broke' >&2; echo '{{"cniVersion":"1.0.0","code":11,"msg":"boom"}}'; exi
             "{text}"
         );
 
-        let started = std::time::Instant::now();
         let err = invoker
             .add(&list(json!([{"type": "hangs"}])), target, &args)
             .await
             .unwrap_err();
         assert!(matches!(err, PluginError::Timeout { .. }), "{err}");
         assert!(err.to_string().contains("plugin hangs ADD"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5));
         let sleeper: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
             .trim()
