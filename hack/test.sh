@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, unit and end-to-end tests through
-# the CRI socket (root-only tests skip when not root).
+# the CRI socket, then critest (root-only tests are ignored when not root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/install-deps.sh
