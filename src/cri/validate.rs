@@ -67,11 +67,17 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
             ("pid", options.pid),
             ("ipc", options.ipc),
         ] {
-            if cri::NamespaceMode::try_from(mode).is_err() {
-                return Err(invalid(
-                    format!("config.linux.security_context.namespace_options.{field}"),
-                    format!("unknown namespace mode {mode}"),
-                ));
+            let field = format!("config.linux.security_context.namespace_options.{field}");
+            match cri::NamespaceMode::try_from(mode) {
+                Err(_) => return Err(invalid(field, format!("unknown namespace mode {mode}"))),
+                // TARGET names another container: a pod has none to share with.
+                Ok(cri::NamespaceMode::Target) => {
+                    return Err(invalid(
+                        field,
+                        "TARGET is for containers, not pod sandboxes",
+                    ));
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -84,6 +90,41 @@ pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
         log_path(&config.log_path).map_err(|r| invalid("config.log_path", r))?;
     }
     sizes("config", &config.labels, &config.annotations)?;
+    if let Some(options) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+    {
+        let field = "config.linux.security_context.namespace_options";
+        for (name, mode) in [
+            ("network", options.network),
+            ("pid", options.pid),
+            ("ipc", options.ipc),
+        ] {
+            match cri::NamespaceMode::try_from(mode) {
+                Err(_) => {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        format!("unknown namespace mode {mode}"),
+                    ));
+                }
+                Ok(cri::NamespaceMode::Target) if name != "pid" => {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        "TARGET is only supported for the pid namespace",
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        if options.pid == cri::NamespaceMode::Target as i32 && options.target_id.is_empty() {
+            return Err(invalid(
+                format!("{field}.target_id"),
+                "must name the target container when pid is TARGET",
+            ));
+        }
+    }
     for (i, mount) in config.mounts.iter().enumerate() {
         container_path(&mount.container_path)
             .map_err(|r| invalid(format!("config.mounts[{i}].container_path"), r))?;
