@@ -5,6 +5,7 @@
 //! CRI volumes are `volume/host_path`'s; this isolator only steps aside where one of them
 //! lands on a path the runtime would otherwise fill (kubelet brings its own /etc/hosts).
 
+use crate::quote::quote;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -163,7 +164,7 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
         if !host.is_absolute() {
             return Err(invalid(
                 "host_path",
-                format!("{:?} is not an absolute path", device.host_path),
+                format!("{} is not an absolute path", quote(&device.host_path)),
             ));
         }
         if let Some(bad) = device
@@ -174,8 +175,8 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
             return Err(invalid(
                 "permissions",
                 format!(
-                    "{:?}: unknown permission {bad:?} (expected a combination of r, w, m)",
-                    device.permissions
+                    "{}: unknown permission {bad:?} (expected a combination of r, w, m)",
+                    quote(&device.permissions)
                 ),
             ));
         }
@@ -184,7 +185,7 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(invalid(
                     "host_path",
-                    format!("device {:?} does not exist", device.host_path),
+                    format!("device {} does not exist", quote(&device.host_path)),
                 ));
             }
             Err(e) => {
@@ -201,7 +202,7 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
         } else {
             return Err(invalid(
                 "host_path",
-                format!("{:?} is not a device node", device.host_path),
+                format!("{} is not a device node", quote(&device.host_path)),
             ));
         };
         let container_path = if device.container_path.is_empty() {
