@@ -34,6 +34,7 @@ export PATH=$TOOLS:$PATH
 
 log() { echo "critest: $*" >&2; }
 
+python3 hack/critest-judge.py selftest >&2
 hack/install-deps.sh
 # Go comes from bookworm-backports: this script adds the suite and installs it when missing.
 "$SHARED/build-cri-tools.sh" "$TOOLS" >&2
