@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod docker;
 pub mod filesystem;
+pub mod linux;
 pub mod namespaces;
 pub mod network;
 pub mod registry;
@@ -226,7 +227,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "linux/capabilities",
         stage: Stage::Misc,
-        built: false,
+        built: true,
     },
     Known {
         name: "linux/devices",
@@ -256,6 +257,10 @@ const ALIASES: &[(&str, &[&str])] = &[
 /// are left out silently: they are implied, not asked for.
 const IMPLIED_BY_FILESYSTEM_LINUX: &[&str] =
     &["volume/image", "volume/host_path", "volume/sandbox_path"];
+
+/// Isolators every chain has, named or not: they apply CRI fields that must never be
+/// silently ignored (capabilities, privileged).
+const ALWAYS: &[&str] = &["linux/capabilities"];
 
 /// A known Mesos isolator name (always one of [`CATALOG`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -356,6 +361,12 @@ pub fn select(isolation: &str) -> Result<Vec<IsolatorName>, SelectionError> {
     if networks.is_empty() {
         asked.push(catalog_entry("network/cni").expect("in catalog"));
     }
+    // The CRI's security fields always apply: what applies them cannot be left out.
+    for implied in ALWAYS {
+        if !asked.iter().any(|k| k.name == *implied) {
+            asked.push(catalog_entry(implied).expect("in catalog"));
+        }
+    }
     if asked.iter().any(|k| k.name == "filesystem/linux") {
         for implied in IMPLIED_BY_FILESYSTEM_LINUX {
             let known = catalog_entry(implied).expect("in catalog");
@@ -388,7 +399,8 @@ mod tests {
                 "docker/runtime",
                 "volume/host_path",
                 "namespaces/pid",
-                "network/cni"
+                "network/cni",
+                "linux/capabilities"
             ]
         );
     }
@@ -397,7 +409,22 @@ mod tests {
     fn defaults_are_added() {
         assert_eq!(
             names(&select("namespaces/pid").unwrap()),
-            ["filesystem/posix", "namespaces/pid", "network/cni"]
+            [
+                "filesystem/posix",
+                "namespaces/pid",
+                "network/cni",
+                "linux/capabilities"
+            ]
+        );
+        // Naming an implied isolator is allowed; it is not there twice.
+        assert_eq!(
+            names(&select("namespaces/pid,linux/capabilities").unwrap()),
+            [
+                "filesystem/posix",
+                "namespaces/pid",
+                "network/cni",
+                "linux/capabilities"
+            ]
         );
     }
 

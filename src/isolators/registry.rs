@@ -9,6 +9,7 @@ use super::IsolatorName;
 use super::chain::{ContainerPrep, Isolator, IsolatorError};
 use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
+use super::linux::capabilities::LinuxCapabilities;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
@@ -38,6 +39,7 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "namespaces/pid" => Box::new(PidNamespace::default()),
                 "namespaces/ipc" => Box::new(IpcNamespace),
                 "network/cni" => Box::new(Cni),
+                "linux/capabilities" => Box::new(LinuxCapabilities),
                 _ => Box::new(NotBuilt(*name)),
             }
         })

@@ -1,0 +1,3 @@
+//! Linux isolators (Mesos's `linux/*`): what the kernel grants a container's processes.
+
+pub mod capabilities;
