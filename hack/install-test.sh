@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Tests hack/install.sh on this machine: installs into a temp root with its own socket,
+# dirs and cgroups (nothing collides with a daemon or test already running), starts the
+# daemon without systemd (the documented fallback), asks it `crictl version`, restarts
+# it, uninstalls with --purge, and fails when anything is left: processes, mounts,
+# files, cgroups. Needs root (the daemon makes shared mounts) and crictl.
+# Env: BIN_DIR (default target/debug, built by hack/test.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-test: not run (needs root: the daemon makes shared mounts)" >&2
+  exit 0
+fi
+command -v crictl >/dev/null || ../shared/critest/build-cri-tools.sh
+bin_dir=${BIN_DIR:-target/debug}
+[ -x "$bin_dir/cri-mesos" ] || cargo build --bin cri-mesos --bin cri-mesos-supervisor
+
+root=$(mktemp -d /var/tmp/cri-mesos-install-test.XXXXXX)
+tag=cmit$$
+sock=$root/run/cri-mesos/cri-mesos.sock
+inst=(hack/install.sh --root "$root")
+cleanup() {
+  "${inst[@]}" uninstall --purge >/dev/null 2>&1 || true
+  rm -rf "$root"
+}
+trap cleanup EXIT
+fail() { echo "install-test: FAIL: $*" >&2; exit 1; }
+
+"${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
+  --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" \
+  --flag network_cni_config_dir="$root/etc/cni/net.d"
+for f in opt/cri-mesos/bin/cri-mesos opt/cri-mesos/bin/cri-mesos-supervisor etc/cri-mesos/config.yaml \
+  etc/systemd/system/cri-mesos.service; do
+  [ -f "$root/$f" ] || fail "$f not installed"
+done
+grep -q "^ExecStart=$root/opt/cri-mesos/bin/cri-mesos --config $root/etc/cri-mesos/config.yaml\$" \
+  "$root/etc/systemd/system/cri-mesos.service" || fail "the unit does not start the installed binary"
+pid=$(cat "$root/run/cri-mesos.pid")
+[ "$(readlink "/proc/$pid/exe")" = "$root/opt/cri-mesos/bin/cri-mesos" ] || fail "pid $pid is not the installed daemon"
+grep -q "$tag-daemon" "/proc/$pid/cgroup" || fail "the daemon is not in its own cgroup: $(cat "/proc/$pid/cgroup")"
+
+crictl --runtime-endpoint "unix://$sock" --timeout 10s version | tee /dev/stderr | grep -q 'RuntimeName:  *cri-mesos' ||
+  fail "crictl version did not answer cri-mesos"
+"${inst[@]}" status
+
+# install again = upgrade: binaries replaced under the running daemon, which restarts.
+"${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
+  --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" \
+  --flag network_cni_config_dir="$root/etc/cni/net.d"
+new=$(cat "$root/run/cri-mesos.pid")
+[ "$new" != "$pid" ] || fail "a reinstall did not restart the daemon"
+crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "no answer after the reinstall"
+
+# watch restarts a daemon that died, as systemd's Restart=on-failure would.
+kill -KILL "$new"
+timeout 20 "${inst[@]}" watch & watch=$!
+for _ in $(seq 1 100); do
+  p=$(cat "$root/run/cri-mesos.pid" 2>/dev/null || true)
+  [ -n "$p" ] && [ "$p" != "$new" ] && [ -S "$sock" ] && break
+  sleep 0.1
+done
+kill -TERM "$watch"; wait "$watch" || true
+crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "watch did not restart the daemon"
+
+"${inst[@]}" uninstall --purge
+
+left=()
+for p in /proc/[0-9]*; do
+  exe=$(readlink "$p/exe" 2>/dev/null || true)
+  [[ $exe == "$root"/* ]] && left+=("process ${p#/proc/} ($exe)")
+done
+while read -r m; do left+=("mount $m"); done < <(awk -v d="$root" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo)
+while read -r f; do left+=("file $f"); done < <(find "$root" -mindepth 1 \( -not -type d -o -name '*cri-mesos*' \))
+while read -r c; do left+=("cgroup $c"); done < <(find /sys/fs/cgroup -maxdepth 3 -type d -name "$tag*" 2>/dev/null)
+if [ "${#left[@]}" -gt 0 ]; then
+  printf 'install-test: left behind: %s\n' "${left[@]}" >&2
+  exit 1
+fi
+echo "install-test: installed, started, answered, restarted, uninstalled; nothing left"
