@@ -3,6 +3,7 @@
 # Kubernetes node, where the chart's installer image runs this very script.
 #
 #   install.sh install [--bin-dir DIR] [--config FILE] [--flag KEY=VALUE]... [--no-start]
+#                      [--certs DIR] [--cni-config FILE --cni-file NAME]
 #   install.sh start | stop | restart | status | watch
 #   install.sh uninstall [--purge]
 #
@@ -24,7 +25,9 @@
 # log file; `watch` (the chart's long-running container) restarts it when it dies, as
 # systemd's Restart=on-failure would. uninstall removes the pods (through crictl when it
 # is there), stops the daemon, unmounts the dirs it made shared and removes every file it
-# installed; --purge also removes the work and runtime dirs (images, checkpoints) and the
+# installed; --certs DIR installs DIR/cert-HOST.crt as <config-dir>/certs/HOST.crt (the
+# chart's registry CAs) and --cni-config a CNI network config into the daemon's
+# --network_cni_config_dir; --purge also removes the work and runtime dirs (images, checkpoints) and the
 # daemon's cgroups.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,9 @@ cgroup=
 bin_dir=
 config_src=
 flags=()
+certs=
+cni_config=
+cni_file=
 start=1
 purge=
 while [ $# -gt 0 ]; do
@@ -55,6 +61,9 @@ while [ $# -gt 0 ]; do
     --bin-dir) bin_dir=$2; shift ;;
     --config) config_src=$2; shift ;;
     --flag) flags+=("$2"); shift ;;
+    --certs) certs=$2; shift ;;
+    --cni-config) cni_config=$2; shift ;;
+    --cni-file) cni_file=$2; shift ;;
     --no-start) start= ;;
     --purge) purge=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -224,6 +233,21 @@ do_install() {
   CGROUPS_HIERARCHY=$(config_value cgroups_hierarchy /sys/fs/cgroup)
   CGROUPS_ROOT=$(config_value cgroups_root cri-mesos)
   CGROUP=$cgroup
+  CERTS=
+  if [ -n "$certs" ] && compgen -G "$certs/cert-*.crt" >/dev/null; then
+    CERTS=$config_dir/certs
+    mkdir -p "$CERTS"
+    for c in "$certs"/cert-*.crt; do
+      n=${c##*/cert-}
+      install -m 0644 "$c" "$CERTS/.$n.new" && mv -f "$CERTS/.$n.new" "$CERTS/$n"
+    done
+  fi
+  CNI_FILE=
+  if [ -n "$cni_config" ]; then
+    CNI_FILE=$(config_value network_cni_config_dir /etc/cni/net.d)/${cni_file:-10-cri-mesos.conflist}
+    mkdir -p "$(dirname "$CNI_FILE")"
+    install -m 0644 "$cni_config" "$CNI_FILE.new" && mv -f "$CNI_FILE.new" "$CNI_FILE"
+  fi
   LOG=$root/var/log/cri-mesos.log
   PIDFILE=$root/run/cri-mesos.pid
 
@@ -234,7 +258,7 @@ do_install() {
     "$here/cri-mesos.service" >"$UNIT"
   {
     echo "# Written by install.sh install; read by its other subcommands."
-    for v in MANAGER PREFIX UNIT LISTEN WORK_DIR RUNTIME_DIR CGROUPS_HIERARCHY CGROUPS_ROOT CGROUP LOG PIDFILE; do
+    for v in MANAGER PREFIX UNIT CERTS CNI_FILE LISTEN WORK_DIR RUNTIME_DIR CGROUPS_HIERARCHY CGROUPS_ROOT CGROUP LOG PIDFILE; do
       printf '%s=%q\n' "$v" "${!v}"
     done
   } >"$config_dir/install.env"
@@ -284,6 +308,8 @@ do_uninstall() {
     CGROUP=$CGROUPS_ROOT
     for cg in $(daemon_cgroups); do rmdir_tree "$cg"; done
   fi
+  [ -n "$CNI_FILE" ] && rm -f "$CNI_FILE"
+  [ -n "$CERTS" ] && rm -rf "$CERTS"
   rm -f "$config_dir/config.yaml" "$config_dir/install.env"
   rmdir "$config_dir" 2>/dev/null || true
   echo "uninstalled cri-mesos${purge:+ (work and runtime dirs purged)}"
