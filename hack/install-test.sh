@@ -24,13 +24,18 @@ cleanup() {
   rm -rf "$root"
 }
 trap cleanup EXIT
+# What the chart's ConfigMap hands the installer: a registry CA and a CNI network.
+src=$(mktemp -d)
+trap 'cleanup; rm -rf "$src"' EXIT
+printf '%s\n' '-----BEGIN CERTIFICATE-----' '-----END CERTIFICATE-----' >"$src/cert-127.0.0.1_5000.crt"
+echo '{"cniVersion": "1.0.0", "name": "install-test", "plugins": [{"type": "loopback"}]}' >"$src/cni"
 fail() { echo "install-test: FAIL: $*" >&2; exit 1; }
 
 "${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
   --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" \
-  --flag network_cni_config_dir="$root/etc/cni/net.d"
+  --flag network_cni_config_dir="$root/etc/cni/net.d" --certs "$src" --cni-config "$src/cni" --cni-file 10-test.conflist
 for f in opt/cri-mesos/bin/cri-mesos opt/cri-mesos/bin/cri-mesos-supervisor etc/cri-mesos/config.yaml \
-  etc/systemd/system/cri-mesos.service; do
+  etc/systemd/system/cri-mesos.service etc/cri-mesos/certs/127.0.0.1_5000.crt etc/cni/net.d/10-test.conflist; do
   [ -f "$root/$f" ] || fail "$f not installed"
 done
 grep -q "^ExecStart=$root/opt/cri-mesos/bin/cri-mesos --config $root/etc/cri-mesos/config.yaml\$" \
@@ -42,6 +47,8 @@ grep -q "$tag-daemon" "/proc/$pid/cgroup" || fail "the daemon is not in its own 
 crictl --runtime-endpoint "unix://$sock" --timeout 10s version | tee /dev/stderr | grep -q 'RuntimeName:  *cri-mesos' ||
   fail "crictl version did not answer cri-mesos"
 "${inst[@]}" status
+crictl --runtime-endpoint "unix://$sock" --timeout 10s info | jq -e '.status.conditions[] | select(.type == "NetworkReady") | .status' >/dev/null ||
+  fail "no NetworkReady condition"
 
 # install again = upgrade: binaries replaced under the running daemon, which restarts.
 "${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \

@@ -191,6 +191,8 @@ do_stop() {
 }
 
 do_install() {
+  # A reinstall drops what the last one installed and this one does not.
+  local old_certs=${CERTS:-} old_cni=${CNI_FILE:-}
   if [ -z "$bin_dir" ]; then
     # In the installer image the binaries sit beside this script; in a checkout, in the
     # release build.
@@ -236,11 +238,12 @@ do_install() {
   CERTS=
   if [ -n "$certs" ] && compgen -G "$certs/cert-*.crt" >/dev/null; then
     CERTS=$config_dir/certs
-    mkdir -p "$CERTS"
-    for c in "$certs"/cert-*.crt; do
-      n=${c##*/cert-}
-      install -m 0644 "$c" "$CERTS/.$n.new" && mv -f "$CERTS/.$n.new" "$CERTS/$n"
-    done
+    # The whole set is replaced: a CA dropped from the values goes too.
+    rm -rf "$CERTS.new"
+    mkdir -p "$CERTS.new"
+    for c in "$certs"/cert-*.crt; do install -m 0644 "$c" "$CERTS.new/${c##*/cert-}"; done
+    rm -rf "$CERTS"
+    mv "$CERTS.new" "$CERTS"
   fi
   CNI_FILE=
   if [ -n "$cni_config" ]; then
@@ -248,6 +251,8 @@ do_install() {
     mkdir -p "$(dirname "$CNI_FILE")"
     install -m 0644 "$cni_config" "$CNI_FILE.new" && mv -f "$CNI_FILE.new" "$CNI_FILE"
   fi
+  if [ -n "$old_cni" ] && [ "$old_cni" != "$CNI_FILE" ]; then rm -f "$old_cni"; fi
+  if [ -n "$old_certs" ] && [ -z "$CERTS" ]; then rm -rf "$old_certs"; fi
   LOG=$root/var/log/cri-mesos.log
   PIDFILE=$root/run/cri-mesos.pid
 
