@@ -190,6 +190,9 @@ do_stop() {
   host rm -f "$PIDFILE"
 }
 
+# put MODE SRC DEST: install(1) without it, which the image's busybox lacks.
+put() { cp -f "$2" "$3" && chmod "$1" "$3"; }
+
 do_install() {
   # A reinstall drops what the last one installed and this one does not.
   local old_certs=${CERTS:-} old_cni=${CNI_FILE:-}
@@ -213,11 +216,11 @@ do_install() {
   # Through a temporary name and a rename: a running daemon keeps its old inode, and
   # cp over a busy executable fails with ETXTBSY.
   for b in cri-mesos cri-mesos-supervisor; do
-    install -m 0755 "$bin_dir/$b" "$PREFIX/bin/.$b.new"
+    put 0755 "$bin_dir/$b" "$PREFIX/bin/.$b.new"
     mv -f "$PREFIX/bin/.$b.new" "$PREFIX/bin/$b"
   done
   if [ -n "$config_src" ]; then
-    install -m 0644 "$config_src" "$config_dir/.config.yaml.new"
+    put 0644 "$config_src" "$config_dir/.config.yaml.new"
   else
     {
       echo "# Written by hack/install.sh; keys are cri-mesos's flag names (README, Configuration)."
@@ -241,7 +244,7 @@ do_install() {
     # The whole set is replaced: a CA dropped from the values goes too.
     rm -rf "$CERTS.new"
     mkdir -p "$CERTS.new"
-    for c in "$certs"/cert-*.crt; do install -m 0644 "$c" "$CERTS.new/${c##*/cert-}"; done
+    for c in "$certs"/cert-*.crt; do put 0644 "$c" "$CERTS.new/${c##*/cert-}"; done
     rm -rf "$CERTS"
     mv "$CERTS.new" "$CERTS"
   fi
@@ -249,7 +252,7 @@ do_install() {
   if [ -n "$cni_config" ]; then
     CNI_FILE=$(config_value network_cni_config_dir /etc/cni/net.d)/${cni_file:-10-cri-mesos.conflist}
     mkdir -p "$(dirname "$CNI_FILE")"
-    install -m 0644 "$cni_config" "$CNI_FILE.new" && mv -f "$CNI_FILE.new" "$CNI_FILE"
+    put 0644 "$cni_config" "$CNI_FILE.new" && mv -f "$CNI_FILE.new" "$CNI_FILE"
   fi
   if [ -n "$old_cni" ] && [ "$old_cni" != "$CNI_FILE" ]; then rm -f "$old_cni"; fi
   if [ -n "$old_certs" ] && [ -z "$CERTS" ]; then rm -rf "$old_certs"; fi

@@ -28,12 +28,16 @@ cleanup() {
     kill -TERM "$daemon_pid" 2>/dev/null || true
     wait "$daemon_pid" 2>/dev/null || true
   fi
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; fi
   # The daemon made its dirs shared bind mounts of themselves.
   awk -v d="$t/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
     while read -r m; do umount -l "$m" || true; done
-  find /sys/fs/cgroup -maxdepth 3 -depth -type d -name "$tag*" -exec rmdir {} + 2>/dev/null || true
+  # The outer daemon's --cgroups_root: it removes its pods' cgroups, not the root.
+  for c in $(find /sys/fs/cgroup -maxdepth 2 -type d -name "$tag" 2>/dev/null); do
+    find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
   rm -rf "$t"
+  daemon_pid= reg_pid=
 }
 trap cleanup EXIT
 
@@ -89,4 +93,53 @@ grep -q "$version\$" <<<"$log" || fail "no '$version' in the container's log"
 grep -q "Installs cri-mesos on a host" <<<"$log" || fail "install.sh did not run in the image"
 grep -q "nsenter from util-linux" <<<"$log" || fail "nsenter did not run in the image"
 crictl stopp "$pod" >/dev/null && crictl rmp "$pod" >/dev/null
-echo "installer-image-test: built, pushed to $reg, pulled and run by cri-mesos"
+
+# The chart's installer, as its init container runs it: a privileged container of the
+# image, host PID and network, the host's paths mounted at the same paths, installs a
+# second daemon on the host through nsenter (direct mode: no systemd here), which must
+# keep running when the pod is gone. Everything is below $t/host with its own socket,
+# dirs and cgroups; --root only keeps the pid and log files there too.
+h=$t/host
+mkdir -p "$h/chart"
+cat >"$h/chart/config.yaml" <<EOC
+listen: $h/run/cri-mesos/cri-mesos.sock
+work_dir: $h/var/lib/cri-mesos
+runtime_dir: $h/run/cri-mesos
+network_cni_config_dir: $h/etc/cni/net.d
+http_address: 127.0.0.1:0
+cgroups_root: $tag-inner
+EOC
+jq -n --arg d "$t/logs" '{metadata: {name: "installer-chart", namespace: "test", uid: "installer-2"},
+  log_directory: $d, linux: {security_context: {namespace_options: {network: 2, pid: 2}}}}' >"$t/pod2.json"
+# The chart enters pid 1's namespaces; this test enters its own shell's, which are the
+# host's too: where pid 1 is a sandbox's init (as on CI's VMs) its namespaces may not be
+# opened, even by root.
+jq -n --arg i "$image" --arg h "$h" --arg tag "$tag" --arg host_pid "$$" '{metadata: {name: "install"}, image: {image: $i},
+  log_path: "install.log", mounts: [{container_path: $h, host_path: $h}],
+  linux: {security_context: {privileged: true, namespace_options: {network: 2, pid: 2}}},
+  command: ["/opt/cri-mesos-installer/install.sh", "install", "--root", $h,
+    "--host-exec", ("nsenter --target " + $host_pid + " --mount --uts --ipc --net --pid --cgroup --"),
+    "--service-manager", "direct", "--cgroup", ($tag + "-daemon"), "--config", ($h + "/chart/config.yaml")]}' \
+  >"$t/ctr2.json"
+pod=$(crictl runp "$t/pod2.json") || fail "RunPodSandbox (host pid)"
+ctr=$(crictl create "$pod" "$t/ctr2.json" "$t/pod2.json") || fail "CreateContainer (privileged)"
+crictl start "$ctr" >/dev/null || fail "StartContainer (privileged)"
+for _ in $(seq 1 300); do
+  [ "$(crictl inspect "$ctr" | jq -r .status.state)" = CONTAINER_EXITED ] && break
+  sleep 0.1
+done
+cat "$t/logs/install.log" || true
+[ "$(crictl inspect "$ctr" | jq -r .status.exitCode)" = 0 ] || fail "the installer exited non-zero"
+crictl stopp "$pod" >/dev/null && crictl rmp "$pod" >/dev/null
+inner() { command crictl --runtime-endpoint "unix://$h/run/cri-mesos/cri-mesos.sock" --timeout 10s "$@"; }
+inner version 2>/dev/null | grep -q 'RuntimeName: *cri-mesos' || fail "the daemon the installer started did not outlive its pod"
+pid=$(cat "$h/run/cri-mesos.pid")
+grep -q "$tag-daemon" "/proc/$pid/cgroup" || fail "the installed daemon is still in a pod's cgroup"
+hack/install.sh uninstall --root "$h" --purge
+kill -0 "$pid" 2>/dev/null && fail "uninstall left the installed daemon running"
+left=$(find "$h" -mindepth 1 -not -type d -not -path "$h/chart/*")
+[ -z "$left" ] || fail "uninstall left $left"
+cleanup
+left=$(find /sys/fs/cgroup -maxdepth 3 -type d -name "$tag*" 2>/dev/null; grep -F "$t/" /proc/self/mountinfo || true)
+[ -z "$left" ] || fail "left behind: $left"
+echo "installer-image-test: built, pushed to $reg, pulled and run by cri-mesos; its installer ran in a pod and the daemon it started outlived the pod"
