@@ -34,7 +34,7 @@ fail() { echo "install-test: FAIL: $*" >&2; exit 1; }
 "${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
   --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" \
   --flag network_cni_config_dir="$root/etc/cni/net.d" --certs "$src" --cni-config "$src/cni" --cni-file 10-test.conflist
-for f in opt/cri-mesos/bin/cri-mesos opt/cri-mesos/bin/cri-mesos-supervisor etc/cri-mesos/config.yaml \
+for f in opt/cri-mesos/bin/cri-mesos opt/cri-mesos/bin/cri-mesos-supervisor opt/cri-mesos/bin/cri-mesos-install etc/cri-mesos/config.yaml \
   etc/systemd/system/cri-mesos.service etc/cri-mesos/certs/127.0.0.1_5000.crt etc/cni/net.d/10-test.conflist; do
   [ -f "$root/$f" ] || fail "$f not installed"
 done
@@ -69,7 +69,8 @@ done
 kill -TERM "$watch"; wait "$watch" || true
 crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "watch did not restart the daemon"
 
-"${inst[@]}" uninstall --purge
+# Uninstalled by the copy the host keeps, as a chart-installed node is.
+"$root/opt/cri-mesos/bin/cri-mesos-install" --root "$root" uninstall --purge
 
 left=()
 for p in /proc/[0-9]*; do

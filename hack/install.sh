@@ -219,6 +219,10 @@ do_install() {
     put 0755 "$bin_dir/$b" "$PREFIX/bin/.$b.new"
     mv -f "$PREFIX/bin/.$b.new" "$PREFIX/bin/$b"
   done
+  # The host keeps this script, so a node installed by the chart can be uninstalled (or
+  # restarted) without the image: <prefix>/bin/cri-mesos-install uninstall.
+  put 0755 "$0" "$PREFIX/bin/.cri-mesos-install.new"
+  mv -f "$PREFIX/bin/.cri-mesos-install.new" "$PREFIX/bin/cri-mesos-install"
   if [ -n "$config_src" ]; then
     put 0644 "$config_src" "$config_dir/.config.yaml.new"
   else
@@ -308,7 +312,7 @@ do_uninstall() {
   # The daemon made these shared bind mounts of themselves; pods' mounts sit below.
   umount_under "$RUNTIME_DIR"
   umount_under "$WORK_DIR"
-  rm -f "$PREFIX/bin/cri-mesos" "$PREFIX/bin/cri-mesos-supervisor" "$LOG" "$PIDFILE"
+  rm -f "$PREFIX/bin/cri-mesos" "$PREFIX/bin/cri-mesos-supervisor" "$PREFIX/bin/cri-mesos-install" "$LOG" "$PIDFILE"
   rmdir "$PREFIX/bin" "$PREFIX" 2>/dev/null || true
   host rm -f "$LISTEN"
   if [ -n "$purge" ]; then

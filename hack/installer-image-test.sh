@@ -19,7 +19,7 @@ daemon=${DAEMON:-$BIN_DIR/cri-mesos}
 
 t=$(mktemp -d /var/tmp/cri-mesos-image-test.XXXXXX)
 tag=cmiit$$
-reg_pid= daemon_pid=
+reg_pid='' daemon_pid=''
 fail() { echo "installer-image-test: FAIL: $*" >&2; [ -f "$t/daemon.log" ] && tail -n 30 "$t/daemon.log" >&2; exit 1; }
 crictl() { command crictl --config "$t/crictl.yaml" "$@"; }
 cleanup() {
@@ -37,7 +37,7 @@ cleanup() {
     find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   rm -rf "$t"
-  daemon_pid= reg_pid=
+  daemon_pid='' reg_pid=''
 }
 trap cleanup EXIT
 
