@@ -113,6 +113,9 @@ def check_render(chart: helm.Chart, values: dict | None, label: str, flags: set[
     check(set(host_paths.values()) == want, f"{label}: host paths {sorted(host_paths.values())}")
     if values is None:
         check(HOST_PATHS <= set(host_paths.values()), f"{label}: the node's paths are all mounted")
+    types = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in spec["volumes"] if "hostPath" in v}
+    check(types.pop(f["cgroups_hierarchy"]) == "Directory" and set(types.values()) == {"DirectoryOrCreate"},
+          f"{label}: the cgroup hierarchy must exist; the other dirs are created")
     for c in containers:
         mounts = {m["name"]: m for m in c["volumeMounts"]}
         check(all(name in mounts and mounts[name]["mountPath"] == p for name, p in host_paths.items()),

@@ -71,7 +71,7 @@ flag renamed there fails the chart test, not a node.
 
 {{/*
 The host paths the pod mounts, at the same paths inside, as a JSON list of {name, path,
-propagate}: the installer writes binaries, config and unit where the host's daemon reads
+propagate, type (default DirectoryOrCreate)}: the installer writes binaries, config and unit where the host's daemon reads
 them, and sees the daemon's own mounts (propagate) to check and clean them.
 */}}
 {{- define "cri-mesos.hostPaths" -}}
@@ -81,7 +81,7 @@ them, and sees the daemon's own mounts (propagate) to check and clean them.
   (dict "name" "work-dir" "path" $f.work_dir "propagate" true)
   (dict "name" "pod-logs" "path" "/var/log/pods" "propagate" true)
   (dict "name" "cni-config" "path" $f.network_cni_config_dir "propagate" false)
-  (dict "name" "cgroups" "path" $f.cgroups_hierarchy "propagate" true)
+  (dict "name" "cgroups" "path" $f.cgroups_hierarchy "propagate" true "type" "Directory")
   (dict "name" "unit-dir" "path" .Values.install.unitDir "propagate" false)
   (dict "name" "prefix" "path" .Values.install.prefix "propagate" false)
   (dict "name" "config-dir" "path" .Values.install.configDir "propagate" false) -}}
