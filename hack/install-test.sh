@@ -44,9 +44,16 @@ pid=$(cat "$root/run/cri-mesos.pid")
 [ "$(readlink "/proc/$pid/exe")" = "$root/opt/cri-mesos/bin/cri-mesos" ] || fail "pid $pid is not the installed daemon"
 grep -q "$tag-daemon" "/proc/$pid/cgroup" || fail "the daemon is not in its own cgroup: $(cat "/proc/$pid/cgroup")"
 
-crictl --runtime-endpoint "unix://$sock" --timeout 10s version | tee /dev/stderr | grep -q 'RuntimeName:  *cri-mesos' ||
-  fail "crictl version did not answer cri-mesos"
+version=$(crictl --runtime-endpoint "unix://$sock" --timeout 10s version) || fail "crictl version"
+echo "$version"
+grep -q 'RuntimeName:  *cri-mesos' <<<"$version" || fail "crictl version did not answer cri-mesos"
 "${inst[@]}" status
+# A pod (host network: no CNI needed) whose supervisor must survive the daemon's restart
+# and go at uninstall.
+jq -n --arg d "$root/pod-logs" '{metadata: {name: "survivor", namespace: "test", uid: "survivor-1"},
+  log_directory: $d, linux: {security_context: {namespace_options: {network: 2}}}}' >"$src/pod.json"
+pod=$(crictl --runtime-endpoint "unix://$sock" --timeout 30s runp "$src/pod.json") || fail "RunPodSandbox"
+supervisor=$(pgrep -f -- "--pod-id $pod" | head -n 1) || fail "no supervisor for the pod"
 crictl --runtime-endpoint "unix://$sock" --timeout 10s info | jq -e '.status.conditions[] | select(.type == "NetworkReady") | .status' >/dev/null ||
   fail "no NetworkReady condition"
 
@@ -57,20 +64,27 @@ crictl --runtime-endpoint "unix://$sock" --timeout 10s info | jq -e '.status.con
 new=$(cat "$root/run/cri-mesos.pid")
 [ "$new" != "$pid" ] || fail "a reinstall did not restart the daemon"
 crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "no answer after the reinstall"
+kill -0 "$supervisor" 2>/dev/null || fail "the pod's supervisor did not survive the restart"
+[ "$(crictl --runtime-endpoint "unix://$sock" --timeout 10s inspectp "$pod" | jq -r .status.state)" = SANDBOX_READY ] ||
+  fail "the pod is not ready after the restart"
 
 # watch restarts a daemon that died, as systemd's Restart=on-failure would.
 kill -KILL "$new"
 timeout 20 "${inst[@]}" watch & watch=$!
 for _ in $(seq 1 100); do
   p=$(cat "$root/run/cri-mesos.pid" 2>/dev/null || true)
-  [ -n "$p" ] && [ "$p" != "$new" ] && [ -S "$sock" ] && break
+  # The killed daemon left its socket: only an answer tells the new one is serving.
+  [ -n "$p" ] && [ "$p" != "$new" ] &&
+    crictl --runtime-endpoint "unix://$sock" --timeout 2s version >/dev/null 2>&1 && break
   sleep 0.1
 done
 kill -TERM "$watch"; wait "$watch" || true
 crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "watch did not restart the daemon"
+kill -0 "$supervisor" 2>/dev/null || fail "the pod's supervisor did not survive the daemon's death"
 
 # Uninstalled by the copy the host keeps, as a chart-installed node is.
 "$root/opt/cri-mesos/bin/cri-mesos-install" --root "$root" uninstall --purge
+kill -0 "$supervisor" 2>/dev/null && fail "uninstall left the pod's supervisor running"
 
 left=()
 for p in /proc/[0-9]*; do

@@ -125,9 +125,12 @@ running() {
   fi
 }
 
+# Until the daemon serves: its socket is listed in /proc/net/unix while bound. A daemon
+# that crashed leaves the file behind (the next one replaces it), which is not listed.
 wait_socket() {
-  for _ in $(seq 1 100); do
-    host test -S "$LISTEN" && return 0
+  # A minute: a daemon recovering many pods takes a while to serve.
+  for _ in $(seq 1 600); do
+    host awk -v p="$LISTEN" '$NF == p { f = 1 } END { exit !f }' /proc/net/unix && return 0
     running || break
     sleep 0.1
   done
