@@ -57,12 +57,20 @@ supervisor=$(pgrep -f -- "--pod-id $pod" | head -n 1) || fail "no supervisor for
 crictl --runtime-endpoint "unix://$sock" --timeout 10s info | jq -e '.status.conditions[] | select(.type == "NetworkReady") | .status' >/dev/null ||
   fail "no NetworkReady condition"
 
-# install again = upgrade: binaries replaced under the running daemon, which restarts.
+# The same install again (a node's reboot runs the chart's installer again): no restart.
 "${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
   --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" \
+  --flag network_cni_config_dir="$root/etc/cni/net.d" --certs "$src" --cni-config "$src/cni" --cni-file 10-test.conflist
+[ "$(cat "$root/run/cri-mesos.pid")" = "$pid" ] || fail "an unchanged reinstall restarted the daemon"
+# A changed one (an upgrade; here a flag and no more CA or CNI config): files replaced
+# under the running daemon, which restarts.
+"${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
+  --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" --flag logging_level=debug \
   --flag network_cni_config_dir="$root/etc/cni/net.d"
 new=$(cat "$root/run/cri-mesos.pid")
-[ "$new" != "$pid" ] || fail "a reinstall did not restart the daemon"
+[ "$new" != "$pid" ] || fail "a changed reinstall did not restart the daemon"
+[ ! -e "$root/etc/cri-mesos/certs" ] && [ ! -e "$root/etc/cni/net.d/10-test.conflist" ] ||
+  fail "a reinstall without them left the CA or the CNI config"
 crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "no answer after the reinstall"
 kill -0 "$supervisor" 2>/dev/null || fail "the pod's supervisor did not survive the restart"
 [ "$(crictl --runtime-endpoint "unix://$sock" --timeout 10s inspectp "$pod" | jq -r .status.state)" = SANDBOX_READY ] ||

@@ -218,7 +218,11 @@ do_install() {
   mkdir -p "$PREFIX/bin" "$config_dir"
   # Through a temporary name and a rename: a running daemon keeps its old inode, and
   # cp over a busy executable fails with ETXTBSY.
+  # Anything changed restarts a running daemon; a pod restarted with the same image
+  # and values (a node's reboot) leaves it alone.
+  local changed=
   for b in cri-mesos cri-mesos-supervisor; do
+    cmp -s "$bin_dir/$b" "$PREFIX/bin/$b" || changed=1
     put 0755 "$bin_dir/$b" "$PREFIX/bin/.$b.new"
     mv -f "$PREFIX/bin/.$b.new" "$PREFIX/bin/$b"
   done
@@ -238,6 +242,7 @@ do_install() {
       for f in "${flags[@]}"; do echo "${f%%=*}: ${f#*=}"; done
     } >"$config_dir/.config.yaml.new"
   fi
+  cmp -s "$config_dir/.config.yaml.new" "$config_dir/config.yaml" || changed=1
   mv -f "$config_dir/.config.yaml.new" "$config_dir/config.yaml"
   LISTEN=$(config_value listen /run/cri-mesos/cri-mesos.sock)
   WORK_DIR=$(config_value work_dir /var/lib/cri-mesos)
@@ -249,11 +254,14 @@ do_install() {
   if [ -n "$certs" ] && compgen -G "$certs/cert-*.crt" >/dev/null; then
     CERTS=$config_dir/certs
     # The whole set is replaced: a CA dropped from the values goes too.
+    local old_sum
+    old_sum=$(cat "$CERTS"/*.crt 2>/dev/null | cksum || true)
     rm -rf "$CERTS.new"
     mkdir -p "$CERTS.new"
     for c in "$certs"/cert-*.crt; do put 0644 "$c" "$CERTS.new/${c##*/cert-}"; done
     rm -rf "$CERTS"
     mv "$CERTS.new" "$CERTS"
+    [ "$(cat "$CERTS"/*.crt | cksum)" = "$old_sum" ] || changed=1
   fi
   CNI_FILE=
   if [ -n "$cni_config" ]; then
@@ -262,7 +270,7 @@ do_install() {
     put 0644 "$cni_config" "$CNI_FILE.new" && mv -f "$CNI_FILE.new" "$CNI_FILE"
   fi
   if [ -n "$old_cni" ] && [ "$old_cni" != "$CNI_FILE" ]; then rm -f "$old_cni"; fi
-  if [ -n "$old_certs" ] && [ -z "$CERTS" ]; then rm -rf "$old_certs"; fi
+  if [ -n "$old_certs" ] && [ -z "$CERTS" ]; then rm -rf "$old_certs"; changed=1; fi
   LOG=$root/var/log/cri-mesos.log
   PIDFILE=$root/run/cri-mesos.pid
 
@@ -270,7 +278,9 @@ do_install() {
   mkdir -p "$UNIT_DIR"
   UNIT=$UNIT_DIR/cri-mesos.service
   sed -e "s|/opt/cri-mesos/bin/|$PREFIX/bin/|" -e "s|/etc/cri-mesos/config.yaml|$config_dir/config.yaml|" \
-    "$here/cri-mesos.service" >"$UNIT"
+    "$here/cri-mesos.service" >"$UNIT.new"
+  cmp -s "$UNIT.new" "$UNIT" || changed=1
+  mv -f "$UNIT.new" "$UNIT"
   {
     echo "# Written by install.sh install; read by its other subcommands."
     for v in MANAGER PREFIX UNIT CERTS CNI_FILE LISTEN WORK_DIR RUNTIME_DIR CGROUPS_HIERARCHY CGROUPS_ROOT CGROUP LOG PIDFILE; do
@@ -280,6 +290,10 @@ do_install() {
   echo "installed cri-mesos into $PREFIX/bin, config $config_dir/config.yaml${UNIT:+, unit $UNIT}"
   if [ -n "$start" ]; then
     # A new binary or config takes effect now; pods keep running across the restart.
+    if running && [ -z "$changed" ]; then
+      echo "cri-mesos is running ($MANAGER) and nothing changed: not restarted"
+      return 0
+    fi
     if running; then
       if [ "$MANAGER" = systemd ]; then host systemctl daemon-reload; host systemctl restart cri-mesos.service
       else do_stop; fi
