@@ -33,7 +33,7 @@ cleanup() {
   awk -v d="$t/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
     while read -r m; do umount -l "$m" || true; done
   # The outer daemon's --cgroups_root: it removes its pods' cgroups, not the root.
-  for c in $(find /sys/fs/cgroup -maxdepth 2 -type d -name "$tag" 2>/dev/null); do
+  find /sys/fs/cgroup -maxdepth 2 -type d -name "$tag" 2>/dev/null | while read -r c; do
     find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   rm -rf "$t"
