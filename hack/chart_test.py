@@ -195,8 +195,10 @@ def main() -> None:
         default = check_render(chart, None, "defaults", flags)
         check(not [o for o in default["objs"] if o.get("kind") == "RuntimeClass"], "defaults: no RuntimeClass")
         notes = next(v for k, v in default["manifests"].items() if k.endswith("NOTES.txt"))
-        check("--container-runtime-endpoint=unix:///run/cri-mesos/cri-mesos.sock" in notes,
-              "NOTES.txt points kubelet at the socket")
+        for want in ("--container-runtime-endpoint=unix:///run/cri-mesos/cri-mesos.sock",
+                     "--image-service-endpoint=unix:///run/cri-mesos/cri-mesos.sock",
+                     "cgroupDriver: cgroupfs", "--runtime-request-timeout"):
+            check(want in notes, f"NOTES.txt tells kubelet {want}")
 
         nd_values = load_values(CASES / "nondefault-values.yaml")
         chart.validate_schema(nd_values)
