@@ -19,8 +19,21 @@ root=$(mktemp -d /var/tmp/cri-mesos-install-test.XXXXXX)
 tag=cmit$$
 sock=$root/run/cri-mesos/cri-mesos.sock
 inst=(hack/install.sh --root "$root")
+# Also after a failure half-way, when uninstall may not know all: whatever runs from the
+# root, mounts below it, and the test's cgroups go.
 cleanup() {
   "${inst[@]}" uninstall --purge >/dev/null 2>&1 || true
+  local p exe
+  for p in /proc/[0-9]*; do
+    exe=$(readlink "$p/exe" 2>/dev/null || true)
+    if [[ $exe == "$root"/* ]]; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
+  done
+  sleep 0.5 # a killed process leaves its cgroup when it has exited
+  awk -v d="$root/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" || true; done
+  find /sys/fs/cgroup -maxdepth 2 -type d -name "$tag*" 2>/dev/null | while read -r c; do
+    find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
   rm -rf "$root"
 }
 trap cleanup EXIT
