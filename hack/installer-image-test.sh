@@ -29,11 +29,20 @@ cleanup() {
     wait "$daemon_pid" 2>/dev/null || true
   fi
   if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; fi
+  # After a failure half-way: the daemon the installer started, and its supervisors.
+  hack/install.sh uninstall --root "$t/host" --purge >/dev/null 2>&1 || true
+  local p exe
+  for p in /proc/[0-9]*; do
+    exe=$(readlink "$p/exe" 2>/dev/null || true)
+    if [[ $exe == "$t"/* ]]; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
+  done
+  sleep 0.5 # a killed process leaves its cgroup when it has exited
   # The daemon made its dirs shared bind mounts of themselves.
   awk -v d="$t/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
     while read -r m; do umount -l "$m" || true; done
-  # The outer daemon's --cgroups_root: it removes its pods' cgroups, not the root.
-  find /sys/fs/cgroup -maxdepth 2 -type d -name "$tag" 2>/dev/null | while read -r c; do
+  # The daemons' --cgroups_root (they remove their pods' cgroups, not the root) and the
+  # installed daemon's own.
+  find /sys/fs/cgroup -maxdepth 2 -type d -name "$tag*" 2>/dev/null | while read -r c; do
     find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   rm -rf "$t"
@@ -139,6 +148,8 @@ hack/install.sh uninstall --root "$h" --purge
 kill -0 "$pid" 2>/dev/null && fail "uninstall left the installed daemon running"
 left=$(find "$h" -mindepth 1 -not -type d -not -path "$h/chart/*")
 [ -z "$left" ] || fail "uninstall left $left"
+left=$(find /sys/fs/cgroup -maxdepth 2 -type d \( -name "$tag-inner" -o -name "$tag-daemon" \) 2>/dev/null)
+[ -z "$left" ] || fail "uninstall left cgroups $left"
 cleanup
 left=$(find /sys/fs/cgroup -maxdepth 3 -type d -name "$tag*" 2>/dev/null; grep -F "$t/" /proc/self/mountinfo || true)
 [ -z "$left" ] || fail "left behind: $left"
