@@ -53,6 +53,10 @@ for f in opt/cri-mesos/bin/cri-mesos opt/cri-mesos/bin/cri-mesos-supervisor opt/
 done
 grep -q "^ExecStart=$root/opt/cri-mesos/bin/cri-mesos --config $root/etc/cri-mesos/config.yaml\$" \
   "$root/etc/systemd/system/cri-mesos.service" || fail "the unit does not start the installed binary"
+# No systemd runs here, but its checker reads the unit offline (systemd is Debian's).
+if command -v systemd-analyze >/dev/null; then
+  systemd-analyze verify "$root/etc/systemd/system/cri-mesos.service" || fail "systemd-analyze verify refused the unit"
+fi
 pid=$(cat "$root/run/cri-mesos.pid")
 [ "$(readlink "/proc/$pid/exe")" = "$root/opt/cri-mesos/bin/cri-mesos" ] || fail "pid $pid is not the installed daemon"
 grep -q "$tag-daemon" "/proc/$pid/cgroup" || fail "the daemon is not in its own cgroup: $(cat "/proc/$pid/cgroup")"
