@@ -3,7 +3,8 @@
 # dirs and cgroups (nothing collides with a daemon or test already running), starts the
 # daemon without systemd (the documented fallback), asks it `crictl version`, restarts
 # it, uninstalls with --purge, and fails when anything is left: processes, mounts,
-# files, cgroups. Needs root (the daemon makes shared mounts) and crictl.
+# files, cgroups; then drives the systemd branch against a stand-in systemctl. Needs
+# root (the daemon makes shared mounts) and crictl.
 # Env: BIN_DIR (default target/debug, built by hack/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,4 +124,49 @@ if [ "${#left[@]}" -gt 0 ]; then
   printf 'install-test: left behind: %s\n' "${left[@]}" >&2
   exit 1
 fi
-echo "install-test: installed, started, answered, restarted, uninstalled; nothing left"
+
+# The systemd branch, against a stand-in systemctl (no systemd runs here) that runs the
+# unit's ExecStart and records each call: install enables and starts, an unchanged
+# reinstall does not restart, uninstall stops, disables and reloads.
+mkdir -p "$src/bin"
+cat >"$src/bin/systemctl" <<'EOS'
+#!/usr/bin/env bash
+set -euo pipefail
+echo "$*" >>"$STUB_DIR/calls"
+args=("$@")
+[ "${args[0]}" = --quiet ] && args=("${args[@]:1}")
+pid() { cat "$STUB_DIR/pid" 2>/dev/null || true; }
+active() { p=$(pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+case ${args[0]} in
+  daemon-reload) ;;
+  enable | disable) [ "${args[1]}" = --quiet ] ;;
+  is-active) active ;;
+  start) active || { exec_start=$(sed -n 's/^ExecStart=//p' "$STUB_UNIT")
+    # shellcheck disable=SC2086 # the unit's command line
+    setsid $exec_start </dev/null >>"$STUB_DIR/log" 2>&1 & echo $! >"$STUB_DIR/pid"; } ;;
+  stop) if active; then p=$(pid); kill -TERM "$p"; while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; fi ;;
+  restart) "$0" stop cri-mesos.service; "$0" start cri-mesos.service ;;
+  *) echo "stub systemctl: ${args[0]}?" >&2; exit 1 ;;
+esac
+EOS
+chmod +x "$src/bin/systemctl"
+export STUB_DIR=$src STUB_UNIT=$root/etc/systemd/system/cri-mesos.service
+sd=(env PATH="$src/bin:$PATH" hack/install.sh --root "$root")
+"${sd[@]}" install --service-manager systemd --bin-dir "$bin_dir" \
+  --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" --flag network_cni_config_dir="$root/etc/cni/net.d"
+crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "systemd: no answer"
+first=$(cat "$src/pid")
+"${sd[@]}" install --service-manager systemd --bin-dir "$bin_dir" \
+  --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" --flag network_cni_config_dir="$root/etc/cni/net.d"
+[ "$(cat "$src/pid")" = "$first" ] || fail "systemd: an unchanged reinstall restarted the daemon"
+"${sd[@]}" status | grep -q 'running (systemd)' || fail "systemd: status"
+"${sd[@]}" uninstall --purge
+kill -0 "$first" 2>/dev/null && fail "systemd: uninstall left the daemon running"
+calls=$(tr '\n' ';' <"$src/calls")
+for want in "daemon-reload;enable --quiet cri-mesos.service;start cri-mesos.service" \
+  "stop cri-mesos.service;disable --quiet cri-mesos.service"; do
+  [[ $calls == *"$want"* ]] || fail "systemd: expected the calls $want in $calls"
+done
+left_sd=$(find "$root" -mindepth 1 \( -not -type d -o -name "*cri-mesos*" \))
+[ -z "$left_sd" ] || fail "systemd: uninstall left $left_sd"
+echo "install-test: installed, started, answered, restarted, uninstalled (direct and systemd); nothing left"
