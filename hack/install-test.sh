@@ -159,7 +159,7 @@ first=$(cat "$src/pid")
 "${sd[@]}" install --service-manager systemd --bin-dir "$bin_dir" \
   --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" --flag network_cni_config_dir="$root/etc/cni/net.d"
 [ "$(cat "$src/pid")" = "$first" ] || fail "systemd: an unchanged reinstall restarted the daemon"
-"${sd[@]}" status | grep -q 'running (systemd)' || fail "systemd: status"
+[[ $("${sd[@]}" status) == "running (systemd)" ]] || fail "systemd: status"
 "${sd[@]}" uninstall --purge
 kill -0 "$first" 2>/dev/null && fail "systemd: uninstall left the daemon running"
 calls=$(tr '\n' ';' <"$src/calls")

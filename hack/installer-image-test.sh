@@ -76,7 +76,9 @@ for _ in $(seq 1 100); do [ -S "$t/cri.sock" ] && break; sleep 0.1; done
 [ -S "$t/cri.sock" ] || fail "the daemon did not open its socket"
 
 crictl pull "$image" || fail "cri-mesos did not pull $image"
-crictl images | grep -q "$reg/cri-mesos-installer *test" || fail "the image is not listed"
+# Captured, not piped into grep -q: grep leaving early would fail the writer (pipefail).
+images=$(crictl images) || fail "ListImages"
+grep -q "$reg/cri-mesos-installer *test" <<<"$images" || fail "the image is not listed"
 
 # Host network: the test needs no CNI network, and the chart's pods use the host's too.
 jq -n --arg d "$t/logs" '{metadata: {name: "installer", namespace: "test", uid: "installer-1"},
@@ -141,7 +143,8 @@ cat "$t/logs/install.log" || true
 [ "$(crictl inspect "$ctr" | jq -r .status.exitCode)" = 0 ] || fail "the installer exited non-zero"
 crictl stopp "$pod" >/dev/null && crictl rmp "$pod" >/dev/null
 inner() { command crictl --runtime-endpoint "unix://$h/run/cri-mesos/cri-mesos.sock" --timeout 10s "$@"; }
-inner version 2>/dev/null | grep -q 'RuntimeName: *cri-mesos' || fail "the daemon the installer started did not outlive its pod"
+version=$(inner version 2>/dev/null) || true
+grep -q 'RuntimeName: *cri-mesos' <<<"$version" || fail "the daemon the installer started did not outlive its pod"
 pid=$(cat "$h/run/cri-mesos.pid")
 grep -q "$tag-daemon" "/proc/$pid/cgroup" || fail "the installed daemon is still in a pod's cgroup"
 hack/install.sh uninstall --root "$h" --purge
