@@ -187,6 +187,43 @@ async fn bad_pod_configs_are_refused_naming_the_field() {
         "config.port_mappings[0].host_ip",
     );
 
+    // Security fields that are not built are refused, never ignored.
+    let mut pod = base.clone();
+    pod.linux.get_or_insert_with(Default::default).sysctls =
+        HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+    assert_invalid(try_run_pod(&mut env, &pod).await, "config.linux.sysctls");
+    let mut pod = base.clone();
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(cri::NamespaceOption {
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_invalid(
+        try_run_pod(&mut env, &pod).await,
+        "config.linux.security_context.namespace_options.userns_options.mode",
+    );
+    let mut pod = base.clone();
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .apparmor = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "my-profile".into(),
+    });
+    let err = try_run_pod(&mut env, &pod).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "config.linux.security_context.apparmor: apparmor is not supported on this host"
+    );
+
     // A 10k-character input is quoted short, wherever it lands in a message.
     let huge = "h".repeat(10_000);
     let err = try_run_pod_with(&mut env, &base, &huge).await.unwrap_err();
@@ -313,6 +350,27 @@ async fn bad_container_configs_are_refused_before_anything_is_made() {
         .map(|i| (format!("example.com/label-{i}"), "v".repeat(40)))
         .collect();
     assert_invalid(env.create(&pod_id, &pod, config).await, "config.labels");
+
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config.cdi_devices = vec![cri::CdiDevice {
+        name: "vendor.com/gpu=0".into(),
+    }];
+    assert_invalid(
+        env.create(&pod_id, &pod, config).await,
+        "config.CDI_devices",
+    );
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .apparmor = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "my-profile".into(),
+    });
+    let err = env.create(&pod_id, &pod, config).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     // Annotations within Kubernetes' own 256 KiB limit are taken and given back.
     let mut config = container("c", &image, &["sleep", "1000"]);
