@@ -225,6 +225,22 @@ async fn a_privileged_container_in_a_privileged_pod_has_everything() {
     assert_eq!(out.exit_code, 0, "{out:?}");
     // /sys is writable and the host's devices are there (the loop devices, say).
     let out = env
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "mknod /tmp/l1 b 7 1 && dd if=/tmp/l1 of=/dev/null count=0",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.exit_code, 0,
+        "a privileged container opens any device: {out:?}"
+    );
+    let out = env
         .exec(&id, &["sh", "-c", "grep ' /sys ' /proc/mounts"], 10)
         .await
         .unwrap();
@@ -252,5 +268,45 @@ async fn a_privileged_container_in_a_privileged_pod_has_everything() {
         .await
         .unwrap();
     assert_eq!(out.exit_code, 0, "/dev/{host_has}: {out:?}");
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_container_opens_only_the_devices_it_is_given() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("devices");
+    let pod_id = env.run_pod(&pod).await;
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config.devices = vec![cri::Device {
+        container_path: "/dev/given".into(),
+        host_path: "/dev/loop0".into(),
+        permissions: "r".into(),
+    }];
+    let id = env.run(&pod_id, &pod, config).await;
+    for (script, ok) in [
+        // mknod is allowed (images make nodes), opening what was made is not.
+        ("mknod /tmp/l1 b 7 1", true),
+        ("dd if=/tmp/l1 of=/dev/null count=0", false),
+        // The standard nodes and the given device, with the given permission only.
+        (
+            "head -c 4 /dev/zero > /dev/null && echo x > /dev/null",
+            true,
+        ),
+        ("dd if=/dev/given of=/dev/null count=0", true),
+        ("dd if=/dev/zero of=/dev/given count=1", false),
+    ] {
+        let out = env.exec(&id, &["sh", "-c", script], 10).await.unwrap();
+        assert_eq!(out.exit_code == 0, ok, "{script}: {out:?}");
+        if !ok {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not permitted"),
+                "{script}: EPERM, not another error: {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     env.stop_remove_pod(&pod_id).await;
 }

@@ -2,6 +2,7 @@
 //! how `--isolation` becomes an ordered chain (the rules of Mesos's
 //! `MesosContainerizer::create`).
 
+pub mod cgroups;
 pub mod chain;
 pub mod docker;
 pub mod filesystem;
@@ -107,7 +108,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "cgroups/devices",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "cgroups/hugetlb",
@@ -259,8 +260,8 @@ const IMPLIED_BY_FILESYSTEM_LINUX: &[&str] =
     &["volume/image", "volume/host_path", "volume/sandbox_path"];
 
 /// Isolators every chain has, named or not: they apply CRI fields that must never be
-/// silently ignored (capabilities, privileged).
-const ALWAYS: &[&str] = &["linux/capabilities"];
+/// silently ignored (devices, capabilities, privileged).
+const ALWAYS: &[&str] = &["cgroups/devices", "linux/capabilities"];
 
 /// A known Mesos isolator name (always one of [`CATALOG`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -396,6 +397,7 @@ mod tests {
             names(&chain),
             [
                 "filesystem/linux",
+                "cgroups/devices",
                 "docker/runtime",
                 "volume/host_path",
                 "namespaces/pid",
@@ -411,6 +413,7 @@ mod tests {
             names(&select("namespaces/pid").unwrap()),
             [
                 "filesystem/posix",
+                "cgroups/devices",
                 "namespaces/pid",
                 "network/cni",
                 "linux/capabilities"
@@ -421,6 +424,7 @@ mod tests {
             names(&select("namespaces/pid,linux/capabilities").unwrap()),
             [
                 "filesystem/posix",
+                "cgroups/devices",
                 "namespaces/pid",
                 "network/cni",
                 "linux/capabilities"

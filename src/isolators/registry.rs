@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use cri_mesos_supervisor::protocol::LaunchInfo;
 
 use super::IsolatorName;
+use super::cgroups::Cgroups;
 use super::chain::{ContainerPrep, Isolator, IsolatorError};
 use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
@@ -40,6 +41,7 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "namespaces/ipc" => Box::new(IpcNamespace),
                 "network/cni" => Box::new(Cni),
                 "linux/capabilities" => Box::new(LinuxCapabilities),
+                "cgroups/devices" => Box::new(Cgroups),
                 _ => Box::new(NotBuilt(*name)),
             }
         })
