@@ -159,14 +159,7 @@ async fn capability_sets_follow_the_security_context() {
     );
 
     // Unknown names and a privileged container in a plain pod are refused, leaving nothing.
-    let before = env
-        .runtime
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let before = env.containers().await.len();
     let config = with_security(container("unknown", &image, SHOW), |sc| {
         sc.capabilities = caps(&["NET_RAW", "CAP_TELEPORT"], &[], &[]);
     });
@@ -190,14 +183,7 @@ async fn capability_sets_follow_the_security_context() {
         "{}",
         err.message()
     );
-    let after = env
-        .runtime
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let after = env.containers().await.len();
     assert_eq!(before, after, "refused containers left nothing");
     env.stop_remove_pod(&pod_id).await;
 }

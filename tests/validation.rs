@@ -13,21 +13,9 @@ use tonic::Code;
 
 /// No pod, no container, no pod dir, no checkpoint and no mount is left by refused calls.
 async fn assert_nothing_left(env: &mut Env, expected_pods: usize) {
-    let pods = env
-        .runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = env.pods().await;
     assert_eq!(pods.len(), expected_pods, "{pods:?}");
-    let containers = env
-        .runtime
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let containers = env.containers().await;
     assert!(containers.is_empty(), "{containers:?}");
     let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
     assert_eq!(

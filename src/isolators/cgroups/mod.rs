@@ -26,12 +26,7 @@ impl Isolator for Cgroups {
         container: &ContainerPrep<'_>,
         _launch: &mut LaunchInfo,
     ) -> Result<(), IsolatorError> {
-        let sc = container
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref());
-        let privileged = sc.is_some_and(|s| s.privileged);
+        let privileged = crate::isolators::linux::privileged(container.config);
         let rules = devices::rules(&container.config.devices, privileged)?;
         let dirs = container.cgroup.dirs.clone();
         tokio::task::spawn_blocking(move || devices::apply(&dirs, &rules))

@@ -162,12 +162,8 @@ impl Isolator for LinuxCapabilities {
         container: &ContainerPrep<'_>,
         launch: &mut LaunchInfo,
     ) -> Result<(), IsolatorError> {
-        let sc = container
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref());
-        let privileged = sc.is_some_and(|s| s.privileged);
+        let sc = super::security_context(container.config);
+        let privileged = super::privileged(container.config);
         let pod_privileged = container
             .pod
             .config
