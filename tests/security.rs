@@ -296,3 +296,28 @@ async fn a_container_opens_only_the_devices_it_is_given() {
     }
     env.stop_remove_pod(&pod_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn linux_nnp_gives_every_container_no_new_privs() {
+    let mut env = Env::start(&[
+        "--isolation=filesystem/linux,docker/runtime,namespaces/pid,namespaces/ipc,linux/nnp",
+    ])
+    .await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("nnp");
+    let pod_id = env.run_pod(&pod).await;
+    // The config does not ask for it; the operator's --isolation does.
+    let (id, text) = status_of(&mut env, &pod_id, &pod, container("c", &image, SHOW)).await;
+    assert_eq!(field(&text, "NoNewPrivs"), "1", "{text}");
+    let out = env
+        .exec(&id, &["grep", "NoNewPrivs", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('1'),
+        "{out:?}"
+    );
+    env.stop_remove_pod(&pod_id).await;
+}

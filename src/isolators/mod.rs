@@ -238,7 +238,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "linux/nnp",
         stage: Stage::Misc,
-        built: false,
+        built: true,
     },
     Known {
         name: "linux/seccomp",

@@ -11,6 +11,7 @@ use super::chain::{ContainerPrep, Isolator, IsolatorError};
 use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
 use super::linux::capabilities::LinuxCapabilities;
+use super::linux::nnp::LinuxNnp;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
@@ -42,6 +43,7 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "network/cni" => Box::new(Cni),
                 "linux/capabilities" => Box::new(LinuxCapabilities),
                 "cgroups/devices" => Box::new(Cgroups),
+                "linux/nnp" => Box::new(LinuxNnp),
                 _ => Box::new(NotBuilt(*name)),
             }
         })
