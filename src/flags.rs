@@ -246,6 +246,10 @@ struct FileConfig {
     /// Per-registry settings, only in the file: `registries: {HOST: {insecure, mirrors, ca_file}}`.
     #[serde(default)]
     registries: BTreeMap<String, RegistryHost>,
+    /// Node default resource limits of every container, only in the file:
+    /// `rlimits: {NOFILE: {soft: 1048576, hard: 1048576}}` (`posix/rlimits`).
+    #[serde(default)]
+    rlimits: BTreeMap<String, RlimitValue>,
     #[serde(alias = "network-cni-config-dir")]
     network_cni_config_dir: Option<PathBuf>,
     #[serde(alias = "network-cni-plugins-dir")]
@@ -299,6 +303,112 @@ impl Scalar {
     }
 }
 
+/// One resource limit of the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlimitValue {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// A resource limit every container gets (`posix/rlimits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rlimit {
+    /// `NOFILE`, `NPROC`, ... (RLIMIT_ without its prefix).
+    pub name: String,
+    /// The `RLIMIT_*` number.
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The limits setrlimit(2) knows, by their names without `RLIMIT_`.
+const RLIMITS: &[(&str, u32)] = &[
+    ("CPU", libc::RLIMIT_CPU as u32),
+    ("FSIZE", libc::RLIMIT_FSIZE as u32),
+    ("DATA", libc::RLIMIT_DATA as u32),
+    ("STACK", libc::RLIMIT_STACK as u32),
+    ("CORE", libc::RLIMIT_CORE as u32),
+    ("RSS", libc::RLIMIT_RSS as u32),
+    ("NPROC", libc::RLIMIT_NPROC as u32),
+    ("NOFILE", libc::RLIMIT_NOFILE as u32),
+    ("MEMLOCK", libc::RLIMIT_MEMLOCK as u32),
+    ("AS", libc::RLIMIT_AS as u32),
+    ("LOCKS", libc::RLIMIT_LOCKS as u32),
+    ("SIGPENDING", libc::RLIMIT_SIGPENDING as u32),
+    ("MSGQUEUE", libc::RLIMIT_MSGQUEUE as u32),
+    ("NICE", libc::RLIMIT_NICE as u32),
+    ("RTPRIO", libc::RLIMIT_RTPRIO as u32),
+    ("RTTIME", libc::RLIMIT_RTTIME as u32),
+];
+
+/// Checks the file's `rlimits`: known names, soft ≤ hard, and a hard limit the daemon
+/// can give (raising one needs CAP_SYS_RESOURCE, which a host may withhold: better to
+/// exit at start than to fail every container).
+fn parse_rlimits(asked: &BTreeMap<String, RlimitValue>) -> Result<Vec<Rlimit>, FlagError> {
+    let mut out = Vec::new();
+    for (name, value) in asked {
+        let bare = name.to_ascii_uppercase();
+        let bare = bare.strip_prefix("RLIMIT_").unwrap_or(&bare).to_string();
+        let invalid = |reason: String| FlagError::Invalid {
+            flag: "config rlimits",
+            value: name.clone(),
+            reason,
+        };
+        let resource = RLIMITS
+            .iter()
+            .find(|(n, _)| *n == bare)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| invalid("not a resource limit (NOFILE, NPROC, CORE, ...)".into()))?;
+        if value.soft > value.hard {
+            return Err(invalid(format!(
+                "soft {} is above hard {}",
+                value.soft, value.hard
+            )));
+        }
+        let own = nix::sys::resource::getrlimit(rlimit_resource(resource))
+            .map_err(|e| invalid(format!("getrlimit: {e}")))?;
+        if value.hard > own.1 {
+            return Err(invalid(format!(
+                "hard {} is above the daemon's own hard limit {}, which only CAP_SYS_RESOURCE could raise",
+                value.hard, own.1
+            )));
+        }
+        out.push(Rlimit {
+            name: bare,
+            resource,
+            soft: value.soft,
+            hard: value.hard,
+        });
+    }
+    Ok(out)
+}
+
+fn rlimit_resource(resource: u32) -> nix::sys::resource::Resource {
+    use nix::sys::resource::Resource;
+    [
+        Resource::RLIMIT_CPU,
+        Resource::RLIMIT_FSIZE,
+        Resource::RLIMIT_DATA,
+        Resource::RLIMIT_STACK,
+        Resource::RLIMIT_CORE,
+        Resource::RLIMIT_RSS,
+        Resource::RLIMIT_NPROC,
+        Resource::RLIMIT_NOFILE,
+        Resource::RLIMIT_MEMLOCK,
+        Resource::RLIMIT_AS,
+        Resource::RLIMIT_LOCKS,
+        Resource::RLIMIT_SIGPENDING,
+        Resource::RLIMIT_MSGQUEUE,
+        Resource::RLIMIT_NICE,
+        Resource::RLIMIT_RTPRIO,
+        Resource::RLIMIT_RTTIME,
+    ]
+    .into_iter()
+    .find(|r| *r as u32 == resource)
+    .unwrap_or(Resource::RLIMIT_NOFILE)
+}
+
 /// Settings of one registry host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +451,8 @@ pub struct Flags {
     /// Per-host registry settings: the config file's `registries` merged with the
     /// `--insecure_registries` and `--registry_mirrors` shortcuts.
     pub registries: BTreeMap<String, RegistryHost>,
+    /// Resource limits of every container (the file's `rlimits`).
+    pub rlimits: Vec<Rlimit>,
     pub max_concurrent_downloads: usize,
     pub network_cni_config_dir: PathBuf,
     pub network_cni_plugins_dir: Vec<PathBuf>,
@@ -457,7 +569,12 @@ impl Flags {
             .isolation
             .or(file.isolation)
             .unwrap_or_else(|| DEFAULT_ISOLATION.into());
-        let isolation = isolators::select(&isolation_text)?;
+        let mut isolation = isolators::select(&isolation_text)?;
+        let rlimits = parse_rlimits(&file.rlimits)?;
+        // Mesos's posix/rlimits applies them; the key implies it.
+        if !rlimits.is_empty() {
+            isolation = isolators::with("posix/rlimits", isolation);
+        }
         check_image_requirements(&image_providers, &isolation, launcher)?;
 
         let image_provisioner_backend = cli
@@ -716,6 +833,7 @@ impl Flags {
             docker_registry,
             docker_store_dir,
             registries,
+            rlimits,
             max_concurrent_downloads,
             network_cni_config_dir,
             network_cni_plugins_dir,

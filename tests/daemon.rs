@@ -241,6 +241,18 @@ fn bad_flags_exit_2_naming_the_value() {
     let bad_file = dir.path().join("bad.yaml");
     std::fs::write(&bad_file, "wrok_dir: /tmp/x\n").unwrap();
     let bad_file_arg = format!("--config={}", bad_file.display());
+    let rlimit_file = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("rlimits:\n  {body}\n")).unwrap();
+        format!("--config={}", path.display())
+    };
+    // A hard limit above the daemon's own could only be given with CAP_SYS_RESOURCE.
+    let rlimit_high = rlimit_file(
+        "high.yaml",
+        "NOFILE: {soft: 1024, hard: 18446744073709551615}",
+    );
+    let rlimit_soft = rlimit_file("soft.yaml", "NOFILE: {soft: 2048, hard: 1024}");
+    let rlimit_name = rlimit_file("name.yaml", "NOFILES: {soft: 1, hard: 1}");
     let cases: &[(&[&str], &str)] = &[
         (&["--isolation=bogus/thing"], "bogus/thing"),
         (
@@ -267,6 +279,9 @@ fn bad_flags_exit_2_naming_the_value() {
         (&["--registry_mirrors=registry.k8s.io"], "registry.k8s.io"),
         (&["--image_provisioner_backend=zfs"], "zfs"),
         (&[bad_file_arg.as_str()], "wrok_dir"),
+        (&[rlimit_high.as_str()], "above the daemon's own hard limit"),
+        (&[rlimit_soft.as_str()], "soft 2048 is above hard 1024"),
+        (&[rlimit_name.as_str()], "NOFILES"),
     ];
     for (args, needle) in cases {
         let mut all = vec![format!("--listen={}", socket.display())];

@@ -321,3 +321,52 @@ async fn linux_nnp_gives_every_container_no_new_privs() {
     );
     env.stop_remove_pod(&pod_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn node_rlimits_from_the_config_file_apply_to_containers_and_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "rlimits:\n  NOFILE: {soft: 1000, hard: 2000}\n  core: {soft: 0, hard: 0}\n",
+    )
+    .unwrap();
+    let arg = format!("--config={}", file.display());
+    let mut env = Env::start(&[arg.as_str()]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("rlimits");
+    let pod_id = env.run_pod(&pod).await;
+    let show = &[
+        "sh",
+        "-c",
+        "grep -E 'Max (open files|core)' /proc/self/limits; echo NoNewPrivs; sleep 1000",
+    ];
+    let (id, text) = status_of(&mut env, &pod_id, &pod, container("c", &image, show)).await;
+    let limits = |text: &str, what: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} in {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let files = limits(&text, "Max open files");
+    assert!(
+        files.contains(&"1000".to_string()) && files.contains(&"2000".to_string()),
+        "{files:?}"
+    );
+    let core = limits(&text, "Max core file size");
+    assert_eq!(core.iter().filter(|w| *w == "0").count(), 2, "{core:?}");
+    let out = env
+        .exec(&id, &["grep", "Max open files", "/proc/self/limits"], 10)
+        .await
+        .unwrap();
+    let exec_files = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        exec_files.contains("1000") && exec_files.contains("2000"),
+        "{exec_files}"
+    );
+    env.stop_remove_pod(&pod_id).await;
+}

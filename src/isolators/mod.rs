@@ -9,6 +9,7 @@ pub mod filesystem;
 pub mod linux;
 pub mod namespaces;
 pub mod network;
+pub mod posix;
 pub mod registry;
 pub mod volume;
 
@@ -73,7 +74,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "posix/rlimits",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "windows/cpu",
@@ -311,6 +312,17 @@ pub enum SelectionError {
 
 fn catalog_entry(name: &str) -> Option<&'static Known> {
     CATALOG.iter().find(|k| k.name == name)
+}
+
+/// `chain` with `name` (a catalog name) added unless already there, in Mesos's order.
+pub fn with(name: &str, mut chain: Vec<IsolatorName>) -> Vec<IsolatorName> {
+    if let Some(known) = catalog_entry(name)
+        && !chain.iter().any(|i| i.as_str() == known.name)
+    {
+        chain.push(IsolatorName(known.name));
+        chain.sort_by_key(IsolatorName::position);
+    }
+    chain
 }
 
 /// Turns an `--isolation` value into the isolator chain in Mesos's fixed order.

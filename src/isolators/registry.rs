@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use cri_mesos_supervisor::protocol::LaunchInfo;
+use cri_mesos_supervisor::protocol::{LaunchInfo, RlimitSpec};
 
 use super::IsolatorName;
 use super::cgroups::Cgroups;
@@ -15,6 +15,7 @@ use super::linux::nnp::LinuxNnp;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
+use super::posix::rlimits::PosixRlimits;
 use super::volume::host_path::HostPathVolume;
 
 /// What isolators may need from the agent's flags to be created.
@@ -24,13 +25,12 @@ pub struct IsolatorContext {
     pub runtime_dir: PathBuf,
     /// `--work_dir`: state that survives a reboot.
     pub work_dir: PathBuf,
+    /// The config file's `rlimits`, for `posix/rlimits`.
+    pub rlimits: Vec<RlimitSpec>,
 }
 
 /// The isolators of `chain`, in its order (the order of [`super::select`], which is Mesos's).
 pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isolator>> {
-    // None of today's isolators keeps state on disk yet; the context is for those
-    // that will (the pod side of network/cni, cgroups, disk).
-    let _ = ctx;
     chain
         .iter()
         .map(|name| -> Box<dyn Isolator> {
@@ -44,6 +44,9 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "linux/capabilities" => Box::new(LinuxCapabilities),
                 "cgroups/devices" => Box::new(Cgroups),
                 "linux/nnp" => Box::new(LinuxNnp),
+                "posix/rlimits" => Box::new(PosixRlimits {
+                    limits: ctx.rlimits.clone(),
+                }),
                 _ => Box::new(NotBuilt(*name)),
             }
         })
@@ -226,6 +229,7 @@ mod tests {
         IsolatorContext {
             runtime_dir: "/run/cri-mesos".into(),
             work_dir: "/var/lib/cri-mesos".into(),
+            rlimits: Vec::new(),
         }
     }
 

@@ -714,8 +714,14 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         step("controlling tty", sys::set_controlling_tty(0))?;
     }
     let p = &info.process;
-    crate::creds::become_user(p.uid, p.gid, &p.additional_gids, p.capabilities.as_ref())
-        .map_err(|e| format!("credentials: {e}"))?;
+    crate::creds::become_user(
+        p.uid,
+        p.gid,
+        &p.additional_gids,
+        p.capabilities.as_ref(),
+        &p.rlimits,
+    )
+    .map_err(|e| format!("credentials: {e}"))?;
     step(
         &format!("chdir {}", p.cwd.display()),
         std::env::set_current_dir(&p.cwd),

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::protocol::CapabilitySet;
+use crate::protocol::{CapabilitySet, RlimitSpec};
 use crate::sys;
 
 /// Cuts the bounding set (needs CAP_SETPCAP, so before anything is dropped), changes user
@@ -16,8 +16,14 @@ pub fn become_user(
     gid: u32,
     groups: &[u32],
     caps: Option<&CapabilitySet>,
+    rlimits: &[RlimitSpec],
 ) -> Result<(), String> {
     let e = |what: &'static str| move |err: io::Error| format!("{what}: {err}");
+    // Limits first: lowering needs nothing, and the daemon refused hard limits above its
+    // own at start (raising one needs CAP_SYS_RESOURCE, which goes with the bounding set).
+    for r in rlimits {
+        sys::setrlimit(r.resource, r.soft, r.hard).map_err(e("setrlimit"))?;
+    }
     let Some(caps) = caps else {
         return sys::set_identity(uid, gid, groups).map_err(e("set user"));
     };

@@ -116,6 +116,7 @@ fn grandchild(info: &ExecInfo, fds: &ExecFds) -> ! {
         info.gid,
         &info.additional_gids,
         info.capabilities.as_ref(),
+        &info.rlimits,
     ) {
         fail(st, &format!("credentials: {e}"), 127);
     }

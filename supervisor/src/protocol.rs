@@ -286,6 +286,17 @@ pub struct ProcessSpec {
     /// The capability sets the process gets; `None` keeps the supervisor's own (all).
     #[serde(default)]
     pub capabilities: Option<CapabilitySet>,
+    /// setrlimit(2) of each, before the user changes.
+    #[serde(default)]
+    pub rlimits: Vec<RlimitSpec>,
+}
+
+/// One resource limit: `resource` is the `RLIMIT_*` number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitSpec {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// Linux capability sets as bit masks (bit N = capability N, as in /proc/PID/status), set
@@ -337,6 +348,9 @@ pub struct ExecInfo {
     pub capabilities: Option<CapabilitySet>,
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// The container's resource limits (`posix/rlimits`).
+    #[serde(default)]
+    pub rlimits: Vec<RlimitSpec>,
 }
 
 /// The outcome of an [`Request::Exec`]. Output is capped at 16 MiB per stream.

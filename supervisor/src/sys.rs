@@ -468,6 +468,15 @@ pub fn cap_last_cap() -> u32 {
         .unwrap_or(40)
 }
 
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: a valid rlimit struct; an unknown resource is EINVAL.
+    cvt(unsafe { libc::setrlimit(resource as _, &limit) }).map(drop)
+}
+
 pub fn capbset_drop(cap: u32) -> io::Result<()> {
     // SAFETY: PR_CAPBSET_DROP takes an integer argument.
     cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(drop)

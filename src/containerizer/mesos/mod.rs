@@ -143,6 +143,15 @@ impl MesosContainerizer {
         let context = IsolatorContext {
             runtime_dir: flags.runtime_dir.clone(),
             work_dir: flags.work_dir.clone(),
+            rlimits: flags
+                .rlimits
+                .iter()
+                .map(|r| cri_mesos_supervisor::protocol::RlimitSpec {
+                    resource: r.resource,
+                    soft: r.soft,
+                    hard: r.hard,
+                })
+                .collect(),
         };
         let isolators = registry::build(&flags.isolation, &context);
         for dir in [

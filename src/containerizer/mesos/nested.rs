@@ -447,6 +447,7 @@ impl MesosContainerizer {
             stdin_b64: None,
             capabilities: record.process.capabilities,
             no_new_privileges: record.process.no_new_privileges,
+            rlimits: record.process.rlimits.clone(),
         };
         // The supervisor enforces the timeout; ours only guards against a lost reply.
         let guard = if timeout > 0 {
