@@ -324,22 +324,22 @@ pub struct Rlimit {
 
 /// The limits setrlimit(2) knows, by their names without `RLIMIT_`.
 const RLIMITS: &[(&str, u32)] = &[
-    ("CPU", libc::RLIMIT_CPU as u32),
-    ("FSIZE", libc::RLIMIT_FSIZE as u32),
-    ("DATA", libc::RLIMIT_DATA as u32),
-    ("STACK", libc::RLIMIT_STACK as u32),
-    ("CORE", libc::RLIMIT_CORE as u32),
-    ("RSS", libc::RLIMIT_RSS as u32),
-    ("NPROC", libc::RLIMIT_NPROC as u32),
-    ("NOFILE", libc::RLIMIT_NOFILE as u32),
-    ("MEMLOCK", libc::RLIMIT_MEMLOCK as u32),
-    ("AS", libc::RLIMIT_AS as u32),
-    ("LOCKS", libc::RLIMIT_LOCKS as u32),
-    ("SIGPENDING", libc::RLIMIT_SIGPENDING as u32),
-    ("MSGQUEUE", libc::RLIMIT_MSGQUEUE as u32),
-    ("NICE", libc::RLIMIT_NICE as u32),
-    ("RTPRIO", libc::RLIMIT_RTPRIO as u32),
-    ("RTTIME", libc::RLIMIT_RTTIME as u32),
+    ("CPU", libc::RLIMIT_CPU),
+    ("FSIZE", libc::RLIMIT_FSIZE),
+    ("DATA", libc::RLIMIT_DATA),
+    ("STACK", libc::RLIMIT_STACK),
+    ("CORE", libc::RLIMIT_CORE),
+    ("RSS", libc::RLIMIT_RSS),
+    ("NPROC", libc::RLIMIT_NPROC),
+    ("NOFILE", libc::RLIMIT_NOFILE),
+    ("MEMLOCK", libc::RLIMIT_MEMLOCK),
+    ("AS", libc::RLIMIT_AS),
+    ("LOCKS", libc::RLIMIT_LOCKS),
+    ("SIGPENDING", libc::RLIMIT_SIGPENDING),
+    ("MSGQUEUE", libc::RLIMIT_MSGQUEUE),
+    ("NICE", libc::RLIMIT_NICE),
+    ("RTPRIO", libc::RLIMIT_RTPRIO),
+    ("RTTIME", libc::RLIMIT_RTTIME),
 ];
 
 /// Checks the file's `rlimits`: known names, soft ≤ hard, and a hard limit the daemon
