@@ -164,13 +164,12 @@ impl MesosContainerizer {
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
         });
-        containerizer.recover()?;
         Ok(containerizer)
     }
 
     /// Rebuilds the tables from the checkpoints. Running pods and containers are left
     /// alone: their supervisors kept running while the daemon was away.
-    fn recover(&self) -> Result<()> {
+    fn recover_checkpoints(&self) -> Result<()> {
         let meta = meta_dir(&self.flags);
         let mut tables = self.tables();
         for entry in std::fs::read_dir(meta.join("pods"))
@@ -241,15 +240,7 @@ impl MesosContainerizer {
             .clone()
     }
 
-    pub fn pods(&self) -> Vec<PodRecord> {
-        self.tables().pods.values().cloned().collect()
-    }
-
-    pub fn containers(&self) -> Vec<ContainerRecord> {
-        self.tables().containers.values().cloned().collect()
-    }
-
-    pub fn pod(&self, id: &str) -> Result<PodRecord> {
+    fn find_pod(&self, id: &str) -> Result<PodRecord> {
         let tables = self.tables();
         find(&tables.pods, id)
             .cloned()
@@ -259,7 +250,7 @@ impl MesosContainerizer {
             })
     }
 
-    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+    fn find_container(&self, id: &str) -> Result<ContainerRecord> {
         let tables = self.tables();
         find(&tables.containers, id)
             .cloned()
@@ -269,17 +260,8 @@ impl MesosContainerizer {
             })
     }
 
-    pub fn isolator_names(&self) -> Vec<&'static str> {
+    fn isolator_names(&self) -> Vec<&'static str> {
         self.isolators.iter().map(|i| i.name().as_str()).collect()
-    }
-
-    pub fn provisioner(&self) -> &Arc<Provisioner> {
-        &self.provisioner
-    }
-
-    /// The pod networks (network/cni): readiness, pod CIDR, statistics.
-    pub fn network(&self) -> &Arc<CniManager> {
-        &self.network
     }
 
     /// Runs a creation on a detached task shared by every identical call in flight, so a
@@ -348,6 +330,7 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 #[tonic::async_trait]
 impl super::Containerizer for MesosContainerizer {
     async fn recover(&self) -> Result<()> {
+        self.recover_checkpoints()?;
         let known: Vec<String> = self.tables().containers.keys().cloned().collect();
         for isolator in &self.isolators {
             isolator.recover(&known).await?;
@@ -369,14 +352,21 @@ impl super::Containerizer for MesosContainerizer {
             }
             super::LaunchConfig::Nested { sandbox_id, config } => {
                 let value = self.launch_container(&sandbox_id, config).await?;
-                let parent = Some(self.container(&value)?.pod_id);
+                let parent = Some(self.find_container(&value)?.pod_id);
                 Ok(super::ContainerId { value, parent })
             }
         }
     }
 
-    async fn exec(&self, id: &super::ContainerId) -> Result<()> {
+    async fn start(&self, id: &super::ContainerId) -> Result<()> {
         self.start_container(&id.value).await
+    }
+
+    async fn stop(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
+        match &id.parent {
+            Some(_) => self.stop_container(&id.value, grace.as_secs() as i64).await,
+            None => self.stop_pod(&id.value).await,
+        }
     }
 
     async fn update(
@@ -384,7 +374,7 @@ impl super::Containerizer for MesosContainerizer {
         id: &super::ContainerId,
         resources: &cri::LinuxContainerResources,
     ) -> Result<()> {
-        let record = self.container(&id.value)?;
+        let record = self.find_container(&id.value)?;
         for isolator in &self.isolators {
             isolator.update(&record.id, resources).await?;
         }
@@ -395,7 +385,7 @@ impl super::Containerizer for MesosContainerizer {
         &self,
         id: &super::ContainerId,
     ) -> Result<crate::isolators::chain::ResourceStatistics> {
-        let record = self.container(&id.value)?;
+        let record = self.find_container(&id.value)?;
         let mut statistics = crate::isolators::chain::ResourceStatistics {
             timestamp_ns: now_ns(),
             ..Default::default()
@@ -410,7 +400,7 @@ impl super::Containerizer for MesosContainerizer {
     }
 
     async fn status(&self, id: &super::ContainerId) -> Result<serde_json::Value> {
-        if let Ok(record) = self.container(&id.value) {
+        if let Ok(record) = self.find_container(&id.value) {
             let mut isolators = serde_json::Map::new();
             for isolator in &self.isolators {
                 if let Some(status) = isolator.status(&record.id).await {
@@ -429,7 +419,7 @@ impl super::Containerizer for MesosContainerizer {
                 "stopSignal": record.stop_signal,
             }));
         }
-        let pod = self.pod(&id.value)?;
+        let pod = self.find_pod(&id.value)?;
         Ok(serde_json::json!({
             "mesosState": pod.mesos_state,
             "supervisorPid": pod.supervisor_pid,
@@ -449,7 +439,7 @@ impl super::Containerizer for MesosContainerizer {
         &self,
         id: &super::ContainerId,
     ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
-        Ok(self.container(&id.value)?.exit())
+        Ok(self.find_container(&id.value)?.exit())
     }
 
     async fn destroy(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
@@ -463,16 +453,44 @@ impl super::Containerizer for MesosContainerizer {
         }
     }
 
-    async fn containers(&self) -> Vec<super::ContainerId> {
-        let tables = self.tables();
-        let pods = tables.pods.keys().map(|id| super::ContainerId {
-            value: id.clone(),
-            parent: None,
-        });
-        let nested = tables.containers.values().map(|c| super::ContainerId {
-            value: c.id.clone(),
-            parent: Some(c.pod_id.clone()),
-        });
-        pods.chain(nested).collect()
+    fn pods(&self) -> Vec<PodRecord> {
+        self.tables().pods.values().cloned().collect()
+    }
+
+    fn containers(&self) -> Vec<ContainerRecord> {
+        self.tables().containers.values().cloned().collect()
+    }
+
+    fn pod(&self, id: &str) -> Result<PodRecord> {
+        self.find_pod(id)
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.find_container(id)
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &super::ContainerId,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecResult> {
+        self.exec_sync_in(&id.value, cmd, timeout).await
+    }
+
+    async fn reopen_log(&self, id: &super::ContainerId) -> Result<()> {
+        self.reopen_log_of(&id.value).await
+    }
+
+    fn network_ready(&self) -> std::result::Result<(), String> {
+        self.network.readiness().map(|_| ())
+    }
+
+    fn pod_cidr(&self) -> Option<String> {
+        self.network.pod_cidr()
+    }
+
+    fn set_pod_cidr(&self, cidr: Option<String>) {
+        self.network.set_pod_cidr(cidr)
     }
 }

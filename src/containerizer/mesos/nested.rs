@@ -5,22 +5,14 @@ use super::*;
 impl MesosContainerizer {
     /// CreateContainer: provision, prepare, fork blocked. Idempotent by name for an
     /// identical config.
-    pub async fn launch_container(
+    pub(super) async fn launch_container(
         self: &Arc<Self>,
         pod_id: &str,
         config: cri::ContainerConfig,
     ) -> Result<String> {
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| invalid("config.metadata", "is required"))?;
-        if meta.name.is_empty() {
-            return Err(invalid("config.metadata.name", "must not be empty"));
-        }
-        if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
-            return Err(invalid("config.image.image", "must not be empty"));
-        }
-        let pod = self.pod(pod_id)?;
+        // The CRI layer (cri::validate) refused a config without metadata or image.
+        let meta = config.metadata.clone().unwrap_or_default();
+        let pod = self.find_pod(pod_id)?;
         if !pod.ready {
             return Err(ContainerizerError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
@@ -64,7 +56,7 @@ impl MesosContainerizer {
         let lock = self.lock_of(&pod.info.id);
         let _guard = lock.lock().await;
         // The pod may have been stopped or removed while this call waited for its lock.
-        let pod = match self.pod(&pod.info.id) {
+        let pod = match self.find_pod(&pod.info.id) {
             Ok(current) if current.ready => current,
             _ => {
                 return Err(ContainerizerError::FailedPrecondition(format!(
@@ -211,11 +203,11 @@ impl MesosContainerizer {
     }
 
     /// StartContainer: ISOLATING → FETCHING → release the pipe → RUNNING.
-    pub async fn start_container(&self, id: &str) -> Result<()> {
-        let record = self.container(id)?;
+    pub(super) async fn start_container(&self, id: &str) -> Result<()> {
+        let record = self.find_container(id)?;
         let lock = self.lock_of(&record.pod_id);
         let _guard = lock.lock().await;
-        let mut record = self.container(id)?;
+        let mut record = self.find_container(id)?;
         let exit = record.exit();
         match record.cri_state(&exit) {
             cri::ContainerState::ContainerCreated => {}
@@ -227,7 +219,7 @@ impl MesosContainerizer {
                 )));
             }
         }
-        let pod = self.pod(&record.pod_id)?;
+        let pod = self.find_pod(&record.pod_id)?;
         record.mesos_state = MesosState::Isolating;
         // As Mesos: isolate runs for all isolators at once (no dependencies among them).
         let isolations = self
@@ -272,8 +264,8 @@ impl MesosContainerizer {
 
     /// StopContainer: the stop signal, then SIGKILL of the whole cgroup after `timeout`
     /// seconds. Idempotent, also for unknown ids.
-    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let Ok(record) = self.container(id) else {
+    pub(super) async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Ok(record) = self.find_container(id) else {
             return Ok(());
         };
         // The grace period runs without the pod's lock: kubelet stops a pod's containers
@@ -292,7 +284,7 @@ impl MesosContainerizer {
         if record.exit().is_some() || record.start_error.is_some() {
             return true;
         }
-        let Ok(pod) = self.pod(&record.pod_id) else {
+        let Ok(pod) = self.find_pod(&record.pod_id) else {
             return false;
         };
         // Never started (still blocked on its pipe) or no grace: straight to the kill.
@@ -324,13 +316,13 @@ impl MesosContainerizer {
 
     /// Kills every process of the container now and makes sure its exit is recorded.
     pub(super) async fn stop_container_locked(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.container(id) else {
+        let Ok(record) = self.find_container(id) else {
             return Ok(());
         };
         if record.exit().is_some() || record.start_error.is_some() || record.pid <= 0 {
             return Ok(());
         }
-        let pod = self.pod(&record.pod_id)?;
+        let pod = self.find_pod(&record.pod_id)?;
         let client = SupervisorClient::new(&pod.supervisor_socket);
         // The grace period is over (or there was none): kill every process of the container.
         let kill = Request::Signal {
@@ -366,8 +358,8 @@ impl MesosContainerizer {
     }
 
     /// RemoveContainer: force-stops it, then undoes its launch. Idempotent.
-    pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.container(id) else {
+    pub(super) async fn remove_container(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.find_container(id) else {
             return Ok(());
         };
         let lock = self.lock_of(&record.pod_id);
@@ -376,12 +368,12 @@ impl MesosContainerizer {
     }
 
     pub(super) async fn remove_container_locked(&self, id: &str) -> Result<()> {
-        let Ok(mut record) = self.container(id) else {
+        let Ok(mut record) = self.find_container(id) else {
             return Ok(());
         };
         self.stop_container_locked(id).await?;
         record.mesos_state = MesosState::Destroying;
-        if let Ok(pod) = self.pod(&record.pod_id) {
+        if let Ok(pod) = self.find_pod(&record.pod_id) {
             let client = SupervisorClient::new(&pod.supervisor_socket);
             let _ = client
                 .call(
@@ -422,18 +414,20 @@ impl MesosContainerizer {
 
     /// ExecSync: runs a command in the container's namespaces and cgroup, with the
     /// container's env, user and cwd.
-    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecResult> {
-        let record = self.container(id)?;
+    pub(super) async fn exec_sync_in(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecResult> {
+        let record = self.find_container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
             return Err(ContainerizerError::FailedPrecondition(format!(
                 "container {} is not running",
                 record.id
             )));
         }
-        if cmd.is_empty() {
-            return Err(invalid("cmd", "must not be empty"));
-        }
-        let pod = self.pod(&record.pod_id)?;
+        let pod = self.find_pod(&record.pod_id)?;
         let exec = ExecInfo {
             container_id: record.id.clone(),
             args: cmd,
@@ -470,15 +464,15 @@ impl MesosContainerizer {
     }
 
     /// ReopenContainerLog: the supervisor reopens the log file by path.
-    pub async fn reopen_log(&self, id: &str) -> Result<()> {
-        let record = self.container(id)?;
+    pub(super) async fn reopen_log_of(&self, id: &str) -> Result<()> {
+        let record = self.find_container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
             return Err(ContainerizerError::FailedPrecondition(format!(
                 "container {} is not running",
                 record.id
             )));
         }
-        let pod = self.pod(&record.pod_id)?;
+        let pod = self.find_pod(&record.pod_id)?;
         let client = SupervisorClient::new(&pod.supervisor_socket);
         match client
             .call(

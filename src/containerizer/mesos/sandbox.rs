@@ -6,7 +6,7 @@ impl MesosContainerizer {
     /// The network part of a pod's verbose status: its networks and IPs, a CNI CHECK of
     /// them (which is how a live pod's network is verified from outside) and interface
     /// counters.
-    pub async fn pod_network_status(&self, pod: &PodRecord) -> serde_json::Value {
+    pub(super) async fn pod_network_status(&self, pod: &PodRecord) -> serde_json::Value {
         if pod.info.net_ns.is_none() {
             return serde_json::json!({ "hostNetwork": true });
         }
@@ -37,24 +37,13 @@ impl MesosContainerizer {
     // ---- pod sandboxes (top-level containers) ----
 
     /// RunPodSandbox: idempotent by name for an identical config, AlreadyExists otherwise.
-    pub async fn launch_pod(
+    pub(super) async fn launch_pod(
         self: &Arc<Self>,
         config: cri::PodSandboxConfig,
         handler: String,
     ) -> Result<String> {
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| invalid("config.metadata", "is required"))?;
-        for (field, value) in [
-            ("config.metadata.name", &meta.name),
-            ("config.metadata.namespace", &meta.namespace),
-            ("config.metadata.uid", &meta.uid),
-        ] {
-            if value.is_empty() {
-                return Err(invalid(field, "must not be empty"));
-            }
-        }
+        // The CRI layer (cri::validate) refused a config without metadata.
+        let meta = config.metadata.clone().unwrap_or_default();
         if !handler.is_empty() && handler != "mesos" {
             return Err(ContainerizerError::NotFound {
                 what: "runtime handler",
@@ -108,11 +97,10 @@ impl MesosContainerizer {
             cri::NamespaceMode::Pod => NsMode::Pod,
             cri::NamespaceMode::Node => NsMode::Node,
             cri::NamespaceMode::Container => NsMode::Container,
-            // TARGET names a container, and a pod has none yet when it is created.
+            // cri::validate refuses TARGET for a pod: it names a container.
             cri::NamespaceMode::Target => {
-                return Err(invalid(
-                    "config.linux.security_context.namespace_options.pid",
-                    "TARGET is only valid for containers, not for pod sandboxes",
+                return Err(ContainerizerError::Internal(
+                    "pid namespace mode TARGET reached a pod sandbox".into(),
                 ));
             }
         };
@@ -306,8 +294,8 @@ impl MesosContainerizer {
 
     /// StopPodSandbox: kills every container, stops the supervisor, releases the pod's
     /// namespaces and shm. Idempotent, also for unknown ids.
-    pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.pod(id) else {
+    pub(super) async fn stop_pod(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.find_pod(id) else {
             return Ok(());
         };
         let lock = self.lock_of(&record.info.id);
@@ -316,7 +304,7 @@ impl MesosContainerizer {
     }
 
     pub(super) async fn stop_pod_locked(&self, id: &str) -> Result<()> {
-        let Ok(mut record) = self.pod(id) else {
+        let Ok(mut record) = self.find_pod(id) else {
             return Ok(());
         };
         let containers = self.container_ids_of(id);
@@ -374,8 +362,8 @@ impl MesosContainerizer {
 
     /// RemovePodSandbox: stops the pod, removes its containers and everything it left.
     /// Idempotent.
-    pub async fn remove_pod(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.pod(id) else {
+    pub(super) async fn remove_pod(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.find_pod(id) else {
             return Ok(());
         };
         let id = record.info.id.clone();
