@@ -31,6 +31,9 @@ pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
             Code::FailedPrecondition
         }
         ContainerizerError::Isolator(IsolatorError::NotFound { .. }) => Code::NotFound,
+        ContainerizerError::Isolator(IsolatorError::DeadlineExceeded { .. }) => {
+            Code::DeadlineExceeded
+        }
         ContainerizerError::Provision(p) => image::provision_status(p).code(),
         _ => Code::Internal,
     };

@@ -1,7 +1,7 @@
 //! From the `--isolation` chain to isolator objects, as Mesos's
 //! `MesosContainerizer::create` instantiates each named isolator through its creator.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use cri_mesos_supervisor::protocol::LaunchInfo;
 
@@ -14,20 +14,15 @@ use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
 use super::volume::host_path::HostPathVolume;
 
-/// What isolators may need from the agent's flags to be created.
+/// What isolators may need from the agent to be created: its flags (`--runtime_dir` for
+/// volatile state, `--work_dir` for what survives a reboot, `--network_cni_*`).
 #[derive(Debug, Clone)]
 pub struct IsolatorContext {
-    /// `--runtime_dir`: volatile state (pinned namespaces, pod directories).
-    pub runtime_dir: PathBuf,
-    /// `--work_dir`: state that survives a reboot.
-    pub work_dir: PathBuf,
+    pub flags: Arc<crate::flags::Flags>,
 }
 
 /// The isolators of `chain`, in its order (the order of [`super::select`], which is Mesos's).
 pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isolator>> {
-    // None of today's isolators keeps state on disk yet; the context is for those
-    // that will (the pod side of network/cni, cgroups, disk).
-    let _ = ctx;
     chain
         .iter()
         .map(|name| -> Box<dyn Isolator> {
@@ -37,7 +32,7 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "volume/host_path" => Box::new(HostPathVolume),
                 "namespaces/pid" => Box::new(PidNamespace::default()),
                 "namespaces/ipc" => Box::new(IpcNamespace),
-                "network/cni" => Box::new(Cni),
+                "network/cni" => Box::new(Cni::new(&ctx.flags)),
                 _ => Box::new(NotBuilt(*name)),
             }
         })
@@ -218,8 +213,7 @@ mod tests {
 
     fn ctx() -> IsolatorContext {
         IsolatorContext {
-            runtime_dir: "/run/cri-mesos".into(),
-            work_dir: "/var/lib/cri-mesos".into(),
+            flags: Arc::new(crate::flags::Flags::from_args(["cri-mesos"]).unwrap()),
         }
     }
 

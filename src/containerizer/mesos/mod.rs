@@ -11,15 +11,15 @@
 
 mod nested;
 mod sandbox;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cri_mesos_supervisor::protocol::{
-    ExecInfo, ExecResult, LaunchInfo, ProcessSpec, Request, Response,
-};
+use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, ProcessSpec};
 use k8s_cri::v1 as cri;
 use tracing::Instrument;
 
@@ -28,16 +28,18 @@ use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
 use crate::flags::Flags;
 use crate::inflight::Inflight;
-use crate::isolators::chain::{ContainerPeer, ContainerPrep, Isolator, NsMode, PodInfo};
-use crate::isolators::network::cni::{CniManager, PodNetwork};
+use crate::isolators::chain::{
+    ContainerPeer, ContainerPrep, Isolator, NsMode, PodInfo, PodIsolation, PodNamespaces,
+    PodNetwork, PodPrep,
+};
 use crate::isolators::registry::{self, IsolatorContext};
+use crate::launcher::linux::{LinuxLauncher, LinuxPodHost};
 use crate::launcher::namespaces;
-use crate::launcher::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
+use crate::launcher::supervisor::{SupervisorBinary, SupervisorError};
+use crate::launcher::{Launcher, PodHost, SupervisorSpec};
 use crate::provisioner::Provisioner;
 use crate::state;
 
-/// Supervisor requests that return at once.
-const QUICK: Duration = Duration::from_secs(30);
 /// How long a container may take to set itself up before CreateContainer gives up.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,14 +61,23 @@ struct Tables {
     container_names: HashMap<String, Reservation<cri::ContainerConfig>>,
 }
 
+/// What a [`MesosContainerizer`] is made of.
+pub struct Parts {
+    pub flags: Arc<Flags>,
+    pub provisioner: Arc<Provisioner>,
+    pub isolators: Vec<Box<dyn Isolator>>,
+    pub hierarchies: Hierarchies,
+    pub launcher: Arc<dyn Launcher>,
+    pub pod_host: Arc<dyn PodHost>,
+}
+
 pub struct MesosContainerizer {
     flags: Arc<Flags>,
     provisioner: Arc<Provisioner>,
     isolators: Vec<Box<dyn Isolator>>,
     hierarchies: Hierarchies,
-    supervisor_bin: SupervisorBinary,
-    /// The pod side of network/cni: pod networks, their configs and checkpoints.
-    network: Arc<CniManager>,
+    launcher: Arc<dyn Launcher>,
+    pod_host: Arc<dyn PodHost>,
     tables: Mutex<Tables>,
     /// Lifecycle calls of one pod (and its containers) take its lock in turn.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -135,31 +146,51 @@ fn invalid(field: &str, reason: &str) -> ContainerizerError {
 }
 
 impl MesosContainerizer {
+    /// Mesos's `MesosContainerizer::create`: the isolators `--isolation` names, the
+    /// `linux` launcher over pod supervisors, the cgroup hierarchies of this machine.
     pub fn new(
         flags: Arc<Flags>,
         provisioner: Arc<Provisioner>,
     ) -> Result<Arc<MesosContainerizer>> {
         let hierarchies = Hierarchies::detect(&flags.cgroups_hierarchy)?;
         let context = IsolatorContext {
-            runtime_dir: flags.runtime_dir.clone(),
-            work_dir: flags.work_dir.clone(),
+            flags: flags.clone(),
         };
         let isolators = registry::build(&flags.isolation, &context);
+        let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
+        Self::with_parts(Parts {
+            flags,
+            provisioner,
+            isolators,
+            hierarchies,
+            launcher: Arc::new(launcher),
+            pod_host: Arc::new(LinuxPodHost),
+        })
+    }
+
+    /// A containerizer from the given parts (unit tests hand in fakes).
+    pub fn with_parts(parts: Parts) -> Result<Arc<MesosContainerizer>> {
+        let Parts {
+            flags,
+            provisioner,
+            isolators,
+            hierarchies,
+            launcher,
+            pod_host,
+        } = parts;
         for dir in [
             meta_dir(&flags).join("pods"),
             meta_dir(&flags).join("containers"),
         ] {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         }
-        let supervisor_bin = SupervisorBinary::in_dir(&flags.launcher_dir)?;
-        let network = Arc::new(CniManager::new(&flags));
         let containerizer = Arc::new(MesosContainerizer {
             flags,
             provisioner,
             isolators,
             hierarchies,
-            supervisor_bin,
-            network,
+            launcher,
+            pod_host,
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
@@ -331,6 +362,13 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 impl super::Containerizer for MesosContainerizer {
     async fn recover(&self) -> Result<()> {
         self.recover_checkpoints()?;
+        let sockets: Vec<PathBuf> = self
+            .tables()
+            .pods
+            .values()
+            .map(|p| p.supervisor_socket.clone())
+            .collect();
+        self.launcher.recover(&sockets).await?;
         let known: Vec<String> = self.tables().containers.keys().cloned().collect();
         for isolator in &self.isolators {
             isolator.recover(&known).await?;
@@ -420,7 +458,7 @@ impl super::Containerizer for MesosContainerizer {
             }));
         }
         let pod = self.find_pod(&id.value)?;
-        Ok(serde_json::json!({
+        let mut status = serde_json::json!({
             "mesosState": pod.mesos_state,
             "supervisorPid": pod.supervisor_pid,
             "supervisorSocket": pod.supervisor_socket,
@@ -431,8 +469,16 @@ impl super::Containerizer for MesosContainerizer {
             "pidMode": pod.info.pid_mode,
             "isolators": self.isolator_names(),
             "config": pod.info.config,
-            "network": self.pod_network_status(&pod).await,
-        }))
+        });
+        for isolator in &self.isolators {
+            let keys = isolator
+                .pod_status(&pod.info, pod.ready, pod.network.as_ref())
+                .await;
+            if let (Some(keys), Some(object)) = (keys, status.as_object_mut()) {
+                object.extend(keys);
+            }
+        }
+        Ok(status)
     }
 
     async fn wait(
@@ -482,15 +528,21 @@ impl super::Containerizer for MesosContainerizer {
         self.reopen_log_of(&id.value).await
     }
 
+    /// Ready when the chain has no network isolator: pods get the host's network then.
     fn network_ready(&self) -> std::result::Result<(), String> {
-        self.network.readiness().map(|_| ())
+        self.isolators
+            .iter()
+            .find_map(|i| i.network_readiness())
+            .unwrap_or(Ok(()))
     }
 
     fn pod_cidr(&self) -> Option<String> {
-        self.network.pod_cidr()
+        self.isolators.iter().find_map(|i| i.pod_cidr())
     }
 
     fn set_pod_cidr(&self, cidr: Option<String>) {
-        self.network.set_pod_cidr(cidr)
+        for isolator in &self.isolators {
+            isolator.set_pod_cidr(cidr.as_deref());
+        }
     }
 }

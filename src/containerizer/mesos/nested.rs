@@ -127,7 +127,6 @@ impl MesosContainerizer {
         let provisioned = self.provisioner.provision(&record.id, image_name).await?;
         record.rootfs = provisioned.rootfs.clone();
         record.image_id = provisioned.image.id.clone();
-        record.stop_signal = crate::isolators::docker::runtime::stop_signal(&provisioned.image);
         // PREPARING: isolators in chain order, each adding to one launch info.
         record.mesos_state = MesosState::Preparing;
         self.checkpoint_container(record).await?;
@@ -157,17 +156,14 @@ impl MesosContainerizer {
             isolator.prepare(&prep, &mut launch).await?;
         }
         record.process = launch.process.clone();
+        record.stop_signal = launch.stop_signal.unwrap_or(libc::SIGTERM);
         self.checkpoint_container(record).await?;
         // The launcher: the supervisor forks the container, which sets itself up and
         // then blocks on its start pipe.
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client
-            .call(&Request::Launch(Box::new(launch)), LAUNCH_TIMEOUT)
-            .await?
-        {
-            Response::Launched { pid } => record.pid = pid,
-            other => return Err(unexpected(&other)),
-        }
+        record.pid = self
+            .launcher
+            .fork(&pod.supervisor_socket, launch, LAUNCH_TIMEOUT)
+            .await?;
         Ok(())
     }
 
@@ -231,17 +227,12 @@ impl MesosContainerizer {
         }
         // Nothing to fetch yet: URIs come with the fetcher.
         record.mesos_state = MesosState::Fetching;
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client
-            .call(
-                &Request::Start {
-                    container_id: record.id.clone(),
-                },
-                LAUNCH_TIMEOUT,
-            )
+        match self
+            .launcher
+            .start(&pod.supervisor_socket, &record.id, LAUNCH_TIMEOUT)
             .await
         {
-            Ok(Response::Started { pid }) => {
+            Ok(pid) => {
                 record.pid = pid;
                 record.started_at = now_ns();
                 record.mesos_state = MesosState::Running;
@@ -249,7 +240,6 @@ impl MesosContainerizer {
                 self.tables().containers.insert(record.id.clone(), record);
                 Ok(())
             }
-            Ok(other) => Err(unexpected(&other)),
             Err(SupervisorError::Refused(message)) => {
                 record.start_error = Some(message.clone());
                 self.checkpoint_container(&record).await?;
@@ -291,13 +281,14 @@ impl MesosContainerizer {
         if record.started_at == 0 || timeout <= 0 {
             return false;
         }
-        let signal = Request::Signal {
-            container_id: record.id.clone(),
-            signal: record.stop_signal,
-            all: false,
-        };
-        if let Err(e) = SupervisorClient::new(&pod.supervisor_socket)
-            .call(&signal, QUICK)
+        if let Err(e) = self
+            .launcher
+            .signal(
+                &pod.supervisor_socket,
+                &record.id,
+                record.stop_signal,
+                false,
+            )
             .await
         {
             tracing::debug!(error = %e, "stop signal");
@@ -323,20 +314,15 @@ impl MesosContainerizer {
             return Ok(());
         }
         let pod = self.find_pod(&record.pod_id)?;
-        let client = SupervisorClient::new(&pod.supervisor_socket);
         // The grace period is over (or there was none): kill every process of the container.
-        let kill = Request::Signal {
-            container_id: record.id.clone(),
-            signal: libc::SIGKILL,
-            all: true,
-        };
-        if let Err(e) = client.call(&kill, QUICK).await {
+        if let Err(e) = self
+            .launcher
+            .signal(&pod.supervisor_socket, &record.id, libc::SIGKILL, true)
+            .await
+        {
             tracing::debug!(error = %e, "kill through the supervisor");
         }
-        let cgroup = record.cgroup.clone();
-        tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT))
-            .await
-            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
+        self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await?;
         // The supervisor writes the exit status once it reaped the init.
         let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
         while record.exit().is_none() && tokio::time::Instant::now() < deadline {
@@ -374,15 +360,7 @@ impl MesosContainerizer {
         self.stop_container_locked(id).await?;
         record.mesos_state = MesosState::Destroying;
         if let Ok(pod) = self.find_pod(&record.pod_id) {
-            let client = SupervisorClient::new(&pod.supervisor_socket);
-            let _ = client
-                .call(
-                    &Request::Forget {
-                        container_id: id.to_string(),
-                    },
-                    QUICK,
-                )
-                .await;
+            let _ = self.launcher.forget(&pod.supervisor_socket, id).await;
         }
         self.destroy_container_resources(&record).await;
         let dir = meta_dir(&self.flags).join("containers").join(id);
@@ -397,8 +375,9 @@ impl MesosContainerizer {
 
     /// Cleanup in reverse isolator order, then the cgroup and the rootfs.
     pub(super) async fn destroy_container_resources(&self, record: &ContainerRecord) {
-        let cgroup = record.cgroup.clone();
-        let _ = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await;
+        if let Err(e) = self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await {
+            tracing::warn!(error = %e, "container processes not all killed");
+        }
         for isolator in self.isolators.iter().rev() {
             if let Err(e) = isolator.cleanup(&record.id).await {
                 tracing::warn!(isolator = %isolator.name(), error = %e, "cleanup failed");
@@ -446,16 +425,16 @@ impl MesosContainerizer {
         } else {
             Duration::from_secs(24 * 3600)
         };
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client.call(&Request::Exec(Box::new(exec)), guard).await {
-            Ok(Response::ExecResult(result)) if result.timed_out => {
-                Err(ContainerizerError::DeadlineExceeded(format!(
-                    "command timed out after {timeout}s in container {}",
-                    record.id
-                )))
-            }
-            Ok(Response::ExecResult(result)) => Ok(result),
-            Ok(other) => Err(unexpected(&other)),
+        match self
+            .launcher
+            .exec(&pod.supervisor_socket, exec, guard)
+            .await
+        {
+            Ok(result) if result.timed_out => Err(ContainerizerError::DeadlineExceeded(format!(
+                "command timed out after {timeout}s in container {}",
+                record.id
+            ))),
+            Ok(result) => Ok(result),
             Err(SupervisorError::Refused(message)) => {
                 Err(ContainerizerError::FailedPrecondition(message))
             }
@@ -473,14 +452,9 @@ impl MesosContainerizer {
             )));
         }
         let pod = self.find_pod(&record.pod_id)?;
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client
-            .call(
-                &Request::ReopenLog {
-                    container_id: record.id.clone(),
-                },
-                QUICK,
-            )
+        match self
+            .launcher
+            .reopen_log(&pod.supervisor_socket, &record.id)
             .await
         {
             Ok(_) => Ok(()),
@@ -490,10 +464,6 @@ impl MesosContainerizer {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-fn unexpected(reply: &Response) -> ContainerizerError {
-    ContainerizerError::Internal(format!("unexpected supervisor reply: {reply:?}"))
 }
 
 /// `log_path` must name a file inside the pod's `log_directory` (the CRI layer has refused
