@@ -5,6 +5,7 @@
   failed JUNIT | passed JUNIT       testcase names, one a line
   names EXPECTED                    the names the expected-failure list holds
   focus NAME                        a --ginkgo.focus regex that selects that spec alone
+  selftest                          checks this judge on made-up reports
   verdict JUNIT EXPECTED RESCUED [--partial]
                                     exit 1 on a failure not listed (and not rescued by a
                                     re-run), on a listed spec that passed, and (unless
@@ -68,7 +69,57 @@ def expected(path):
     return names
 
 
+def selftest():
+    """The judge must fail the run on each kind of surprise, or the gate means nothing."""
+    import os
+    import subprocess
+    import tempfile
+
+    def junit(cases_xml):
+        return ('<?xml version="1.0"?><testsuites><testsuite name="critest">'
+                '<testcase name="[BeforeSuite]" status="passed"></testcase>'
+                + cases_xml + "</testsuite></testsuites>")
+
+    def case(name, status):
+        body = {"failed": '<failure message="boom: first line&#10;second">x</failure>',
+                "skipped": "<skipped></skipped>", "passed": ""}[status]
+        return f'<testcase name="{name}" status="{status}">{body}</testcase>'
+
+    expected_list = "# comment\n[It] a spec [Conformance]  # streaming\n"
+    scenarios = [
+        # (cases, rescued, should pass)
+        ([("[It] a spec [Conformance]", "failed"), ("[It] b", "passed")], [], True),
+        ([("[It] a spec [Conformance]", "failed"), ("[It] b", "failed")], [], False),
+        ([("[It] a spec [Conformance]", "failed"), ("[It] b", "failed")], ["[It] b"], True),
+        ([("[It] a spec [Conformance]", "passed"), ("[It] b", "passed")], [], False),
+        ([("[It] b", "passed")], [], False),
+        ([("[It] a spec [Conformance]", "skipped")], [], True),
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        exp = os.path.join(d, "expected.txt")
+        with open(exp, "w") as f:
+            f.write(expected_list)
+        for i, (cs, rescued, ok) in enumerate(scenarios):
+            rep, res = os.path.join(d, f"r{i}.xml"), os.path.join(d, f"s{i}.txt")
+            with open(rep, "w") as f:
+                f.write(junit("".join(case(n, s) for n, s in cs)))
+            with open(res, "w") as f:
+                f.write("\n".join(rescued))
+            rc = subprocess.run([sys.executable, __file__, "verdict", rep, exp, res],
+                                capture_output=True).returncode
+            assert (rc == 0) == ok, f"scenario {i}: exit {rc}, expected ok={ok}"
+        rep = os.path.join(d, "r0.xml")
+        assert [c[0] for c in cases(rep) if c[1] in FAILED] == ["[It] a spec [Conformance]"]
+        assert cases(rep)[0][2] == "boom: first line"
+    focus = subprocess.run([sys.executable, __file__, "focus", "[It] a.b [x] (y)"],
+                           capture_output=True, text=True).stdout.strip()
+    assert focus == r"a\.b \[x\] \(y\)$", focus
+    print("critest judge: self-test passed")
+
+
 def main():
+    if len(sys.argv) == 2 and sys.argv[1] == "selftest":
+        return selftest()
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     cmd, arg = sys.argv[1], sys.argv[2]

@@ -35,6 +35,7 @@ export PATH=$TOOLS:$PATH
 log() { echo "critest: $*" >&2; }
 
 hack/install-deps.sh
+python3 hack/critest-judge.py selftest >&2
 # Go comes from bookworm-backports: this script adds the suite and installs it when missing.
 "$SHARED/build-cri-tools.sh" "$TOOLS" >&2
 if [[ ! -x $BIN/cri-mesos || ! -x $BIN/cri-mesos-supervisor ]]; then

@@ -14,6 +14,7 @@ packages=(
   # critest (hack/critest.sh): its stand-in images are built and pushed with these;
   # Go for building it comes from ../shared/critest/build-cri-tools.sh
   skopeo curl openssl gcc python3
+  python3-venv                 # hack/chart-test.sh: the Helm SDK from PyPI in a venv
 )
 
 missing=()

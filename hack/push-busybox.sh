@@ -49,7 +49,7 @@ jq -nc --arg a "$arch" --arg d "$diff_id" '{architecture: $a, os: "linux",
 push() {
   local file=$1 digest location
   digest=sha256:$(sha256sum <"$file" | cut -d' ' -f1)
-  if ! curl -fsS -o /dev/null -I "http://$REG/v2/busybox/blobs/$digest"; then
+  if ! curl -fs -o /dev/null -I "http://$REG/v2/busybox/blobs/$digest"; then
     location=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/busybox/blobs/uploads/" |
       tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }')
     [[ $location == http* ]] || location=http://$REG$location

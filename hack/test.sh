@@ -15,6 +15,12 @@ cargo build --workspace --bins
 ignored=()
 if [ "$(id -u)" -eq 0 ]; then ignored=(--include-ignored); fi
 cargo test --workspace --no-fail-fast -- "${ignored[@]}"
+# The Helm chart, linted, rendered and checked through the Helm SDK; hack/install.sh
+# installing, starting and removing the runtime here, and the installer image built
+# from the release binaries, pushed, pulled and run by cri-mesos (both root only).
+hack/chart-test.sh
+hack/install-test.sh
+hack/installer-image-test.sh
 # The CRI validation suite, judged against tests/critest-expected-failures.txt.
 if [ "$(id -u)" -eq 0 ]; then
   hack/critest.sh

@@ -90,11 +90,13 @@ async fn version_status_and_runtime_config() {
         verbose["isolation"],
         serde_json::json!([
             "filesystem/linux",
+            "cgroups/devices",
             "docker/runtime",
             "volume/host_path",
             "namespaces/ipc",
             "namespaces/pid",
-            "network/cni"
+            "network/cni",
+            "linux/capabilities"
         ])
     );
 }

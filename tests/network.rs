@@ -827,13 +827,7 @@ wait"#,
     assert!(err.message().contains("2s"), "{}", err.message());
 
     // Nothing left: no pod, no address, no veth, no rule, no namespace, no plugin process.
-    let pods = env
-        .runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = env.pods().await;
     assert!(pods.is_empty(), "{pods:?}");
     assert_eq!(net.leased("failing"), Vec::<String>::new());
     assert_eq!(net.leased("hanging"), Vec::<String>::new());

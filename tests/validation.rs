@@ -13,21 +13,9 @@ use tonic::Code;
 
 /// No pod, no container, no pod dir, no checkpoint and no mount is left by refused calls.
 async fn assert_nothing_left(env: &mut Env, expected_pods: usize) {
-    let pods = env
-        .runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = env.pods().await;
     assert_eq!(pods.len(), expected_pods, "{pods:?}");
-    let containers = env
-        .runtime
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let containers = env.containers().await;
     assert!(containers.is_empty(), "{containers:?}");
     let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
     assert_eq!(
@@ -187,6 +175,43 @@ async fn bad_pod_configs_are_refused_naming_the_field() {
         "config.port_mappings[0].host_ip",
     );
 
+    // Security fields that are not built are refused, never ignored.
+    let mut pod = base.clone();
+    pod.linux.get_or_insert_with(Default::default).sysctls =
+        HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+    assert_invalid(try_run_pod(&mut env, &pod).await, "config.linux.sysctls");
+    let mut pod = base.clone();
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(cri::NamespaceOption {
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_invalid(
+        try_run_pod(&mut env, &pod).await,
+        "config.linux.security_context.namespace_options.userns_options.mode",
+    );
+    let mut pod = base.clone();
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .apparmor = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "my-profile".into(),
+    });
+    let err = try_run_pod(&mut env, &pod).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "config.linux.security_context.apparmor: apparmor is not supported on this host"
+    );
+
     // A 10k-character input is quoted short, wherever it lands in a message.
     let huge = "h".repeat(10_000);
     let err = try_run_pod_with(&mut env, &base, &huge).await.unwrap_err();
@@ -313,6 +338,27 @@ async fn bad_container_configs_are_refused_before_anything_is_made() {
         .map(|i| (format!("example.com/label-{i}"), "v".repeat(40)))
         .collect();
     assert_invalid(env.create(&pod_id, &pod, config).await, "config.labels");
+
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config.cdi_devices = vec![cri::CdiDevice {
+        name: "vendor.com/gpu=0".into(),
+    }];
+    assert_invalid(
+        env.create(&pod_id, &pod, config).await,
+        "config.CDI_devices",
+    );
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .apparmor = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "my-profile".into(),
+    });
+    let err = env.create(&pod_id, &pod, config).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     // Annotations within Kubernetes' own 256 KiB limit are taken and given back.
     let mut config = container("c", &image, &["sleep", "1000"]);

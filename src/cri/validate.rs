@@ -67,19 +67,35 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
             ("pid", options.pid),
             ("ipc", options.ipc),
         ] {
-            if cri::NamespaceMode::try_from(mode).is_err() {
-                return Err(invalid(
-                    format!("config.linux.security_context.namespace_options.{field}"),
-                    format!("unknown namespace mode {mode}"),
-                ));
+            let field = format!("config.linux.security_context.namespace_options.{field}");
+            match cri::NamespaceMode::try_from(mode) {
+                Err(_) => return Err(invalid(field, format!("unknown namespace mode {mode}"))),
+                // TARGET names another container: a pod has none to share with.
+                Ok(cri::NamespaceMode::Target) => {
+                    return Err(invalid(
+                        field,
+                        "TARGET is for containers, not pod sandboxes",
+                    ));
+                }
+                Ok(_) => {}
             }
         }
-        // TARGET names a container, and a pod has none yet when it is created.
-        if options.pid == cri::NamespaceMode::Target as i32 {
+        userns(options)?;
+    }
+    if let Some(linux) = &config.linux {
+        // Accepting them would be ignoring them: the pod-level hook that writes them in the
+        // pod's namespaces is not built yet.
+        if let Some(name) = linux.sysctls.keys().min() {
             return Err(invalid(
-                "config.linux.security_context.namespace_options.pid",
-                "TARGET is only valid for containers, not for pod sandboxes",
+                "config.linux.sysctls",
+                format!(
+                    "{}: sysctls are not supported by cri-mesos yet",
+                    quote(name)
+                ),
             ));
+        }
+        if let Some(sc) = &linux.security_context {
+            apparmor("config.linux.security_context", sc.apparmor.as_ref(), "")?;
         }
     }
     let meta = config
@@ -94,6 +110,49 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
         if value.is_empty() {
             return Err(invalid(field, "must not be empty"));
         }
+    }
+    Ok(())
+}
+
+/// A user namespace other than the host's is not built: absent or NODE is the host's, as
+/// containerd and CRI-O read it.
+fn userns(options: &cri::NamespaceOption) -> Result<(), Status> {
+    if let Some(userns) = &options.userns_options
+        && userns.mode != cri::NamespaceMode::Node as i32
+    {
+        return Err(invalid(
+            "config.linux.security_context.namespace_options.userns_options.mode",
+            format!(
+                "{}: only NODE (the host's user namespace) is supported",
+                cri::NamespaceMode::try_from(userns.mode)
+                    .map_or_else(|_| userns.mode.to_string(), |m| m.as_str_name().to_string())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// AppArmor is not enabled on the hosts cri-mesos runs on: a profile that must be loaded
+/// cannot be honoured (containerd answers the same); runtime/default and unconfined run
+/// unconfined, as on any host without AppArmor.
+fn apparmor(
+    prefix: &str,
+    profile: Option<&cri::SecurityProfile>,
+    deprecated: &str,
+) -> Result<(), Status> {
+    let localhost = match profile {
+        Some(p) => p.profile_type == cri::security_profile::ProfileType::Localhost as i32,
+        None => deprecated.starts_with("localhost/"),
+    };
+    if localhost {
+        let field = if profile.is_some() {
+            "apparmor"
+        } else {
+            "apparmor_profile"
+        };
+        return Err(Status::failed_precondition(format!(
+            "{prefix}.{field}: apparmor is not supported on this host"
+        )));
     }
     Ok(())
 }
@@ -114,6 +173,62 @@ pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
         log_path(&config.log_path).map_err(|r| invalid("config.log_path", r))?;
     }
     sizes("config", &config.labels, &config.annotations)?;
+    if let Some(options) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+    {
+        let field = "config.linux.security_context.namespace_options";
+        for (name, mode) in [
+            ("network", options.network),
+            ("pid", options.pid),
+            ("ipc", options.ipc),
+        ] {
+            match cri::NamespaceMode::try_from(mode) {
+                Err(_) => {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        format!("unknown namespace mode {mode}"),
+                    ));
+                }
+                Ok(cri::NamespaceMode::Target) if name != "pid" => {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        "TARGET is only supported for the pid namespace",
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        userns(options)?;
+        if options.pid == cri::NamespaceMode::Target as i32 && options.target_id.is_empty() {
+            return Err(invalid(
+                format!("{field}.target_id"),
+                "must name the target container when pid is TARGET",
+            ));
+        }
+    }
+    if let Some(sc) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    {
+        // The deprecated string is still what older kubelets send.
+        #[allow(deprecated)]
+        let deprecated = sc.apparmor_profile.as_str();
+        apparmor(
+            "config.linux.security_context",
+            sc.apparmor.as_ref(),
+            deprecated,
+        )?;
+    }
+    if !config.cdi_devices.is_empty() {
+        return Err(invalid(
+            "config.CDI_devices",
+            "CDI devices are not supported by cri-mesos yet",
+        ));
+    }
     for (i, mount) in config.mounts.iter().enumerate() {
         container_path(&mount.container_path)
             .map_err(|r| invalid(format!("config.mounts[{i}].container_path"), r))?;

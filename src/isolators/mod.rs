@@ -2,9 +2,11 @@
 //! how `--isolation` becomes an ordered chain (the rules of Mesos's
 //! `MesosContainerizer::create`).
 
+pub mod cgroups;
 pub mod chain;
 pub mod docker;
 pub mod filesystem;
+pub mod linux;
 pub mod namespaces;
 pub mod network;
 pub mod registry;
@@ -106,7 +108,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "cgroups/devices",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "cgroups/hugetlb",
@@ -226,7 +228,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "linux/capabilities",
         stage: Stage::Misc,
-        built: false,
+        built: true,
     },
     Known {
         name: "linux/devices",
@@ -256,6 +258,10 @@ const ALIASES: &[(&str, &[&str])] = &[
 /// are left out silently: they are implied, not asked for.
 const IMPLIED_BY_FILESYSTEM_LINUX: &[&str] =
     &["volume/image", "volume/host_path", "volume/sandbox_path"];
+
+/// Isolators every chain has, named or not: they apply CRI fields that must never be
+/// silently ignored (devices, capabilities, privileged).
+const ALWAYS: &[&str] = &["cgroups/devices", "linux/capabilities"];
 
 /// A known Mesos isolator name (always one of [`CATALOG`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -356,6 +362,12 @@ pub fn select(isolation: &str) -> Result<Vec<IsolatorName>, SelectionError> {
     if networks.is_empty() {
         asked.push(catalog_entry("network/cni").expect("in catalog"));
     }
+    // The CRI's security fields always apply: what applies them cannot be left out.
+    for implied in ALWAYS {
+        if !asked.iter().any(|k| k.name == *implied) {
+            asked.push(catalog_entry(implied).expect("in catalog"));
+        }
+    }
     if asked.iter().any(|k| k.name == "filesystem/linux") {
         for implied in IMPLIED_BY_FILESYSTEM_LINUX {
             let known = catalog_entry(implied).expect("in catalog");
@@ -385,10 +397,12 @@ mod tests {
             names(&chain),
             [
                 "filesystem/linux",
+                "cgroups/devices",
                 "docker/runtime",
                 "volume/host_path",
                 "namespaces/pid",
-                "network/cni"
+                "network/cni",
+                "linux/capabilities"
             ]
         );
     }
@@ -397,7 +411,24 @@ mod tests {
     fn defaults_are_added() {
         assert_eq!(
             names(&select("namespaces/pid").unwrap()),
-            ["filesystem/posix", "namespaces/pid", "network/cni"]
+            [
+                "filesystem/posix",
+                "cgroups/devices",
+                "namespaces/pid",
+                "network/cni",
+                "linux/capabilities"
+            ]
+        );
+        // Naming an implied isolator is allowed; it is not there twice.
+        assert_eq!(
+            names(&select("namespaces/pid,linux/capabilities").unwrap()),
+            [
+                "filesystem/posix",
+                "cgroups/devices",
+                "namespaces/pid",
+                "network/cni",
+                "linux/capabilities"
+            ]
         );
     }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use cri_mesos_supervisor::protocol::LaunchInfo;
 
 use super::IsolatorName;
+use super::cgroups::Cgroups;
 use super::chain::{ContainerPrep, Isolator, IsolatorError};
 use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
+use super::linux::capabilities::LinuxCapabilities;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
@@ -33,6 +35,8 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "namespaces/pid" => Box::new(PidNamespace::default()),
                 "namespaces/ipc" => Box::new(IpcNamespace),
                 "network/cni" => Box::new(Cni::new(&ctx.flags)),
+                "linux/capabilities" => Box::new(LinuxCapabilities),
+                "cgroups/devices" => Box::new(Cgroups),
                 _ => Box::new(NotBuilt(*name)),
             }
         })

@@ -16,7 +16,7 @@ const DEFAULT_TAG: &str = "latest";
 const NAME_MAX: usize = 255;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid image reference {reference:?}: {reason}")]
+#[error("invalid image reference {}: {reason}", crate::quote::quote(reference))]
 pub struct ReferenceError {
     pub reference: String,
     pub reason: String,

@@ -385,7 +385,7 @@ fn make_node(
     }
 }
 
-fn standard_mounts(root: &Path, tty: bool) -> Step<()> {
+fn standard_mounts(root: &Path, tty: bool, sysfs_writable: bool) -> Step<()> {
     let at = |p: &str| -> Step<PathBuf> {
         let d = step("resolve", resolve_in_root(root, Path::new(p)))?;
         step(&format!("mkdir {p}"), mkdir_all(&d, 0o755))?;
@@ -473,11 +473,12 @@ fn standard_mounts(root: &Path, tty: bool) -> Step<()> {
         )?;
     }
     let sys_dir = at("/sys")?;
+    let sys_ro = if sysfs_writable { 0 } else { libc::MS_RDONLY };
     let sysfs = mount(
         Path::new("sysfs"),
         &sys_dir,
         Some("sysfs"),
-        nosuid_noexec_nodev | libc::MS_RDONLY,
+        nosuid_noexec_nodev | sys_ro,
         "",
     );
     match sysfs {
@@ -495,7 +496,7 @@ fn standard_mounts(root: &Path, tty: bool) -> Step<()> {
             )?;
             step(
                 "remount /sys",
-                remount_bind(&sys_dir, libc::MS_RDONLY | nosuid_noexec_nodev),
+                remount_bind(&sys_dir, sys_ro | nosuid_noexec_nodev),
             )?;
         }
         r => step("mount /sys", r)?,
@@ -637,7 +638,7 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         "bind rootfs",
         mount(&root, &root, None, libc::MS_BIND | libc::MS_REC, ""),
     )?;
-    standard_mounts(&root, fds.tty)?;
+    standard_mounts(&root, fds.tty, info.sysfs_writable)?;
     for m in &info.mounts {
         let d = step("resolve", resolve_in_root(&root, &m.destination))?;
         step(
@@ -713,10 +714,8 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         step("controlling tty", sys::set_controlling_tty(0))?;
     }
     let p = &info.process;
-    step(
-        "set user",
-        sys::set_identity(p.uid, p.gid, &p.additional_gids),
-    )?;
+    crate::creds::become_user(p.uid, p.gid, &p.additional_gids, p.capabilities.as_ref())
+        .map_err(|e| format!("credentials: {e}"))?;
     step(
         &format!("chdir {}", p.cwd.display()),
         std::env::set_current_dir(&p.cwd),

@@ -106,8 +106,18 @@ fn grandchild(info: &ExecInfo, fds: &ExecFds) -> ! {
     {
         fail(st, &format!("controlling tty: {}", errstr(&e)), 127);
     }
-    if let Err(e) = sys::set_identity(info.uid, info.gid, &info.additional_gids) {
-        fail(st, &format!("set user: {}", errstr(&e)), 127);
+    if info.no_new_privileges
+        && let Err(e) = sys::set_no_new_privs()
+    {
+        fail(st, &format!("no_new_privs: {}", errstr(&e)), 127);
+    }
+    if let Err(e) = crate::creds::become_user(
+        info.uid,
+        info.gid,
+        &info.additional_gids,
+        info.capabilities.as_ref(),
+    ) {
+        fail(st, &format!("credentials: {e}"), 127);
     }
     if let Err(e) = std::env::set_current_dir(&info.cwd) {
         fail(

@@ -35,6 +35,7 @@ pub mod mountinfo;
 pub mod protocol;
 
 mod child;
+mod creds;
 mod crilog;
 pub use crilog::open_beneath;
 mod exec;

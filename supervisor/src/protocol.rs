@@ -106,6 +106,9 @@ pub struct LaunchInfo {
     /// Remount the root filesystem read-only after all mounts are made.
     #[serde(default)]
     pub rootfs_readonly: bool,
+    /// Mount /sys read-write (privileged containers); otherwise it is read-only.
+    #[serde(default)]
+    pub sysfs_writable: bool,
     #[serde(default)]
     pub namespaces: NamespaceSpec,
     /// `cgroup.procs` files the child writes itself into first, before any other setup
@@ -285,6 +288,22 @@ pub struct ProcessSpec {
     /// prctl(PR_SET_NO_NEW_PRIVS).
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// The capability sets the process gets; `None` keeps the supervisor's own (all).
+    #[serde(default)]
+    pub capabilities: Option<CapabilitySet>,
+}
+
+/// Linux capability sets as bit masks (bit N = capability N, as in /proc/PID/status), set
+/// the way runc sets them: the bounding set is cut before the user changes, then
+/// effective, permitted and inheritable, then the ambient capabilities are raised. Bits the
+/// supervisor itself lacks (its bounding set) are left out rather than failing the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilitySet {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
 }
 
 fn root_dir() -> PathBuf {
@@ -317,6 +336,12 @@ pub struct ExecInfo {
     /// Bytes written to the process's stdin (then closed); `None`: stdin is /dev/null.
     #[serde(default)]
     pub stdin_b64: Option<String>,
+    /// The container's capabilities and `no_new_privs`: an exec session gets the
+    /// container's security, not the supervisor's.
+    #[serde(default)]
+    pub capabilities: Option<CapabilitySet>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 /// The outcome of an [`Request::Exec`]. Output is capped at 16 MiB per stream.

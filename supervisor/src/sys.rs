@@ -460,6 +460,94 @@ pub fn sethostname(name: &str) -> io::Result<()> {
     cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
 }
 
+/// `/proc/sys/kernel/cap_last_cap`: the highest capability this kernel knows.
+pub fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: PR_CAPBSET_DROP takes an integer argument.
+    cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+pub fn capbset_read(cap: u32) -> io::Result<bool> {
+    // SAFETY: PR_CAPBSET_READ takes an integer argument and returns 0 or 1.
+    cvt(unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) })
+        .map(|r| r == 1)
+}
+
+/// prctl(PR_SET_KEEPCAPS): the permitted set survives the setuid to a non-root user, so
+/// that capset can then give a non-root process what it was configured with.
+pub fn set_keepcaps(keep: bool) -> io::Result<()> {
+    // SAFETY: PR_SET_KEEPCAPS takes an integer argument.
+    cvt(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, keep as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// The kernel's capability header and data (version 3: two 32-bit halves per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const CAP_V3: u32 = 0x2008_0522;
+
+/// capget(2) of this thread: (effective, permitted, inheritable).
+pub fn capget() -> io::Result<(u64, u64, u64)> {
+    let mut header = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array, as version 3 requires.
+    cvt_long(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    let join = |f: fn(&CapData) -> u32| u64::from(f(&data[0])) | (u64::from(f(&data[1])) << 32);
+    Ok((
+        join(|d| d.effective),
+        join(|d| d.permitted),
+        join(|d| d.inheritable),
+    ))
+}
+
+/// capset(2) of this thread.
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    let header = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let half = |v: u64, i: usize| (v >> (32 * i)) as u32;
+    let data: [CapData; 2] = std::array::from_fn(|i| CapData {
+        effective: half(effective, i),
+        permitted: half(permitted, i),
+        inheritable: half(inheritable, i),
+    });
+    // SAFETY: header and a two-element data array, as version 3 requires.
+    cvt_long(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+}
+
+pub fn ambient_raise(cap: u32) -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT takes integer arguments.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap as libc::c_ulong,
+            0,
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// setgroups + setgid + setuid, in that order (groups and gid need root).
 pub fn set_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     // SAFETY: the slice is a valid array of gid_t (u32) values.

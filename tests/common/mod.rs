@@ -194,6 +194,26 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
+    /// ListPodSandbox without a filter.
+    pub async fn pods(&mut self) -> Vec<cri::PodSandbox> {
+        self.runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    }
+
+    /// ListContainers without a filter.
+    pub async fn containers(&mut self) -> Vec<cri::Container> {
+        self.runtime
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+    }
+
     pub async fn stop_remove_pod(&mut self, pod_id: &str) {
         self.runtime
             .stop_pod_sandbox(cri::StopPodSandboxRequest {

@@ -418,6 +418,8 @@ impl MesosContainerizer {
             tty: false,
             timeout_ms: (timeout > 0).then(|| (timeout as u64).saturating_mul(1000)),
             stdin_b64: None,
+            capabilities: record.process.capabilities,
+            no_new_privileges: record.process.no_new_privileges,
         };
         // The supervisor enforces the timeout; ours only guards against a lost reply.
         let guard = if timeout > 0 {

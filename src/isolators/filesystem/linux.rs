@@ -5,6 +5,7 @@
 //! CRI volumes are `volume/host_path`'s; this isolator only steps aside where one of them
 //! lands on a path the runtime would otherwise fill (kubelet brings its own /etc/hosts).
 
+use crate::quote::quote;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -73,6 +74,12 @@ impl Isolator for LinuxFilesystem {
         let (masked, readonly) = hidden_paths(sc);
         launch.masked_paths = masked;
         launch.readonly_paths = readonly;
+        if sc.privileged {
+            // As containerd: a privileged container sees every host device and may write
+            // /sys (its capabilities come from linux/capabilities).
+            launch.sysfs_writable = true;
+            launch.devices.extend(host_devices(Path::new("/dev")));
+        }
         launch.devices.extend(devices(&config.devices)?);
         Ok(())
     }
@@ -152,6 +159,55 @@ fn hidden_paths(sc: &cri::LinuxContainerSecurityContext) -> (Vec<PathBuf>, Vec<P
 /// Device nodes copied from the host's (type, numbers, mode and owner). The devices cgroup
 /// allow-list for them (the `permissions`) comes with the cgroups isolators; until then the
 /// container's cgroup decides whether they can be opened.
+/// Every device node under `dir`, as containerd's `HostDevices` lists them: the pty,
+/// shm, mqueue and fd trees, the console and ptmx are the container's own.
+fn host_devices(dir: &Path) -> Vec<DeviceSpec> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if !matches!(
+                name.to_str(),
+                Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev")
+            ) {
+                out.extend(host_devices(&path));
+            }
+            continue;
+        }
+        let kind = if ft.is_char_device() {
+            'c'
+        } else if ft.is_block_device() {
+            'b'
+        } else {
+            continue;
+        };
+        // The console is the container's pty and ptmx its own devpts' (a symlink).
+        if name == "console" || name == "ptmx" {
+            continue;
+        }
+        let rdev = meta.rdev();
+        out.push(DeviceSpec {
+            path: path.clone(),
+            kind,
+            major: libc::major(rdev).into(),
+            minor: libc::minor(rdev).into(),
+            file_mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            host_path: Some(path),
+        });
+    }
+    out
+}
+
 fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
     let mut out = Vec::with_capacity(asked.len());
     for (i, device) in asked.iter().enumerate() {
@@ -163,7 +219,7 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
         if !host.is_absolute() {
             return Err(invalid(
                 "host_path",
-                format!("{:?} is not an absolute path", device.host_path),
+                format!("{} is not an absolute path", quote(&device.host_path)),
             ));
         }
         if let Some(bad) = device
@@ -174,8 +230,8 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
             return Err(invalid(
                 "permissions",
                 format!(
-                    "{:?}: unknown permission {bad:?} (expected a combination of r, w, m)",
-                    device.permissions
+                    "{}: unknown permission {bad:?} (expected a combination of r, w, m)",
+                    quote(&device.permissions)
                 ),
             ));
         }
@@ -184,7 +240,7 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(invalid(
                     "host_path",
-                    format!("device {:?} does not exist", device.host_path),
+                    format!("device {} does not exist", quote(&device.host_path)),
                 ));
             }
             Err(e) => {
@@ -201,7 +257,7 @@ fn devices(asked: &[cri::Device]) -> Result<Vec<DeviceSpec>, IsolatorError> {
         } else {
             return Err(invalid(
                 "host_path",
-                format!("{:?} is not a device node", device.host_path),
+                format!("{} is not a device node", quote(&device.host_path)),
             ));
         };
         let container_path = if device.container_path.is_empty() {

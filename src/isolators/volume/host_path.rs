@@ -2,6 +2,7 @@
 //! /dev/termination-log, service account tokens...) as bind mounts of host paths, with
 //! their propagation checked against the host's mount table as containerd does.
 
+use crate::quote::quote;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -87,14 +88,14 @@ fn mount_spec(
     if !Path::new(&mount.container_path).is_absolute() {
         return Err(invalid(
             "container_path",
-            format!("{:?} is not an absolute path", mount.container_path),
+            format!("{} is not an absolute path", quote(&mount.container_path)),
         ));
     }
     let host = Path::new(&mount.host_path);
     if !host.is_absolute() {
         return Err(invalid(
             "host_path",
-            format!("{:?} is not an absolute path", mount.host_path),
+            format!("{} is not an absolute path", quote(&mount.host_path)),
         ));
     }
     let propagation = cri::MountPropagation::try_from(mount.propagation).map_err(|_| {

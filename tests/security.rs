@@ -1,0 +1,298 @@
+//! The CRI's security context through the socket, checked from inside the container:
+//! capability sets, privileged, no_new_privs, and exec sessions that get the container's
+//! security rather than the runtime's.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, container};
+use k8s_cri::v1 as cri;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(20);
+
+/// containerd's default set, as root sees it (CapEff in /proc/self/status).
+const DEFAULT_CAPS: &str = "00000000a80425fb";
+
+fn with_security(
+    mut config: cri::ContainerConfig,
+    f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
+) -> cri::ContainerConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    f(linux.security_context.get_or_insert_with(Default::default));
+    config
+}
+
+fn caps(add: &[&str], drop: &[&str], ambient: &[&str]) -> Option<cri::Capability> {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+    Some(cri::Capability {
+        add_capabilities: v(add),
+        drop_capabilities: v(drop),
+        add_ambient_capabilities: v(ambient),
+    })
+}
+
+/// The `Cap*` and `NoNewPrivs` lines of the container's init, from its log.
+async fn status_of(
+    env: &mut Env,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> (String, String) {
+    let id = env.run(pod_id, pod, config).await;
+    let log = common::log_path(&env.status(&id).await);
+    let text = common::wait_for_log(&log, T, |t| t.contains("NoNewPrivs")).await;
+    (id, text)
+}
+
+fn field<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.split_once(&format!("{name}:\t")).map(|(_, v)| v.trim()))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+const MOUNT: &[&str] = &["sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m"];
+
+const SHOW: &[&str] = &[
+    "sh",
+    "-c",
+    "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; sleep 1000",
+];
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn capability_sets_follow_the_security_context() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("caps");
+    let pod_id = env.run_pod(&pod).await;
+
+    // No security context: containerd's default set, nothing inheritable or ambient.
+    let (id, text) = status_of(&mut env, &pod_id, &pod, container("default", &image, SHOW)).await;
+    assert_eq!(field(&text, "CapEff"), DEFAULT_CAPS, "{text}");
+    assert_eq!(field(&text, "CapBnd"), DEFAULT_CAPS, "{text}");
+    assert_eq!(field(&text, "CapPrm"), DEFAULT_CAPS, "{text}");
+    assert_eq!(field(&text, "CapInh"), "0000000000000000", "{text}");
+    assert_eq!(field(&text, "CapAmb"), "0000000000000000", "{text}");
+    assert_eq!(field(&text, "NoNewPrivs"), "0", "{text}");
+    // Without CAP_SYS_ADMIN a tmpfs cannot be mounted.
+    let out = env.exec(&id, MOUNT, 10).await.unwrap();
+    assert_ne!(out.exit_code, 0, "mount worked without CAP_SYS_ADMIN");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An exec session gets the container's capabilities, not the runtime's.
+    let out = env
+        .exec(&id, &["grep", "CapEff", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(DEFAULT_CAPS),
+        "{out:?}"
+    );
+
+    // add SYS_ADMIN (CAP_ prefix optional), drop CHOWN.
+    let config = with_security(container("add-drop", &image, SHOW), |sc| {
+        sc.capabilities = caps(&["CAP_SYS_ADMIN"], &["CHOWN"], &[]);
+    });
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(
+        field(&text, "CapEff"),
+        format!("{:016x}", (0xa80425fbu64 | 1 << 21) & !1)
+    );
+    let out = env.exec(&id, MOUNT, 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+
+    // drop ALL: nothing at all, in every set.
+    let config = with_security(container("drop-all", &image, SHOW), |sc| {
+        sc.capabilities = caps(&[], &["ALL"], &[]);
+    });
+    let (_, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    for set in ["CapEff", "CapBnd", "CapPrm"] {
+        assert_eq!(field(&text, set), "0000000000000000", "{set}: {text}");
+    }
+
+    // add ALL, drop one: everything the runtime itself has, but that one.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_bnd = u64::from_str_radix(field(&own, "CapBnd"), 16).unwrap();
+    let config = with_security(container("add-all", &image, SHOW), |sc| {
+        sc.capabilities = caps(&["ALL"], &["NET_ADMIN"], &[]);
+    });
+    let (_, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    let eff = u64::from_str_radix(field(&text, "CapEff"), 16).unwrap();
+    assert_eq!(eff, own_bnd & !(1 << 12), "{text}");
+
+    // A non-root user has only its ambient capabilities, which are also inheritable.
+    let config = with_security(container("ambient", &image, SHOW), |sc| {
+        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+        sc.capabilities = caps(&[], &[], &["NET_BIND_SERVICE"]);
+    });
+    let (_, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    let bind = format!("{:016x}", 1u64 << 10);
+    assert_eq!(field(&text, "CapEff"), bind, "{text}");
+    assert_eq!(field(&text, "CapAmb"), bind, "{text}");
+    assert_eq!(field(&text, "CapInh"), bind, "{text}");
+    let config = with_security(container("non-root", &image, SHOW), |sc| {
+        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+    });
+    let (_, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "CapEff"), "0000000000000000", "{text}");
+    assert_eq!(field(&text, "CapBnd"), DEFAULT_CAPS, "{text}");
+
+    // no_new_privs, in the container and in its exec sessions.
+    let config = with_security(container("nnp", &image, SHOW), |sc| {
+        sc.no_new_privs = true;
+    });
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "NoNewPrivs"), "1", "{text}");
+    let out = env
+        .exec(&id, &["grep", "NoNewPrivs", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('1'),
+        "{out:?}"
+    );
+
+    // Unknown names and a privileged container in a plain pod are refused, leaving nothing.
+    let before = env.containers().await.len();
+    let config = with_security(container("unknown", &image, SHOW), |sc| {
+        sc.capabilities = caps(&["NET_RAW", "CAP_TELEPORT"], &[], &[]);
+    });
+    let err = env.create(&pod_id, &pod, config).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("config.linux.security_context.capabilities.add_capabilities[1]")
+            && err.message().contains("CAP_TELEPORT"),
+        "{}",
+        err.message()
+    );
+    let config = with_security(container("privileged", &image, SHOW), |sc| {
+        sc.privileged = true;
+    });
+    let err = env.create(&pod_id, &pod, config).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("config.linux.security_context.privileged"),
+        "{}",
+        err.message()
+    );
+    let after = env.containers().await.len();
+    assert_eq!(before, after, "refused containers left nothing");
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_privileged_container_in_a_privileged_pod_has_everything() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let mut pod = env.pod_config("privileged");
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let pod_id = env.run_pod(&pod).await;
+    let config = with_security(container("all", &image, SHOW), |sc| {
+        sc.privileged = true;
+    });
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(field(&text, "CapEff"), field(&own, "CapBnd"), "{text}");
+    let out = env.exec(&id, MOUNT, 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    // /sys is writable and the host's devices are there (the loop devices, say).
+    let out = env
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "mknod /tmp/l1 b 7 1 && dd if=/tmp/l1 of=/dev/null count=0",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.exit_code, 0,
+        "a privileged container opens any device: {out:?}"
+    );
+    let out = env
+        .exec(&id, &["sh", "-c", "grep ' /sys ' /proc/mounts"], 10)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" rw,"),
+        "{out:?}"
+    );
+    let host_has = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_char_device(&t))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| {
+            ![
+                "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx",
+            ]
+            .contains(&n.as_str())
+        })
+        .expect("a host character device beyond the defaults");
+    let out = env
+        .exec(&id, &["ls", &format!("/dev/{host_has}")], 10)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "/dev/{host_has}: {out:?}");
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_container_opens_only_the_devices_it_is_given() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("devices");
+    let pod_id = env.run_pod(&pod).await;
+    let mut config = container("c", &image, &["sleep", "1000"]);
+    config.devices = vec![cri::Device {
+        container_path: "/dev/given".into(),
+        host_path: "/dev/loop0".into(),
+        permissions: "r".into(),
+    }];
+    let id = env.run(&pod_id, &pod, config).await;
+    for (script, ok) in [
+        // mknod is allowed (images make nodes), opening what was made is not.
+        ("mknod /tmp/l1 b 7 1", true),
+        ("dd if=/tmp/l1 of=/dev/null count=0", false),
+        // The standard nodes and the given device, with the given permission only.
+        (
+            "head -c 4 /dev/zero > /dev/null && echo x > /dev/null",
+            true,
+        ),
+        ("dd if=/dev/given of=/dev/null count=0", true),
+        ("dd if=/dev/zero of=/dev/given count=1", false),
+    ] {
+        let out = env.exec(&id, &["sh", "-c", script], 10).await.unwrap();
+        assert_eq!(out.exit_code == 0, ok, "{script}: {out:?}");
+        if !ok {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not permitted"),
+                "{script}: EPERM, not another error: {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    env.stop_remove_pod(&pod_id).await;
+}
