@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/install-deps.sh
 cargo fmt --all -- --check
+hack/layers.py
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests spawn both binaries: build them first (a test target alone does
 # not rebuild another package's binary).

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cri_mesos::containerizer::mesos::MesosContainerizer;
+use cri_mesos::containerizer::{self, Containerizer};
 use cri_mesos::flags::{self, Flags};
 use cri_mesos::provisioner::Provisioner;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,11 +36,15 @@ fn main() -> ExitCode {
         let _guard = runtime.enter();
         let created = Provisioner::from_flags(&flags)
             .map_err(anyhow::Error::from)
-            .and_then(|p| MesosContainerizer::new(flags.clone(), p).map_err(anyhow::Error::from));
-        let recovered = created.and_then(|c| {
+            .and_then(|p| {
+                containerizer::create(flags.clone(), p.clone())
+                    .map(|c| (c, p))
+                    .map_err(anyhow::Error::from)
+            });
+        let recovered = created.and_then(|(c, p)| {
             runtime
-                .block_on(cri_mesos::containerizer::Containerizer::recover(&*c))
-                .map(|()| c)
+                .block_on(c.recover())
+                .map(|()| (c, p))
                 .map_err(anyhow::Error::from)
         });
         match recovered {
@@ -51,7 +55,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    match runtime.block_on(run(flags, containerizer)) {
+    let (containerizer, provisioner) = containerizer;
+    match runtime.block_on(run(flags, containerizer, provisioner)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cri-mesos: {e:#}");
@@ -74,7 +79,11 @@ fn init_tracing(flags: &Flags) {
         .init();
 }
 
-async fn run(flags: Arc<Flags>, containerizer: Arc<MesosContainerizer>) -> anyhow::Result<()> {
+async fn run(
+    flags: Arc<Flags>,
+    containerizer: Arc<dyn Containerizer>,
+    provisioner: Arc<Provisioner>,
+) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -99,6 +108,6 @@ async fn run(flags: Arc<Flags>, containerizer: Arc<MesosContainerizer>) -> anyho
             _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
         }
     };
-    cri_mesos::server::serve(flags, containerizer, listener, shutdown).await?;
+    cri_mesos::server::serve(flags, containerizer, provisioner, listener, shutdown).await?;
     Ok(())
 }

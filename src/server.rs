@@ -10,10 +10,11 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::containerizer::mesos::MesosContainerizer;
+use crate::containerizer::Containerizer;
 use crate::cri::image::CriImages;
 use crate::cri::runtime::CriRuntime;
 use crate::flags::Flags;
+use crate::provisioner::Provisioner;
 
 /// kubelet's own limit for CRI messages; large ListContainers answers need it.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -69,14 +70,15 @@ fn set_umask(mask: libc::mode_t) -> libc::mode_t {
 }
 
 /// Serves both CRI services until `shutdown` completes, then removes the socket.
-/// Containers are left alone: a restart must not touch running workloads.
+/// Containers are left alone: a restart must not touch running workloads. The image
+/// service is the provisioner's store, which the containerizer provisions from.
 pub async fn serve(
     flags: Arc<Flags>,
-    containerizer: Arc<MesosContainerizer>,
+    containerizer: Arc<dyn Containerizer>,
+    provisioner: Arc<Provisioner>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let provisioner = containerizer.provisioner().clone();
     let runtime = RuntimeServiceServer::new(CriRuntime::new(flags.clone(), containerizer))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

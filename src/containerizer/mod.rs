@@ -89,6 +89,16 @@ impl ContainerizerError {
 
 pub type Result<T, E = ContainerizerError> = std::result::Result<T, E>;
 
+/// Mesos's `Containerizer::create`: the containerizer the flags ask for. There is one kind
+/// yet, `mesos`; a second one would make this a composing containerizer choosing by the
+/// pod's runtime handler. The caller runs [`Containerizer::recover`] before serving.
+pub fn create(
+    flags: std::sync::Arc<crate::flags::Flags>,
+    provisioner: std::sync::Arc<crate::provisioner::Provisioner>,
+) -> Result<std::sync::Arc<dyn Containerizer>> {
+    Ok(mesos::MesosContainerizer::new(flags, provisioner)?)
+}
+
 /// Nanoseconds since the epoch, as the CRI reports times.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -119,30 +129,78 @@ pub enum LaunchConfig {
     },
 }
 
-/// Mesos's containerizer interface. The CRI splits Mesos's `launch` at the pipe the
-/// forked container waits on: `launch` of a nested container stops there (CREATED) and
-/// `exec` does the rest (isolate, fetch, release: RUNNING), as Mesos's own `exec()` step.
+/// Mesos's containerizer interface, and the only way into a containerizer: the CRI layer
+/// holds an `Arc<dyn Containerizer>`, so a composing containerizer (one per RuntimeClass
+/// handler, as Mesos's `Containerizer::create` builds from `--containerizers`) fits in.
+///
+/// The CRI splits Mesos's `launch` at the pipe the forked container waits on: `launch` of
+/// a nested container stops there (CREATED) and `start` does the rest (isolate, fetch,
+/// release: RUNNING).
+///
+/// Ids may be unique prefixes (crictl shows shortened ids); `stop` and `destroy` of an
+/// unknown id succeed, as the CRI wants them idempotent.
 #[tonic::async_trait]
-pub trait Containerizer: Send + Sync {
-    /// Rebuilds state after a restart; isolators get the known containers.
+pub trait Containerizer: Send + Sync + std::fmt::Debug {
+    // ---- lifecycle ----
+
+    /// Rebuilds state after a restart: the checkpointed pods and containers, then each
+    /// isolator with the known containers. Running workloads are left alone.
     async fn recover(&self) -> Result<()>;
+    /// RunPodSandbox (a top-level container) or CreateContainer (a nested one, up to
+    /// the blocked fork). Idempotent by name for an identical config.
     async fn launch(self: std::sync::Arc<Self>, config: LaunchConfig) -> Result<ContainerId>;
-    async fn exec(&self, id: &ContainerId) -> Result<()>;
+    /// StartContainer: isolate, fetch, release the pipe.
+    async fn start(&self, id: &ContainerId) -> Result<()>;
+    /// StopContainer (the stop signal, `grace`, then the kill of the whole cgroup) or
+    /// StopPodSandbox (every container killed, the supervisor and namespaces released).
+    async fn stop(&self, id: &ContainerId, grace: std::time::Duration) -> Result<()>;
+    /// Kills (after `grace`) and releases everything the container holds; nested
+    /// containers of a sandbox go first.
+    async fn destroy(&self, id: &ContainerId, grace: std::time::Duration) -> Result<()>;
     async fn update(
         &self,
         id: &ContainerId,
         resources: &k8s_cri::v1::LinuxContainerResources,
     ) -> Result<()>;
-    async fn usage(&self, id: &ContainerId) -> Result<crate::isolators::chain::ResourceStatistics>;
-    /// Verbose status: Mesos state, pids, rootfs, backend, isolators.
-    async fn status(&self, id: &ContainerId) -> Result<serde_json::Value>;
     /// The exit status of a nested container once it ended (`None` while it runs).
     async fn wait(
         &self,
         id: &ContainerId,
     ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>>;
-    /// Kills (after `grace`) and releases everything the container holds; nested
-    /// containers of a sandbox go first. Idempotent.
-    async fn destroy(&self, id: &ContainerId, grace: std::time::Duration) -> Result<()>;
-    async fn containers(&self) -> Vec<ContainerId>;
+
+    // ---- what is known ----
+
+    /// Every pod sandbox (top-level container).
+    fn pods(&self) -> Vec<records::PodRecord>;
+    /// Every CRI container (nested container).
+    fn containers(&self) -> Vec<records::ContainerRecord>;
+    fn pod(&self, id: &str) -> Result<records::PodRecord>;
+    fn container(&self, id: &str) -> Result<records::ContainerRecord>;
+    /// Verbose status: Mesos state, pids, rootfs, backend, isolators.
+    async fn status(&self, id: &ContainerId) -> Result<serde_json::Value>;
+
+    // ---- exec and logs ----
+
+    /// ExecSync: `cmd` in the container's namespaces and cgroup, `timeout` seconds at
+    /// most (0: none).
+    async fn exec_sync(
+        &self,
+        id: &ContainerId,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<cri_mesos_supervisor::protocol::ExecResult>;
+    /// ReopenContainerLog.
+    async fn reopen_log(&self, id: &ContainerId) -> Result<()>;
+
+    // ---- stats ----
+
+    async fn usage(&self, id: &ContainerId) -> Result<crate::isolators::chain::ResourceStatistics>;
+
+    // ---- the node's pod network ----
+
+    /// Whether pods can get a network (`Err` says why not), for the NetworkReady condition.
+    fn network_ready(&self) -> std::result::Result<(), String>;
+    /// The node's pod CIDR as kubelet pushed it (UpdateRuntimeConfig).
+    fn pod_cidr(&self) -> Option<String>;
+    fn set_pod_cidr(&self, cidr: Option<String>);
 }

@@ -31,32 +31,11 @@ pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
             Code::FailedPrecondition
         }
         ContainerizerError::Isolator(IsolatorError::NotFound { .. }) => Code::NotFound,
+        ContainerizerError::Isolator(IsolatorError::DeadlineExceeded { .. }) => {
+            Code::DeadlineExceeded
+        }
         ContainerizerError::Provision(p) => image::provision_status(p).code(),
         _ => Code::Internal,
     };
     Status::new(code, validate::bounded(error.to_string()))
 }
-
-/// Implements a tonic service trait with the given methods, answering every method
-/// listed under `unimplemented` with [`not_yet`]. The trait impl is produced whole so
-/// that `async_trait` sees every method after expansion.
-macro_rules! service_impl {
-    (
-        impl $trait:ident for $ty:ty { $($body:tt)* }
-        unimplemented { $($method:ident($req:ty) -> $resp:ty = $rpc:literal;)* }
-    ) => {
-        #[tonic::async_trait]
-        impl $trait for $ty {
-            $($body)*
-            $(
-                async fn $method(
-                    &self,
-                    _request: tonic::Request<$req>,
-                ) -> Result<tonic::Response<$resp>, tonic::Status> {
-                    Err($crate::cri::not_yet($rpc))
-                }
-            )*
-        }
-    };
-}
-pub(crate) use service_impl;

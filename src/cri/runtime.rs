@@ -1,5 +1,5 @@
-//! CRI RuntimeService: version/status/config now; the pod and container lifecycle
-//! arrives with the containerizer.
+//! CRI RuntimeService: translation between CRI messages and the containerizer, which it
+//! reaches only through the [`Containerizer`] trait.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,8 +10,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use super::{containerizer_status, service_impl, validate};
-use crate::containerizer::mesos::MesosContainerizer;
+use super::{containerizer_status, not_yet, validate};
 use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
 use crate::flags::Flags;
@@ -23,28 +22,40 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 #[derive(Debug)]
 pub struct CriRuntime {
     flags: Arc<Flags>,
-    containerizer: Arc<MesosContainerizer>,
+    containerizer: Arc<dyn Containerizer>,
 }
 
 impl CriRuntime {
-    pub fn new(flags: Arc<Flags>, containerizer: Arc<MesosContainerizer>) -> Self {
+    pub fn new(flags: Arc<Flags>, containerizer: Arc<dyn Containerizer>) -> Self {
         Self {
             flags,
             containerizer,
         }
     }
 
-    /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); kept by the CNI
-    /// manager, whose default network allocates from it.
+    /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); kept by the
+    /// containerizer's network, whose default network allocates from it.
     pub fn pod_cidr(&self) -> Option<String> {
-        self.containerizer.network().pod_cidr()
+        self.containerizer.pod_cidr()
+    }
+
+    /// The nested container `id` names (a unique prefix will do), with its pod as parent.
+    fn nested(&self, id: &str) -> Result<ContainerId, Status> {
+        let container = self
+            .containerizer
+            .container(id)
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(ContainerId {
+            value: container.id,
+            parent: Some(container.pod_id),
+        })
     }
 
     fn conditions(&self) -> Vec<cri::RuntimeCondition> {
         // Re-read on every Status: a config dropped into the dir makes the node Ready
         // without a restart, as it does for other runtimes.
-        let network = match self.containerizer.network().readiness() {
-            Ok(_) => cri::RuntimeCondition {
+        let network = match self.containerizer.network_ready() {
+            Ok(()) => cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: true,
                 reason: String::new(),
@@ -200,315 +211,474 @@ fn validate_pod_cidr(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-service_impl! {
-    impl RuntimeService for CriRuntime {
-        type GetContainerEventsStream = tokio_stream::Empty<Result<cri::ContainerEventResponse, Status>>;
+#[tonic::async_trait]
+impl RuntimeService for CriRuntime {
+    type GetContainerEventsStream =
+        tokio_stream::Empty<Result<cri::ContainerEventResponse, Status>>;
 
-        async fn version(
-            &self,
-            _request: Request<cri::VersionRequest>,
-        ) -> Result<Response<cri::VersionResponse>, Status> {
-            Ok(Response::new(cri::VersionResponse {
-                version: KUBELET_API_VERSION.into(),
-                runtime_name: "cri-mesos".into(),
-                runtime_version: env!("CARGO_PKG_VERSION").into(),
-                runtime_api_version: "v1".into(),
-            }))
-        }
-
-        async fn status(
-            &self,
-            request: Request<cri::StatusRequest>,
-        ) -> Result<Response<cri::StatusResponse>, Status> {
-            let mut info = HashMap::new();
-            if request.get_ref().verbose {
-                let config = serde_json::to_string(&*self.flags)
-                    .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
-                info.insert("config".to_string(), config);
-                info.insert(
-                    "podCIDR".to_string(),
-                    serde_json::to_string(&self.pod_cidr()).unwrap_or_default(),
-                );
-            }
-            let handler_features = Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: false,
-            });
-            Ok(Response::new(cri::StatusResponse {
-                status: Some(cri::RuntimeStatus { conditions: self.conditions() }),
-                info,
-                // The default handler ("") and its name, as RuntimeClass may spell it.
-                runtime_handlers: ["", "mesos"]
-                    .into_iter()
-                    .map(|name| cri::RuntimeHandler { name: name.into(), features: handler_features })
-                    .collect(),
-                features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
-            }))
-        }
-
-        async fn runtime_config(
-            &self,
-            _request: Request<cri::RuntimeConfigRequest>,
-        ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-            Ok(Response::new(cri::RuntimeConfigResponse {
-                linux: Some(cri::LinuxRuntimeConfiguration {
-                    cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
-                }),
-            }))
-        }
-
-        async fn update_runtime_config(
-            &self,
-            request: Request<cri::UpdateRuntimeConfigRequest>,
-        ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-            let cidr = request
-                .into_inner()
-                .runtime_config
-                .and_then(|c| c.network_config)
-                .map(|n| n.pod_cidr)
-                .unwrap_or_default();
-            // An empty CIDR is kubelet saying "nothing to change", not "forget it".
-            if cidr.is_empty() {
-                return Ok(Response::new(cri::UpdateRuntimeConfigResponse {}));
-            }
-            validate_pod_cidr(&cidr).map_err(|reason| {
-                Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {reason}"))
-            })?;
-            tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
-            self.containerizer.network().set_pod_cidr(Some(cidr));
-            Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
-        }
-
-        async fn run_pod_sandbox(
-            &self,
-            request: Request<cri::RunPodSandboxRequest>,
-        ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-            let request = request.into_inner();
-            let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
-            validate::pod_config(&config)?;
-            let launch = LaunchConfig::Sandbox { config, runtime_handler: request.runtime_handler };
-            let id = self.containerizer.clone().launch(launch).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id.value }))
-        }
-
-        async fn stop_pod_sandbox(
-            &self,
-            request: Request<cri::StopPodSandboxRequest>,
-        ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-            let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
-            self.containerizer.stop_pod(&id).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::StopPodSandboxResponse {}))
-        }
-
-        async fn remove_pod_sandbox(
-            &self,
-            request: Request<cri::RemovePodSandboxRequest>,
-        ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-            let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
-            let Ok(pod) = self.containerizer.pod(&id) else {
-                return Ok(Response::new(cri::RemovePodSandboxResponse {}));
-            };
-            let sandbox = ContainerId { value: pod.id().to_string(), parent: None };
-            self.containerizer.destroy(&sandbox, Duration::ZERO).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::RemovePodSandboxResponse {}))
-        }
-
-        async fn pod_sandbox_status(
-            &self,
-            request: Request<cri::PodSandboxStatusRequest>,
-        ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-            let request = request.into_inner();
-            let id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
-            let pod = self.containerizer.pod(&id).map_err(|e| containerizer_status(&e))?;
-            let mut info = HashMap::new();
-            if request.verbose {
-                let sandbox = ContainerId { value: pod.id().to_string(), parent: None };
-                let details = self.containerizer.status(&sandbox).await.map_err(|e| containerizer_status(&e))?;
-                info.insert("info".to_string(), details.to_string());
-            }
-            Ok(Response::new(cri::PodSandboxStatusResponse {
-                status: Some(pod_status(&pod)),
-                info,
-                containers_statuses: vec![],
-                timestamp: crate::containerizer::now_ns(),
-            }))
-        }
-
-        async fn list_pod_sandbox(
-            &self,
-            request: Request<cri::ListPodSandboxRequest>,
-        ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-            let filter = request.into_inner().filter.unwrap_or_default();
-            let items = self
-                .containerizer
-                .pods()
-                .iter()
-                .filter(|p| filter.id.is_empty() || p.id().starts_with(&filter.id))
-                .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == p.cri_state() as i32))
-                .filter(|p| labels_match(&p.info.config.labels, &filter.label_selector))
-                .map(|p| cri::PodSandbox {
-                    id: p.id().to_string(),
-                    metadata: p.metadata(),
-                    state: p.cri_state() as i32,
-                    created_at: p.created_at,
-                    labels: p.info.config.labels.clone(),
-                    annotations: p.info.config.annotations.clone(),
-                    runtime_handler: p.runtime_handler.clone(),
-                })
-                .collect();
-            let reply = cri::ListPodSandboxResponse { items };
-            validate::reply_size("ListPodSandbox", &reply)?;
-            Ok(Response::new(reply))
-        }
-
-        async fn create_container(
-            &self,
-            request: Request<cri::CreateContainerRequest>,
-        ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-            let request = request.into_inner();
-            let pod_id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
-            let config = request.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
-            validate::container_config(&config)?;
-            let launch = LaunchConfig::Nested { sandbox_id: pod_id, config };
-            let id = self.containerizer.clone().launch(launch).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::CreateContainerResponse { container_id: id.value }))
-        }
-
-        async fn start_container(
-            &self,
-            request: Request<cri::StartContainerRequest>,
-        ) -> Result<Response<cri::StartContainerResponse>, Status> {
-            let id = required(request.into_inner().container_id, "container_id")?;
-            let container = self.containerizer.container(&id).map_err(|e| containerizer_status(&e))?;
-            let nested = ContainerId { value: container.id, parent: Some(container.pod_id) };
-            self.containerizer.exec(&nested).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::StartContainerResponse {}))
-        }
-
-        async fn stop_container(
-            &self,
-            request: Request<cri::StopContainerRequest>,
-        ) -> Result<Response<cri::StopContainerResponse>, Status> {
-            let request = request.into_inner();
-            let id = required(request.container_id, "container_id")?;
-            self.containerizer
-                .stop_container(&id, request.timeout.max(0))
-                .await
-                .map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::StopContainerResponse {}))
-        }
-
-        async fn remove_container(
-            &self,
-            request: Request<cri::RemoveContainerRequest>,
-        ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-            let id = required(request.into_inner().container_id, "container_id")?;
-            let Ok(container) = self.containerizer.container(&id) else {
-                return Ok(Response::new(cri::RemoveContainerResponse {}));
-            };
-            let nested = ContainerId { value: container.id, parent: Some(container.pod_id) };
-            self.containerizer.destroy(&nested, Duration::ZERO).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::RemoveContainerResponse {}))
-        }
-
-        async fn list_containers(
-            &self,
-            request: Request<cri::ListContainersRequest>,
-        ) -> Result<Response<cri::ListContainersResponse>, Status> {
-            let filter = request.into_inner().filter.unwrap_or_default();
-            let containers = self
-                .containerizer
-                .containers()
-                .iter()
-                .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-                .filter(|c| filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id))
-                .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
-                .filter_map(|c| {
-                    let state = c.cri_state(&c.exit());
-                    if filter.state.as_ref().is_some_and(|s| s.state != state as i32) {
-                        return None;
-                    }
-                    Some(cri::Container {
-                        id: c.id.clone(),
-                        pod_sandbox_id: c.pod_id.clone(),
-                        metadata: c.metadata(),
-                        image: c.image_spec(),
-                        image_ref: c.image_id.clone(),
-                        state: state as i32,
-                        created_at: c.created_at,
-                        labels: c.config.labels.clone(),
-                        annotations: c.config.annotations.clone(),
-                        image_id: c.image_id.clone(),
-                    })
-                })
-                .collect();
-            let reply = cri::ListContainersResponse { containers };
-            validate::reply_size("ListContainers", &reply)?;
-            Ok(Response::new(reply))
-        }
-
-        async fn container_status(
-            &self,
-            request: Request<cri::ContainerStatusRequest>,
-        ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-            let request = request.into_inner();
-            let id = required(request.container_id, "container_id")?;
-            let container = self.containerizer.container(&id).map_err(|e| containerizer_status(&e))?;
-            let mut info = HashMap::new();
-            if request.verbose {
-                let nested = ContainerId { value: container.id.clone(), parent: Some(container.pod_id.clone()) };
-                let details = self.containerizer.status(&nested).await.map_err(|e| containerizer_status(&e))?;
-                info.insert("info".to_string(), details.to_string());
-            }
-            Ok(Response::new(cri::ContainerStatusResponse { status: Some(container_status(&container)), info }))
-        }
-
-        async fn reopen_container_log(
-            &self,
-            request: Request<cri::ReopenContainerLogRequest>,
-        ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-            let id = required(request.into_inner().container_id, "container_id")?;
-            self.containerizer.reopen_log(&id).await.map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::ReopenContainerLogResponse {}))
-        }
-
-        async fn exec_sync(
-            &self,
-            request: Request<cri::ExecSyncRequest>,
-        ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-            let request = request.into_inner();
-            let id = required(request.container_id, "container_id")?;
-            let result = self
-                .containerizer
-                .exec_sync(&id, request.cmd, request.timeout)
-                .await
-                .map_err(|e| containerizer_status(&e))?;
-            Ok(Response::new(cri::ExecSyncResponse {
-                stdout: result.stdout(),
-                stderr: result.stderr(),
-                exit_code: result.exit_code,
-            }))
-        }
-
-        async fn get_container_events(
-            &self,
-            _request: Request<cri::GetEventsRequest>,
-        ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-            Err(super::not_yet("GetContainerEvents"))
-        }
+    async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: KUBELET_API_VERSION.into(),
+            runtime_name: "cri-mesos".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
     }
-    unimplemented {
-        update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
-        exec(cri::ExecRequest) -> cri::ExecResponse = "Exec";
-        attach(cri::AttachRequest) -> cri::AttachResponse = "Attach";
-        port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse = "PortForward";
-        container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse = "ContainerStats";
-        list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse = "ListContainerStats";
-        pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse = "ListPodSandboxStats";
-        checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
+
+    async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let mut info = HashMap::new();
+        if request.get_ref().verbose {
+            let config = serde_json::to_string(&*self.flags)
+                .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
+            info.insert("config".to_string(), config);
+            info.insert(
+                "podCIDR".to_string(),
+                serde_json::to_string(&self.pod_cidr()).unwrap_or_default(),
+            );
+        }
+        let handler_features = Some(cri::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        });
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus {
+                conditions: self.conditions(),
+            }),
+            info,
+            // The default handler ("") and its name, as RuntimeClass may spell it.
+            runtime_handlers: ["", "mesos"]
+                .into_iter()
+                .map(|name| cri::RuntimeHandler {
+                    name: name.into(),
+                    features: handler_features,
+                })
+                .collect(),
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        // An empty CIDR is kubelet saying "nothing to change", not "forget it".
+        if cidr.is_empty() {
+            return Ok(Response::new(cri::UpdateRuntimeConfigResponse {}));
+        }
+        validate_pod_cidr(&cidr).map_err(|reason| {
+            Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {reason}"))
+        })?;
+        tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
+        self.containerizer.set_pod_cidr(Some(cidr));
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        validate::pod_config(&config)?;
+        let launch = LaunchConfig::Sandbox {
+            config,
+            runtime_handler: request.runtime_handler,
+        };
+        let id = self
+            .containerizer
+            .clone()
+            .launch(launch)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id.value,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
+        let sandbox = ContainerId {
+            value: id,
+            parent: None,
+        };
+        self.containerizer
+            .stop(&sandbox, Duration::ZERO)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
+        let Ok(pod) = self.containerizer.pod(&id) else {
+            return Ok(Response::new(cri::RemovePodSandboxResponse {}));
+        };
+        let sandbox = ContainerId {
+            value: pod.id().to_string(),
+            parent: None,
+        };
+        self.containerizer
+            .destroy(&sandbox, Duration::ZERO)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
+        let pod = self
+            .containerizer
+            .pod(&id)
+            .map_err(|e| containerizer_status(&e))?;
+        let mut info = HashMap::new();
+        if request.verbose {
+            let sandbox = ContainerId {
+                value: pod.id().to_string(),
+                parent: None,
+            };
+            let details = self
+                .containerizer
+                .status(&sandbox)
+                .await
+                .map_err(|e| containerizer_status(&e))?;
+            info.insert("info".to_string(), details.to_string());
+        }
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(pod_status(&pod)),
+            info,
+            containers_statuses: vec![],
+            timestamp: crate::containerizer::now_ns(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let items = self
+            .containerizer
+            .pods()
+            .iter()
+            .filter(|p| filter.id.is_empty() || p.id().starts_with(&filter.id))
+            .filter(|p| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == p.cri_state() as i32)
+            })
+            .filter(|p| labels_match(&p.info.config.labels, &filter.label_selector))
+            .map(|p| cri::PodSandbox {
+                id: p.id().to_string(),
+                metadata: p.metadata(),
+                state: p.cri_state() as i32,
+                created_at: p.created_at,
+                labels: p.info.config.labels.clone(),
+                annotations: p.info.config.annotations.clone(),
+                runtime_handler: p.runtime_handler.clone(),
+            })
+            .collect();
+        let reply = cri::ListPodSandboxResponse { items };
+        validate::reply_size("ListPodSandbox", &reply)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let pod_id = required(request.pod_sandbox_id, "pod_sandbox_id")?;
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        validate::container_config(&config)?;
+        let launch = LaunchConfig::Nested {
+            sandbox_id: pod_id,
+            config,
+        };
+        let id = self
+            .containerizer
+            .clone()
+            .launch(launch)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id.value,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let id = required(request.into_inner().container_id, "container_id")?;
+        let nested = self.nested(&id)?;
+        self.containerizer
+            .start(&nested)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        let id = required(request.container_id, "container_id")?;
+        // Idempotent: stopping what is not there succeeds.
+        let Ok(nested) = self.nested(&id) else {
+            return Ok(Response::new(cri::StopContainerResponse {}));
+        };
+        let grace = Duration::from_secs(request.timeout.max(0) as u64);
+        self.containerizer
+            .stop(&nested, grace)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = required(request.into_inner().container_id, "container_id")?;
+        let Ok(nested) = self.nested(&id) else {
+            return Ok(Response::new(cri::RemoveContainerResponse {}));
+        };
+        self.containerizer
+            .destroy(&nested, Duration::ZERO)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .containerizer
+            .containers()
+            .iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
+            .filter_map(|c| {
+                let state = c.cri_state(&c.exit());
+                if filter
+                    .state
+                    .as_ref()
+                    .is_some_and(|s| s.state != state as i32)
+                {
+                    return None;
+                }
+                Some(cri::Container {
+                    id: c.id.clone(),
+                    pod_sandbox_id: c.pod_id.clone(),
+                    metadata: c.metadata(),
+                    image: c.image_spec(),
+                    image_ref: c.image_id.clone(),
+                    state: state as i32,
+                    created_at: c.created_at,
+                    labels: c.config.labels.clone(),
+                    annotations: c.config.annotations.clone(),
+                    image_id: c.image_id.clone(),
+                })
+            })
+            .collect();
+        let reply = cri::ListContainersResponse { containers };
+        validate::reply_size("ListContainers", &reply)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let id = required(request.container_id, "container_id")?;
+        let container = self
+            .containerizer
+            .container(&id)
+            .map_err(|e| containerizer_status(&e))?;
+        let mut info = HashMap::new();
+        if request.verbose {
+            let nested = ContainerId {
+                value: container.id.clone(),
+                parent: Some(container.pod_id.clone()),
+            };
+            let details = self
+                .containerizer
+                .status(&nested)
+                .await
+                .map_err(|e| containerizer_status(&e))?;
+            info.insert("info".to_string(), details.to_string());
+        }
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(container_status(&container)),
+            info,
+        }))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = required(request.into_inner().container_id, "container_id")?;
+        let nested = self.nested(&id)?;
+        self.containerizer
+            .reopen_log(&nested)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let id = required(request.container_id, "container_id")?;
+        validate::exec_cmd(&request.cmd)?;
+        let nested = self.nested(&id)?;
+        let result = self
+            .containerizer
+            .exec_sync(&nested, request.cmd, request.timeout)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: result.stdout(),
+            stderr: result.stderr(),
+            exit_code: result.exit_code,
+        }))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("GetContainerEvents"))
+    }
+
+    // ---- not implemented yet ----
+
+    async fn update_container_resources(
+        &self,
+        _request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet("UpdateContainerResources"))
+    }
+
+    async fn exec(
+        &self,
+        _request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(not_yet("Exec"))
+    }
+
+    async fn attach(
+        &self,
+        _request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(not_yet("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(not_yet("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(not_yet("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Err(not_yet("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(not_yet("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("ListPodSandboxStats"))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(not_yet("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("ListPodSandboxMetrics"))
     }
 }
 

@@ -98,6 +98,19 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
             apparmor("config.linux.security_context", sc.apparmor.as_ref(), "")?;
         }
     }
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+    for (field, value) in [
+        ("config.metadata.name", &meta.name),
+        ("config.metadata.namespace", &meta.namespace),
+        ("config.metadata.uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(field, "must not be empty"));
+        }
+    }
     Ok(())
 }
 
@@ -146,6 +159,16 @@ fn apparmor(
 
 /// CreateContainer's config.
 pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+    if meta.name.is_empty() {
+        return Err(invalid("config.metadata.name", "must not be empty"));
+    }
+    if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
+        return Err(invalid("config.image.image", "must not be empty"));
+    }
     if !config.log_path.is_empty() {
         log_path(&config.log_path).map_err(|r| invalid("config.log_path", r))?;
     }
@@ -217,6 +240,14 @@ pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
             .map_err(|r| invalid(format!("config.devices[{i}].container_path"), r))?;
         no_nul(&device.host_path)
             .map_err(|r| invalid(format!("config.devices[{i}].host_path"), r))?;
+    }
+    Ok(())
+}
+
+/// ExecSync's command.
+pub fn exec_cmd(cmd: &[String]) -> Result<(), Status> {
+    if cmd.is_empty() {
+        return Err(invalid("cmd", "must not be empty"));
     }
     Ok(())
 }

@@ -10,6 +10,9 @@ use cri_mesos_supervisor::protocol::LaunchInfo;
 use k8s_cri::v1 as cri;
 
 use super::IsolatorName;
+/// A pod's networks as `network/cni` attached them: IPs for the CRI status, DNS and
+/// `/etc/hosts`.
+pub use super::network::cni::PodNetwork;
 use crate::cgroups::Cgroup;
 use crate::provisioner::store::ImageRecord;
 
@@ -26,6 +29,12 @@ pub enum IsolatorError {
     /// A name that does not exist (e.g. run_as_username missing from /etc/passwd): NotFound.
     #[error("{field}: {reason}")]
     NotFound { field: String, reason: String },
+    /// A step (a CNI plugin) took longer than allowed: DeadlineExceeded.
+    #[error("{isolator}: {reason}")]
+    DeadlineExceeded {
+        isolator: &'static str,
+        reason: String,
+    },
     #[error("{isolator}: {path}: {source}")]
     Io {
         isolator: &'static str,
@@ -106,6 +115,31 @@ impl PodInfo {
             self.dir.join("shm")
         }
     }
+}
+
+/// What a pod's `prepare_pod` sees of a top-level container (RunPodSandbox).
+#[derive(Debug)]
+pub struct PodPrep<'a> {
+    pub id: &'a str,
+    pub config: &'a cri::PodSandboxConfig,
+    /// `<runtime_dir>/pods/<id>`, where the pod's files and pinned namespaces go.
+    pub dir: &'a Path,
+}
+
+/// The namespaces a pod's isolators ask for: each is created and pinned at its path
+/// before `isolate_pod`; `None` leaves the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNamespaces {
+    pub net: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+}
+
+/// What a pod's `isolate_pod` hooks add to the pod before its files are written.
+#[derive(Debug, Default)]
+pub struct PodIsolation {
+    /// Set by `network/cni` after CNI ADD; `/etc/hosts` and the CRI status need its IPs.
+    pub network: Option<PodNetwork>,
 }
 
 /// What `prepare` sees of a nested container (Mesos's `ContainerConfig`).
@@ -198,5 +232,66 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
     /// container's processes are gone; must accept ids it never saw.
     async fn cleanup(&self, _container_id: &str) -> Result<(), IsolatorError> {
         Ok(())
+    }
+
+    // ---- top-level containers (pod sandboxes) ----
+    //
+    // RunPodSandbox: every `prepare_pod` in chain order (which namespaces to create and
+    // pin) → the containerizer creates and pins them → every `isolate_pod` in chain order
+    // (`network/cni`: CNI ADD) → pod files (`/etc/hosts` needs the IP) → the supervisor.
+    // Stop, or a failed launch: every `cleanup_pod` in reverse order.
+
+    /// Asks for the namespaces this isolator needs the pod to have.
+    async fn prepare_pod(
+        &self,
+        _pod: &PodPrep<'_>,
+        _namespaces: &mut PodNamespaces,
+    ) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Sets the pod up inside its pinned namespaces (`pod.net_ns`...), before its files
+    /// are written and its supervisor is spawned.
+    async fn isolate_pod(
+        &self,
+        _pod: &PodInfo,
+        _isolation: &mut PodIsolation,
+    ) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Releases what `prepare_pod`/`isolate_pod` set up, after the pod's processes are
+    /// gone and while the pinned namespaces still exist; an isolator that pinned a
+    /// namespace itself unpins it here. Must accept pods it never saw, and pods whose
+    /// launch stopped anywhere. An error keeps the pod for a retry of the stop.
+    async fn cleanup_pod(&self, _pod: &PodInfo) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Keys this isolator adds to a pod's verbose status.
+    async fn pod_status(
+        &self,
+        _pod: &PodInfo,
+        _ready: bool,
+        _network: Option<&PodNetwork>,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        None
+    }
+
+    // ---- the node ----
+
+    /// Whether pods can get a network (`Err` says why not); `None`: this isolator gives
+    /// pods no network.
+    fn network_readiness(&self) -> Option<Result<(), String>> {
+        None
+    }
+
+    /// The node's pod CIDR as kubelet pushed it (UpdateRuntimeConfig), for isolators
+    /// that allocate pod addresses from it.
+    fn set_pod_cidr(&self, _cidr: Option<&str>) {}
+
+    /// The pod CIDR this isolator allocates from, if it keeps one.
+    fn pod_cidr(&self) -> Option<String> {
+        None
     }
 }

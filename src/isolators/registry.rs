@@ -1,7 +1,7 @@
 //! From the `--isolation` chain to isolator objects, as Mesos's
 //! `MesosContainerizer::create` instantiates each named isolator through its creator.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use cri_mesos_supervisor::protocol::{LaunchInfo, RlimitSpec};
 
@@ -18,15 +18,11 @@ use super::network::cni::Cni;
 use super::posix::rlimits::PosixRlimits;
 use super::volume::host_path::HostPathVolume;
 
-/// What isolators may need from the agent's flags to be created.
+/// What isolators may need from the agent to be created: its flags (`--runtime_dir` for
+/// volatile state, `--work_dir` for what survives a reboot, `--network_cni_*`).
 #[derive(Debug, Clone)]
 pub struct IsolatorContext {
-    /// `--runtime_dir`: volatile state (pinned namespaces, pod directories).
-    pub runtime_dir: PathBuf,
-    /// `--work_dir`: state that survives a reboot.
-    pub work_dir: PathBuf,
-    /// The config file's `rlimits`, for `posix/rlimits`.
-    pub rlimits: Vec<RlimitSpec>,
+    pub flags: Arc<crate::flags::Flags>,
 }
 
 /// The isolators of `chain`, in its order (the order of [`super::select`], which is Mesos's).
@@ -40,12 +36,21 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "volume/host_path" => Box::new(HostPathVolume),
                 "namespaces/pid" => Box::new(PidNamespace::default()),
                 "namespaces/ipc" => Box::new(IpcNamespace),
-                "network/cni" => Box::new(Cni),
+                "network/cni" => Box::new(Cni::new(&ctx.flags)),
                 "linux/capabilities" => Box::new(LinuxCapabilities),
                 "cgroups/devices" => Box::new(Cgroups),
                 "linux/nnp" => Box::new(LinuxNnp),
                 "posix/rlimits" => Box::new(PosixRlimits {
-                    limits: ctx.rlimits.clone(),
+                    limits: ctx
+                        .flags
+                        .rlimits
+                        .iter()
+                        .map(|r| RlimitSpec {
+                            resource: r.resource,
+                            soft: r.soft,
+                            hard: r.hard,
+                        })
+                        .collect(),
                 }),
                 _ => Box::new(NotBuilt(*name)),
             }
@@ -227,9 +232,7 @@ mod tests {
 
     fn ctx() -> IsolatorContext {
         IsolatorContext {
-            runtime_dir: "/run/cri-mesos".into(),
-            work_dir: "/var/lib/cri-mesos".into(),
-            rlimits: Vec::new(),
+            flags: Arc::new(crate::flags::Flags::from_args(["cri-mesos"]).unwrap()),
         }
     }
 

@@ -145,6 +145,11 @@ pub struct LaunchInfo {
     /// Where the [`ExitRecord`] JSON is written (atomically) when the container ends. Its
     /// directory must exist; it is not recreated once the daemon removed it.
     pub exit_file: PathBuf,
+    /// The signal StopContainer sends first (the image's `StopSignal`), as the isolators'
+    /// `prepare` decided it. The daemon's alone: never sent to the supervisor, which only
+    /// signals on request.
+    #[serde(skip)]
+    pub stop_signal: Option<i32>,
 }
 
 /// Namespaces of the container child.

@@ -11,15 +11,15 @@
 
 mod nested;
 mod sandbox;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cri_mesos_supervisor::protocol::{
-    ExecInfo, ExecResult, LaunchInfo, ProcessSpec, Request, Response,
-};
+use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, ProcessSpec};
 use k8s_cri::v1 as cri;
 use tracing::Instrument;
 
@@ -28,16 +28,18 @@ use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
 use crate::flags::Flags;
 use crate::inflight::Inflight;
-use crate::isolators::chain::{ContainerPeer, ContainerPrep, Isolator, NsMode, PodInfo};
-use crate::isolators::network::cni::{CniManager, PodNetwork};
+use crate::isolators::chain::{
+    ContainerPeer, ContainerPrep, Isolator, NsMode, PodInfo, PodIsolation, PodNamespaces,
+    PodNetwork, PodPrep,
+};
 use crate::isolators::registry::{self, IsolatorContext};
+use crate::launcher::linux::{LinuxLauncher, LinuxPodHost};
 use crate::launcher::namespaces;
-use crate::launcher::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
+use crate::launcher::supervisor::{SupervisorBinary, SupervisorError};
+use crate::launcher::{Launcher, PodHost, SupervisorSpec};
 use crate::provisioner::Provisioner;
 use crate::state;
 
-/// Supervisor requests that return at once.
-const QUICK: Duration = Duration::from_secs(30);
 /// How long a container may take to set itself up before CreateContainer gives up.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,14 +61,23 @@ struct Tables {
     container_names: HashMap<String, Reservation<cri::ContainerConfig>>,
 }
 
+/// What a [`MesosContainerizer`] is made of.
+pub struct Parts {
+    pub flags: Arc<Flags>,
+    pub provisioner: Arc<Provisioner>,
+    pub isolators: Vec<Box<dyn Isolator>>,
+    pub hierarchies: Hierarchies,
+    pub launcher: Arc<dyn Launcher>,
+    pub pod_host: Arc<dyn PodHost>,
+}
+
 pub struct MesosContainerizer {
     flags: Arc<Flags>,
     provisioner: Arc<Provisioner>,
     isolators: Vec<Box<dyn Isolator>>,
     hierarchies: Hierarchies,
-    supervisor_bin: SupervisorBinary,
-    /// The pod side of network/cni: pod networks, their configs and checkpoints.
-    network: Arc<CniManager>,
+    launcher: Arc<dyn Launcher>,
+    pod_host: Arc<dyn PodHost>,
     tables: Mutex<Tables>,
     /// Lifecycle calls of one pod (and its containers) take its lock in turn.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -135,51 +146,61 @@ fn invalid(field: &str, reason: &str) -> ContainerizerError {
 }
 
 impl MesosContainerizer {
+    /// Mesos's `MesosContainerizer::create`: the isolators `--isolation` names, the
+    /// `linux` launcher over pod supervisors, the cgroup hierarchies of this machine.
     pub fn new(
         flags: Arc<Flags>,
         provisioner: Arc<Provisioner>,
     ) -> Result<Arc<MesosContainerizer>> {
         let hierarchies = Hierarchies::detect(&flags.cgroups_hierarchy)?;
         let context = IsolatorContext {
-            runtime_dir: flags.runtime_dir.clone(),
-            work_dir: flags.work_dir.clone(),
-            rlimits: flags
-                .rlimits
-                .iter()
-                .map(|r| cri_mesos_supervisor::protocol::RlimitSpec {
-                    resource: r.resource,
-                    soft: r.soft,
-                    hard: r.hard,
-                })
-                .collect(),
+            flags: flags.clone(),
         };
         let isolators = registry::build(&flags.isolation, &context);
+        let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
+        Self::with_parts(Parts {
+            flags,
+            provisioner,
+            isolators,
+            hierarchies,
+            launcher: Arc::new(launcher),
+            pod_host: Arc::new(LinuxPodHost),
+        })
+    }
+
+    /// A containerizer from the given parts (unit tests hand in fakes).
+    pub fn with_parts(parts: Parts) -> Result<Arc<MesosContainerizer>> {
+        let Parts {
+            flags,
+            provisioner,
+            isolators,
+            hierarchies,
+            launcher,
+            pod_host,
+        } = parts;
         for dir in [
             meta_dir(&flags).join("pods"),
             meta_dir(&flags).join("containers"),
         ] {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         }
-        let supervisor_bin = SupervisorBinary::in_dir(&flags.launcher_dir)?;
-        let network = Arc::new(CniManager::new(&flags));
         let containerizer = Arc::new(MesosContainerizer {
             flags,
             provisioner,
             isolators,
             hierarchies,
-            supervisor_bin,
-            network,
+            launcher,
+            pod_host,
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
         });
-        containerizer.recover()?;
         Ok(containerizer)
     }
 
     /// Rebuilds the tables from the checkpoints. Running pods and containers are left
     /// alone: their supervisors kept running while the daemon was away.
-    fn recover(&self) -> Result<()> {
+    fn recover_checkpoints(&self) -> Result<()> {
         let meta = meta_dir(&self.flags);
         let mut tables = self.tables();
         for entry in std::fs::read_dir(meta.join("pods"))
@@ -250,15 +271,7 @@ impl MesosContainerizer {
             .clone()
     }
 
-    pub fn pods(&self) -> Vec<PodRecord> {
-        self.tables().pods.values().cloned().collect()
-    }
-
-    pub fn containers(&self) -> Vec<ContainerRecord> {
-        self.tables().containers.values().cloned().collect()
-    }
-
-    pub fn pod(&self, id: &str) -> Result<PodRecord> {
+    fn find_pod(&self, id: &str) -> Result<PodRecord> {
         let tables = self.tables();
         find(&tables.pods, id)
             .cloned()
@@ -268,7 +281,7 @@ impl MesosContainerizer {
             })
     }
 
-    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+    fn find_container(&self, id: &str) -> Result<ContainerRecord> {
         let tables = self.tables();
         find(&tables.containers, id)
             .cloned()
@@ -278,17 +291,8 @@ impl MesosContainerizer {
             })
     }
 
-    pub fn isolator_names(&self) -> Vec<&'static str> {
+    fn isolator_names(&self) -> Vec<&'static str> {
         self.isolators.iter().map(|i| i.name().as_str()).collect()
-    }
-
-    pub fn provisioner(&self) -> &Arc<Provisioner> {
-        &self.provisioner
-    }
-
-    /// The pod networks (network/cni): readiness, pod CIDR, statistics.
-    pub fn network(&self) -> &Arc<CniManager> {
-        &self.network
     }
 
     /// Runs a creation on a detached task shared by every identical call in flight, so a
@@ -357,6 +361,14 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 #[tonic::async_trait]
 impl super::Containerizer for MesosContainerizer {
     async fn recover(&self) -> Result<()> {
+        self.recover_checkpoints()?;
+        let sockets: Vec<PathBuf> = self
+            .tables()
+            .pods
+            .values()
+            .map(|p| p.supervisor_socket.clone())
+            .collect();
+        self.launcher.recover(&sockets).await?;
         let known: Vec<String> = self.tables().containers.keys().cloned().collect();
         for isolator in &self.isolators {
             isolator.recover(&known).await?;
@@ -378,14 +390,21 @@ impl super::Containerizer for MesosContainerizer {
             }
             super::LaunchConfig::Nested { sandbox_id, config } => {
                 let value = self.launch_container(&sandbox_id, config).await?;
-                let parent = Some(self.container(&value)?.pod_id);
+                let parent = Some(self.find_container(&value)?.pod_id);
                 Ok(super::ContainerId { value, parent })
             }
         }
     }
 
-    async fn exec(&self, id: &super::ContainerId) -> Result<()> {
+    async fn start(&self, id: &super::ContainerId) -> Result<()> {
         self.start_container(&id.value).await
+    }
+
+    async fn stop(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
+        match &id.parent {
+            Some(_) => self.stop_container(&id.value, grace.as_secs() as i64).await,
+            None => self.stop_pod(&id.value).await,
+        }
     }
 
     async fn update(
@@ -393,7 +412,7 @@ impl super::Containerizer for MesosContainerizer {
         id: &super::ContainerId,
         resources: &cri::LinuxContainerResources,
     ) -> Result<()> {
-        let record = self.container(&id.value)?;
+        let record = self.find_container(&id.value)?;
         for isolator in &self.isolators {
             isolator.update(&record.id, resources).await?;
         }
@@ -404,7 +423,7 @@ impl super::Containerizer for MesosContainerizer {
         &self,
         id: &super::ContainerId,
     ) -> Result<crate::isolators::chain::ResourceStatistics> {
-        let record = self.container(&id.value)?;
+        let record = self.find_container(&id.value)?;
         let mut statistics = crate::isolators::chain::ResourceStatistics {
             timestamp_ns: now_ns(),
             ..Default::default()
@@ -419,7 +438,7 @@ impl super::Containerizer for MesosContainerizer {
     }
 
     async fn status(&self, id: &super::ContainerId) -> Result<serde_json::Value> {
-        if let Ok(record) = self.container(&id.value) {
+        if let Ok(record) = self.find_container(&id.value) {
             let mut isolators = serde_json::Map::new();
             for isolator in &self.isolators {
                 if let Some(status) = isolator.status(&record.id).await {
@@ -438,8 +457,8 @@ impl super::Containerizer for MesosContainerizer {
                 "stopSignal": record.stop_signal,
             }));
         }
-        let pod = self.pod(&id.value)?;
-        Ok(serde_json::json!({
+        let pod = self.find_pod(&id.value)?;
+        let mut status = serde_json::json!({
             "mesosState": pod.mesos_state,
             "supervisorPid": pod.supervisor_pid,
             "supervisorSocket": pod.supervisor_socket,
@@ -450,15 +469,23 @@ impl super::Containerizer for MesosContainerizer {
             "pidMode": pod.info.pid_mode,
             "isolators": self.isolator_names(),
             "config": pod.info.config,
-            "network": self.pod_network_status(&pod).await,
-        }))
+        });
+        for isolator in &self.isolators {
+            let keys = isolator
+                .pod_status(&pod.info, pod.ready, pod.network.as_ref())
+                .await;
+            if let (Some(keys), Some(object)) = (keys, status.as_object_mut()) {
+                object.extend(keys);
+            }
+        }
+        Ok(status)
     }
 
     async fn wait(
         &self,
         id: &super::ContainerId,
     ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
-        Ok(self.container(&id.value)?.exit())
+        Ok(self.find_container(&id.value)?.exit())
     }
 
     async fn destroy(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
@@ -472,16 +499,50 @@ impl super::Containerizer for MesosContainerizer {
         }
     }
 
-    async fn containers(&self) -> Vec<super::ContainerId> {
-        let tables = self.tables();
-        let pods = tables.pods.keys().map(|id| super::ContainerId {
-            value: id.clone(),
-            parent: None,
-        });
-        let nested = tables.containers.values().map(|c| super::ContainerId {
-            value: c.id.clone(),
-            parent: Some(c.pod_id.clone()),
-        });
-        pods.chain(nested).collect()
+    fn pods(&self) -> Vec<PodRecord> {
+        self.tables().pods.values().cloned().collect()
+    }
+
+    fn containers(&self) -> Vec<ContainerRecord> {
+        self.tables().containers.values().cloned().collect()
+    }
+
+    fn pod(&self, id: &str) -> Result<PodRecord> {
+        self.find_pod(id)
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.find_container(id)
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &super::ContainerId,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecResult> {
+        self.exec_sync_in(&id.value, cmd, timeout).await
+    }
+
+    async fn reopen_log(&self, id: &super::ContainerId) -> Result<()> {
+        self.reopen_log_of(&id.value).await
+    }
+
+    /// Ready when the chain has no network isolator: pods get the host's network then.
+    fn network_ready(&self) -> std::result::Result<(), String> {
+        self.isolators
+            .iter()
+            .find_map(|i| i.network_readiness())
+            .unwrap_or(Ok(()))
+    }
+
+    fn pod_cidr(&self) -> Option<String> {
+        self.isolators.iter().find_map(|i| i.pod_cidr())
+    }
+
+    fn set_pod_cidr(&self, cidr: Option<String>) {
+        for isolator in &self.isolators {
+            isolator.set_pod_cidr(cidr.as_deref());
+        }
     }
 }

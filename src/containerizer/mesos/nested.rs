@@ -5,22 +5,14 @@ use super::*;
 impl MesosContainerizer {
     /// CreateContainer: provision, prepare, fork blocked. Idempotent by name for an
     /// identical config.
-    pub async fn launch_container(
+    pub(super) async fn launch_container(
         self: &Arc<Self>,
         pod_id: &str,
         config: cri::ContainerConfig,
     ) -> Result<String> {
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| invalid("config.metadata", "is required"))?;
-        if meta.name.is_empty() {
-            return Err(invalid("config.metadata.name", "must not be empty"));
-        }
-        if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
-            return Err(invalid("config.image.image", "must not be empty"));
-        }
-        let pod = self.pod(pod_id)?;
+        // The CRI layer (cri::validate) refused a config without metadata or image.
+        let meta = config.metadata.clone().unwrap_or_default();
+        let pod = self.find_pod(pod_id)?;
         if !pod.ready {
             return Err(ContainerizerError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
@@ -64,7 +56,7 @@ impl MesosContainerizer {
         let lock = self.lock_of(&pod.info.id);
         let _guard = lock.lock().await;
         // The pod may have been stopped or removed while this call waited for its lock.
-        let pod = match self.pod(&pod.info.id) {
+        let pod = match self.find_pod(&pod.info.id) {
             Ok(current) if current.ready => current,
             _ => {
                 return Err(ContainerizerError::FailedPrecondition(format!(
@@ -135,7 +127,6 @@ impl MesosContainerizer {
         let provisioned = self.provisioner.provision(&record.id, image_name).await?;
         record.rootfs = provisioned.rootfs.clone();
         record.image_id = provisioned.image.id.clone();
-        record.stop_signal = crate::isolators::docker::runtime::stop_signal(&provisioned.image);
         // PREPARING: isolators in chain order, each adding to one launch info.
         record.mesos_state = MesosState::Preparing;
         self.checkpoint_container(record).await?;
@@ -165,17 +156,14 @@ impl MesosContainerizer {
             isolator.prepare(&prep, &mut launch).await?;
         }
         record.process = launch.process.clone();
+        record.stop_signal = launch.stop_signal.unwrap_or(libc::SIGTERM);
         self.checkpoint_container(record).await?;
         // The launcher: the supervisor forks the container, which sets itself up and
         // then blocks on its start pipe.
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client
-            .call(&Request::Launch(Box::new(launch)), LAUNCH_TIMEOUT)
-            .await?
-        {
-            Response::Launched { pid } => record.pid = pid,
-            other => return Err(unexpected(&other)),
-        }
+        record.pid = self
+            .launcher
+            .fork(&pod.supervisor_socket, launch, LAUNCH_TIMEOUT)
+            .await?;
         Ok(())
     }
 
@@ -211,11 +199,11 @@ impl MesosContainerizer {
     }
 
     /// StartContainer: ISOLATING → FETCHING → release the pipe → RUNNING.
-    pub async fn start_container(&self, id: &str) -> Result<()> {
-        let record = self.container(id)?;
+    pub(super) async fn start_container(&self, id: &str) -> Result<()> {
+        let record = self.find_container(id)?;
         let lock = self.lock_of(&record.pod_id);
         let _guard = lock.lock().await;
-        let mut record = self.container(id)?;
+        let mut record = self.find_container(id)?;
         let exit = record.exit();
         match record.cri_state(&exit) {
             cri::ContainerState::ContainerCreated => {}
@@ -227,7 +215,7 @@ impl MesosContainerizer {
                 )));
             }
         }
-        let pod = self.pod(&record.pod_id)?;
+        let pod = self.find_pod(&record.pod_id)?;
         record.mesos_state = MesosState::Isolating;
         // As Mesos: isolate runs for all isolators at once (no dependencies among them).
         let isolations = self
@@ -239,17 +227,12 @@ impl MesosContainerizer {
         }
         // Nothing to fetch yet: URIs come with the fetcher.
         record.mesos_state = MesosState::Fetching;
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client
-            .call(
-                &Request::Start {
-                    container_id: record.id.clone(),
-                },
-                LAUNCH_TIMEOUT,
-            )
+        match self
+            .launcher
+            .start(&pod.supervisor_socket, &record.id, LAUNCH_TIMEOUT)
             .await
         {
-            Ok(Response::Started { pid }) => {
+            Ok(pid) => {
                 record.pid = pid;
                 record.started_at = now_ns();
                 record.mesos_state = MesosState::Running;
@@ -257,7 +240,6 @@ impl MesosContainerizer {
                 self.tables().containers.insert(record.id.clone(), record);
                 Ok(())
             }
-            Ok(other) => Err(unexpected(&other)),
             Err(SupervisorError::Refused(message)) => {
                 record.start_error = Some(message.clone());
                 self.checkpoint_container(&record).await?;
@@ -272,8 +254,8 @@ impl MesosContainerizer {
 
     /// StopContainer: the stop signal, then SIGKILL of the whole cgroup after `timeout`
     /// seconds. Idempotent, also for unknown ids.
-    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let Ok(record) = self.container(id) else {
+    pub(super) async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Ok(record) = self.find_container(id) else {
             return Ok(());
         };
         // The grace period runs without the pod's lock: kubelet stops a pod's containers
@@ -292,20 +274,21 @@ impl MesosContainerizer {
         if record.exit().is_some() || record.start_error.is_some() {
             return true;
         }
-        let Ok(pod) = self.pod(&record.pod_id) else {
+        let Ok(pod) = self.find_pod(&record.pod_id) else {
             return false;
         };
         // Never started (still blocked on its pipe) or no grace: straight to the kill.
         if record.started_at == 0 || timeout <= 0 {
             return false;
         }
-        let signal = Request::Signal {
-            container_id: record.id.clone(),
-            signal: record.stop_signal,
-            all: false,
-        };
-        if let Err(e) = SupervisorClient::new(&pod.supervisor_socket)
-            .call(&signal, QUICK)
+        if let Err(e) = self
+            .launcher
+            .signal(
+                &pod.supervisor_socket,
+                &record.id,
+                record.stop_signal,
+                false,
+            )
             .await
         {
             tracing::debug!(error = %e, "stop signal");
@@ -324,27 +307,22 @@ impl MesosContainerizer {
 
     /// Kills every process of the container now and makes sure its exit is recorded.
     pub(super) async fn stop_container_locked(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.container(id) else {
+        let Ok(record) = self.find_container(id) else {
             return Ok(());
         };
         if record.exit().is_some() || record.start_error.is_some() || record.pid <= 0 {
             return Ok(());
         }
-        let pod = self.pod(&record.pod_id)?;
-        let client = SupervisorClient::new(&pod.supervisor_socket);
+        let pod = self.find_pod(&record.pod_id)?;
         // The grace period is over (or there was none): kill every process of the container.
-        let kill = Request::Signal {
-            container_id: record.id.clone(),
-            signal: libc::SIGKILL,
-            all: true,
-        };
-        if let Err(e) = client.call(&kill, QUICK).await {
+        if let Err(e) = self
+            .launcher
+            .signal(&pod.supervisor_socket, &record.id, libc::SIGKILL, true)
+            .await
+        {
             tracing::debug!(error = %e, "kill through the supervisor");
         }
-        let cgroup = record.cgroup.clone();
-        tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT))
-            .await
-            .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
+        self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await?;
         // The supervisor writes the exit status once it reaped the init.
         let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
         while record.exit().is_none() && tokio::time::Instant::now() < deadline {
@@ -366,8 +344,8 @@ impl MesosContainerizer {
     }
 
     /// RemoveContainer: force-stops it, then undoes its launch. Idempotent.
-    pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.container(id) else {
+    pub(super) async fn remove_container(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.find_container(id) else {
             return Ok(());
         };
         let lock = self.lock_of(&record.pod_id);
@@ -376,21 +354,13 @@ impl MesosContainerizer {
     }
 
     pub(super) async fn remove_container_locked(&self, id: &str) -> Result<()> {
-        let Ok(mut record) = self.container(id) else {
+        let Ok(mut record) = self.find_container(id) else {
             return Ok(());
         };
         self.stop_container_locked(id).await?;
         record.mesos_state = MesosState::Destroying;
-        if let Ok(pod) = self.pod(&record.pod_id) {
-            let client = SupervisorClient::new(&pod.supervisor_socket);
-            let _ = client
-                .call(
-                    &Request::Forget {
-                        container_id: id.to_string(),
-                    },
-                    QUICK,
-                )
-                .await;
+        if let Ok(pod) = self.find_pod(&record.pod_id) {
+            let _ = self.launcher.forget(&pod.supervisor_socket, id).await;
         }
         self.destroy_container_resources(&record).await;
         let dir = meta_dir(&self.flags).join("containers").join(id);
@@ -405,8 +375,9 @@ impl MesosContainerizer {
 
     /// Cleanup in reverse isolator order, then the cgroup and the rootfs.
     pub(super) async fn destroy_container_resources(&self, record: &ContainerRecord) {
-        let cgroup = record.cgroup.clone();
-        let _ = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await;
+        if let Err(e) = self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await {
+            tracing::warn!(error = %e, "container processes not all killed");
+        }
         for isolator in self.isolators.iter().rev() {
             if let Err(e) = isolator.cleanup(&record.id).await {
                 tracing::warn!(isolator = %isolator.name(), error = %e, "cleanup failed");
@@ -422,18 +393,20 @@ impl MesosContainerizer {
 
     /// ExecSync: runs a command in the container's namespaces and cgroup, with the
     /// container's env, user and cwd.
-    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecResult> {
-        let record = self.container(id)?;
+    pub(super) async fn exec_sync_in(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecResult> {
+        let record = self.find_container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
             return Err(ContainerizerError::FailedPrecondition(format!(
                 "container {} is not running",
                 record.id
             )));
         }
-        if cmd.is_empty() {
-            return Err(invalid("cmd", "must not be empty"));
-        }
-        let pod = self.pod(&record.pod_id)?;
+        let pod = self.find_pod(&record.pod_id)?;
         let exec = ExecInfo {
             container_id: record.id.clone(),
             args: cmd,
@@ -455,16 +428,16 @@ impl MesosContainerizer {
         } else {
             Duration::from_secs(24 * 3600)
         };
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client.call(&Request::Exec(Box::new(exec)), guard).await {
-            Ok(Response::ExecResult(result)) if result.timed_out => {
-                Err(ContainerizerError::DeadlineExceeded(format!(
-                    "command timed out after {timeout}s in container {}",
-                    record.id
-                )))
-            }
-            Ok(Response::ExecResult(result)) => Ok(result),
-            Ok(other) => Err(unexpected(&other)),
+        match self
+            .launcher
+            .exec(&pod.supervisor_socket, exec, guard)
+            .await
+        {
+            Ok(result) if result.timed_out => Err(ContainerizerError::DeadlineExceeded(format!(
+                "command timed out after {timeout}s in container {}",
+                record.id
+            ))),
+            Ok(result) => Ok(result),
             Err(SupervisorError::Refused(message)) => {
                 Err(ContainerizerError::FailedPrecondition(message))
             }
@@ -473,23 +446,18 @@ impl MesosContainerizer {
     }
 
     /// ReopenContainerLog: the supervisor reopens the log file by path.
-    pub async fn reopen_log(&self, id: &str) -> Result<()> {
-        let record = self.container(id)?;
+    pub(super) async fn reopen_log_of(&self, id: &str) -> Result<()> {
+        let record = self.find_container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
             return Err(ContainerizerError::FailedPrecondition(format!(
                 "container {} is not running",
                 record.id
             )));
         }
-        let pod = self.pod(&record.pod_id)?;
-        let client = SupervisorClient::new(&pod.supervisor_socket);
-        match client
-            .call(
-                &Request::ReopenLog {
-                    container_id: record.id.clone(),
-                },
-                QUICK,
-            )
+        let pod = self.find_pod(&record.pod_id)?;
+        match self
+            .launcher
+            .reopen_log(&pod.supervisor_socket, &record.id)
             .await
         {
             Ok(_) => Ok(()),
@@ -499,10 +467,6 @@ impl MesosContainerizer {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-fn unexpected(reply: &Response) -> ContainerizerError {
-    ContainerizerError::Internal(format!("unexpected supervisor reply: {reply:?}"))
 }
 
 /// `log_path` must name a file inside the pod's `log_directory` (the CRI layer has refused

@@ -3,58 +3,16 @@
 use super::*;
 
 impl MesosContainerizer {
-    /// The network part of a pod's verbose status: its networks and IPs, a CNI CHECK of
-    /// them (which is how a live pod's network is verified from outside) and interface
-    /// counters.
-    pub async fn pod_network_status(&self, pod: &PodRecord) -> serde_json::Value {
-        if pod.info.net_ns.is_none() {
-            return serde_json::json!({ "hostNetwork": true });
-        }
-        let check = if pod.ready {
-            match self.network.check(&pod.info.id).await {
-                Ok(()) => "ok".to_string(),
-                Err(e) => e.to_string(),
-            }
-        } else {
-            "not ready".to_string()
-        };
-        let network = self.network.clone();
-        let id = pod.info.id.clone();
-        let interfaces = tokio::task::spawn_blocking(move || network.statistics(&id))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        serde_json::json!({
-            "networks": pod.network.as_ref().map(|n| &n.networks),
-            "check": check,
-            "interfaces": match interfaces {
-                Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
-                Err(e) => serde_json::Value::String(e),
-            },
-        })
-    }
-
     // ---- pod sandboxes (top-level containers) ----
 
     /// RunPodSandbox: idempotent by name for an identical config, AlreadyExists otherwise.
-    pub async fn launch_pod(
+    pub(super) async fn launch_pod(
         self: &Arc<Self>,
         config: cri::PodSandboxConfig,
         handler: String,
     ) -> Result<String> {
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| invalid("config.metadata", "is required"))?;
-        for (field, value) in [
-            ("config.metadata.name", &meta.name),
-            ("config.metadata.namespace", &meta.namespace),
-            ("config.metadata.uid", &meta.uid),
-        ] {
-            if value.is_empty() {
-                return Err(invalid(field, "must not be empty"));
-            }
-        }
+        // The CRI layer (cri::validate) refused a config without metadata.
+        let meta = config.metadata.clone().unwrap_or_default();
         if !handler.is_empty() && handler != "mesos" {
             return Err(ContainerizerError::NotFound {
                 what: "runtime handler",
@@ -100,19 +58,16 @@ impl MesosContainerizer {
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone())
             .unwrap_or_default();
-        let host_net = options.network == cri::NamespaceMode::Node as i32;
-        let host_ipc = options.ipc == cri::NamespaceMode::Node as i32;
         let pid_mode = match cri::NamespaceMode::try_from(options.pid)
             .unwrap_or(cri::NamespaceMode::Container)
         {
             cri::NamespaceMode::Pod => NsMode::Pod,
             cri::NamespaceMode::Node => NsMode::Node,
             cri::NamespaceMode::Container => NsMode::Container,
-            // TARGET names a container, and a pod has none yet when it is created.
+            // cri::validate refuses TARGET for a pod: it names a container.
             cri::NamespaceMode::Target => {
-                return Err(invalid(
-                    "config.linux.security_context.namespace_options.pid",
-                    "TARGET is only valid for containers, not for pod sandboxes",
+                return Err(ContainerizerError::Internal(
+                    "pid namespace mode TARGET reached a pod sandbox".into(),
                 ));
             }
         };
@@ -177,13 +132,7 @@ impl MesosContainerizer {
         self.checkpoint_pod(&record).await?;
         self.tables().pods.insert(id.to_string(), record.clone());
 
-        // Host-network pods skip CNI entirely: no namespace, no plugins.
-        let targets = namespaces::Pinned {
-            net: (!host_net).then(|| self.network.netns_path(id)),
-            uts: (!host_net).then(|| dir.join("ns").join("uts")),
-            ipc: (!host_ipc).then(|| dir.join("ns").join("ipc")),
-        };
-        let result = self.prepare_pod(&mut record, &hostname, targets).await;
+        let result = self.prepare_pod(&mut record, &hostname).await;
         match result {
             Ok(()) => {
                 record.ready = true;
@@ -220,31 +169,48 @@ impl MesosContainerizer {
         }
     }
 
-    pub(super) async fn prepare_pod(
-        &self,
-        record: &mut PodRecord,
-        hostname: &str,
-        targets: namespaces::Pinned,
-    ) -> Result<()> {
+    /// The pod's launch, in the order pods need: the isolators' `prepare_pod` (which
+    /// namespaces) → the namespaces created and pinned → their `isolate_pod` (network/cni:
+    /// CNI ADD) → pod sysctls (none yet) → the pod's files (`/etc/hosts` needs the IP) →
+    /// cgroups and the supervisor, last. The caller undoes a failure (`teardown_pod`).
+    pub(super) async fn prepare_pod(&self, record: &mut PodRecord, hostname: &str) -> Result<()> {
         let dir = record.info.dir.clone();
         std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
+        let mut wanted = PodNamespaces::default();
+        let prep = PodPrep {
+            id: &record.info.id,
+            config: &record.info.config,
+            dir: &dir,
+        };
+        for isolator in &self.isolators {
+            isolator.prepare_pod(&prep, &mut wanted).await?;
+        }
+        let targets = namespaces::Pinned {
+            net: wanted.net,
+            uts: wanted.uts,
+            ipc: wanted.ipc,
+        };
         if targets.ipc.is_some() {
-            mount_shm(&dir.join("shm"))?;
+            let shm = dir.join("shm");
+            self.pod_host
+                .mount_shm(&shm, SHM_SIZE)
+                .map_err(ContainerizerError::io(&shm))?;
         }
         let host = hostname.to_string();
-        let pinned = tokio::task::spawn_blocking(move || namespaces::create(&targets, &host))
+        let pod_host = self.pod_host.clone();
+        let pinned = tokio::task::spawn_blocking(move || pod_host.pin(&targets, &host))
             .await
             .map_err(|e| ContainerizerError::Internal(e.to_string()))??;
         record.info.net_ns = pinned.net;
         record.info.uts_ns = pinned.uts;
         record.info.ipc_ns = pinned.ipc;
         self.checkpoint_pod(record).await?;
-        if let Some(netns) = record.info.net_ns.clone() {
-            let network = self
-                .network
-                .attach(&record.info.id, &record.info.config, &netns)
-                .await?;
-            record.network = Some(network);
+        let mut isolation = PodIsolation::default();
+        for isolator in &self.isolators {
+            isolator.isolate_pod(&record.info, &mut isolation).await?;
+        }
+        if isolation.network.is_some() {
+            record.network = isolation.network;
             self.checkpoint_pod(record).await?;
         }
         let (info, host, network) = (
@@ -269,19 +235,17 @@ impl MesosContainerizer {
                 socket.display()
             )));
         }
-        let pid = self
-            .supervisor_bin
-            .spawn(
-                &record.info.id,
-                &socket,
-                &dir.join("supervisor"),
-                record.info.pid_mode == NsMode::Pod,
-            )
-            .await?;
+        let spec = SupervisorSpec {
+            pod_id: &record.info.id,
+            socket: &socket,
+            state_dir: &dir.join("supervisor"),
+            new_pid_ns: record.info.pid_mode == NsMode::Pod,
+        };
+        let pid = self.launcher.spawn_supervisor(&spec).await?;
         record.supervisor_pid = pid;
         self.checkpoint_pod(record).await?;
         // Charged to the pod, as the pause container is under containerd.
-        record.supervisor_cgroup.add(pid)?;
+        self.launcher.charge(&record.supervisor_cgroup, pid)?;
         Ok(())
     }
 
@@ -306,8 +270,8 @@ impl MesosContainerizer {
 
     /// StopPodSandbox: kills every container, stops the supervisor, releases the pod's
     /// namespaces and shm. Idempotent, also for unknown ids.
-    pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.pod(id) else {
+    pub(super) async fn stop_pod(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.find_pod(id) else {
             return Ok(());
         };
         let lock = self.lock_of(&record.info.id);
@@ -316,7 +280,7 @@ impl MesosContainerizer {
     }
 
     pub(super) async fn stop_pod_locked(&self, id: &str) -> Result<()> {
-        let Ok(mut record) = self.pod(id) else {
+        let Ok(mut record) = self.find_pod(id) else {
             return Ok(());
         };
         let containers = self.container_ids_of(id);
@@ -333,33 +297,41 @@ impl MesosContainerizer {
     }
 
     /// Releases what a pod holds on the host, whatever state it got to. Idempotent. A
-    /// failed CNI DEL is returned (StopPodSandbox fails, kubelet retries) and keeps the
-    /// network namespace and checkpoint for the retry.
+    /// failed `cleanup_pod` (a CNI DEL) is returned (StopPodSandbox fails, kubelet
+    /// retries); the isolator kept what it needs for the retry.
     pub(super) async fn teardown_pod(&self, record: &PodRecord) -> Result<()> {
-        let client = SupervisorClient::new(&record.supervisor_socket);
         if record.supervisor_pid > 0
-            && let Err(e) = client.call(&Request::Shutdown, QUICK).await
+            && let Err(e) = self.launcher.shutdown(&record.supervisor_socket).await
         {
             tracing::debug!(error = %e, "supervisor shutdown");
         }
-        let supervisor_cgroup = record.supervisor_cgroup.clone();
-        let _ = tokio::task::spawn_blocking(move || supervisor_cgroup.kill_all(KILL_TIMEOUT)).await;
+        if let Err(e) = self
+            .launcher
+            .kill_all(&record.supervisor_cgroup, KILL_TIMEOUT)
+            .await
+        {
+            tracing::debug!(error = %e, "supervisor cgroup kill");
+        }
         let _ = std::fs::remove_file(&record.supervisor_socket);
-        // DEL while the namespace still exists, so the plugins also remove what is inside.
-        let detached = self.network.detach(&record.info.id).await;
+        // Reverse chain order, while the namespaces still exist; each isolator tries even
+        // when one before it failed, and the first failure is returned.
+        let mut failed = None;
+        for isolator in self.isolators.iter().rev() {
+            if let Err(e) = isolator.cleanup_pod(&record.info).await {
+                tracing::warn!(isolator = %isolator.name(), error = %e, "pod cleanup failed");
+                failed.get_or_insert(e);
+            }
+        }
+        // The network namespace is network/cni's, unpinned by it once its DEL succeeded.
         let pinned = namespaces::Pinned {
-            net: record.info.net_ns.clone().filter(|_| detached.is_ok()),
+            net: None,
             uts: record.info.uts_ns.clone(),
             ipc: record.info.ipc_ns.clone(),
         };
-        namespaces::remove(&pinned);
-        if detached.is_ok() {
-            self.network.forget(&record.info.id);
-        }
+        self.pod_host.unpin(&pinned);
         // Without our own IPC namespace there is no shm mount of ours to remove.
-        let shm = record.info.dir.join("shm");
-        let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
-        detached.map_err(Into::into)
+        self.pod_host.unmount_shm(&record.info.dir.join("shm"));
+        failed.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Removes the pod's cgroups (ours only) and its directory, once nothing runs in them.
@@ -374,8 +346,8 @@ impl MesosContainerizer {
 
     /// RemovePodSandbox: stops the pod, removes its containers and everything it left.
     /// Idempotent.
-    pub async fn remove_pod(&self, id: &str) -> Result<()> {
-        let Ok(record) = self.pod(id) else {
+    pub(super) async fn remove_pod(&self, id: &str) -> Result<()> {
+        let Ok(record) = self.find_pod(id) else {
             return Ok(());
         };
         let id = record.info.id.clone();
@@ -449,20 +421,4 @@ fn write_pod_files(pod: &PodInfo, hostname: &str, network: Option<&PodNetwork>) 
     };
     state::atomic_write(&pod.resolv_conf(), resolv.as_bytes())?;
     Ok(())
-}
-
-fn mount_shm(path: &Path) -> Result<()> {
-    use nix::mount::MsFlags;
-    std::fs::create_dir_all(path).map_err(ContainerizerError::io(path))?;
-    nix::mount::mount(
-        Some("shm"),
-        path,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
-    )
-    .map_err(|e| ContainerizerError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })
 }

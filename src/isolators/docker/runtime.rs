@@ -74,6 +74,7 @@ impl Isolator for DockerRuntime {
         process.stdin_once = config.stdin_once;
         process.no_new_privileges = sc.no_new_privs;
         process.oom_score_adj = oom_score_adj;
+        launch.stop_signal = Some(stop_signal(container.image));
         Ok(())
     }
 }

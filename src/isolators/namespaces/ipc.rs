@@ -2,9 +2,10 @@
 //! message queues are shared pod-wide, as with a pause container).
 
 use cri_mesos_supervisor::protocol::{JoinNs, LaunchInfo, NsKind};
+use k8s_cri::v1 as cri;
 
 use crate::isolators::IsolatorName;
-use crate::isolators::chain::{ContainerPrep, Isolator, IsolatorError};
+use crate::isolators::chain::{ContainerPrep, Isolator, IsolatorError, PodNamespaces, PodPrep};
 
 #[derive(Debug, Default)]
 pub struct IpcNamespace;
@@ -14,6 +15,26 @@ pub struct IpcNamespace;
 impl Isolator for IpcNamespace {
     fn name(&self) -> IsolatorName {
         IsolatorName("namespaces/ipc")
+    }
+
+    /// The pod's own IPC namespace, unless it runs in the host's; the containerizer gives
+    /// a pod with its own one a /dev/shm of its own.
+    async fn prepare_pod(
+        &self,
+        pod: &PodPrep<'_>,
+        namespaces: &mut PodNamespaces,
+    ) -> Result<(), IsolatorError> {
+        let host_ipc = pod
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|o| o.ipc == cri::NamespaceMode::Node as i32);
+        if !host_ipc {
+            namespaces.ipc = Some(pod.dir.join("ns").join("ipc"));
+        }
+        Ok(())
     }
 
     async fn prepare(

@@ -1,9 +1,10 @@
 //! `network/cni`: IP-per-pod networking through CNI plugins (Mesos's network/cni
 //! isolator).
 //!
-//! The pod side ([`CniManager`]) attaches a sandbox's network namespace to its networks
-//! when it runs and detaches it when it stops; the container side ([`Cni`]) has each
-//! container join its pod's network and UTS namespaces.
+//! [`Cni`] is the isolator. For a pod sandbox (a top-level container) it asks for a network
+//! and a UTS namespace, attaches the pinned network namespace to the pod's networks (CNI
+//! ADD, through its [`CniManager`]) and detaches it when the pod stops; each nested
+//! container joins its pod's network and UTS namespaces.
 
 pub mod config;
 pub mod invoke;
@@ -12,14 +13,19 @@ pub mod result;
 pub mod stats;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cri_mesos_supervisor::protocol::{JoinNs, LaunchInfo, NsKind};
+use k8s_cri::v1 as cri;
 
 pub use manager::{CniManager, EGRESS_BANDWIDTH, INGRESS_BANDWIDTH, NetworkStatus, PodNetwork};
 
-use crate::containerizer::ContainerizerError;
+use crate::flags::Flags;
 use crate::isolators::IsolatorName;
-use crate::isolators::chain::{ContainerPrep, Isolator, IsolatorError};
+use crate::isolators::chain::{
+    ContainerPrep, Isolator, IsolatorError, PodInfo, PodIsolation, PodNamespaces, PodPrep,
+};
+use crate::launcher::namespaces;
 
 /// Why a pod's network could not be set up, checked or torn down.
 #[derive(Debug, thiserror::Error)]
@@ -53,36 +59,145 @@ pub enum CniError {
     Stats(#[from] stats::StatsError),
 }
 
-impl From<CniError> for ContainerizerError {
+impl From<CniError> for IsolatorError {
     fn from(e: CniError) -> Self {
+        const ISOLATOR: &str = "network/cni";
         match e {
-            CniError::Select(_) => ContainerizerError::InvalidArgument {
+            CniError::Select(_) => IsolatorError::InvalidArgument {
                 field: format!("config.annotations[{}]", config::NETWORKS_ANNOTATION),
                 reason: e.to_string(),
             },
-            CniError::Bandwidth { annotation, .. } => ContainerizerError::InvalidArgument {
+            CniError::Bandwidth { annotation, .. } => IsolatorError::InvalidArgument {
                 field: format!("config.annotations[{annotation}]"),
                 reason: e.to_string(),
             },
             CniError::Plugin(invoke::PluginError::Timeout { .. }) => {
-                ContainerizerError::DeadlineExceeded(format!("network/cni: {e}"))
+                IsolatorError::DeadlineExceeded {
+                    isolator: ISOLATOR,
+                    reason: e.to_string(),
+                }
             }
-            other => ContainerizerError::Isolator(IsolatorError::Other {
-                isolator: "network/cni",
+            other => IsolatorError::Other {
+                isolator: ISOLATOR,
                 reason: other.to_string(),
-            }),
+            },
         }
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Cni;
+/// The `network/cni` isolator: the pod's networks, and each container's place in them.
+#[derive(Debug)]
+pub struct Cni {
+    manager: Arc<CniManager>,
+}
+
+impl Cni {
+    pub fn new(flags: &Flags) -> Cni {
+        Cni {
+            manager: Arc::new(CniManager::new(flags)),
+        }
+    }
+}
 
 // No cleanup for containers: the namespaces and their networks are the pod's.
 #[tonic::async_trait]
 impl Isolator for Cni {
     fn name(&self) -> IsolatorName {
         IsolatorName("network/cni")
+    }
+
+    async fn prepare_pod(
+        &self,
+        pod: &PodPrep<'_>,
+        namespaces: &mut PodNamespaces,
+    ) -> Result<(), IsolatorError> {
+        let host_net = pod
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
+        // Host-network pods skip CNI entirely: no namespace, no plugins.
+        if !host_net {
+            namespaces.net = Some(self.manager.netns_path(pod.id));
+            namespaces.uts = Some(pod.dir.join("ns").join("uts"));
+        }
+        Ok(())
+    }
+
+    async fn isolate_pod(
+        &self,
+        pod: &PodInfo,
+        isolation: &mut PodIsolation,
+    ) -> Result<(), IsolatorError> {
+        if let Some(netns) = &pod.net_ns {
+            isolation.network = Some(self.manager.attach(&pod.id, &pod.config, netns).await?);
+        }
+        Ok(())
+    }
+
+    async fn cleanup_pod(&self, pod: &PodInfo) -> Result<(), IsolatorError> {
+        // DEL while the namespace still exists, so the plugins also remove what is inside.
+        // A failed DEL keeps the namespace and the checkpoint for the retry.
+        self.manager.detach(&pod.id).await?;
+        if let Some(netns) = &pod.net_ns {
+            namespaces::unpin(netns);
+        }
+        self.manager.forget(&pod.id);
+        Ok(())
+    }
+
+    /// The pod's networks and IPs, a CNI CHECK of them (which is how a live pod's network
+    /// is verified from outside) and interface counters.
+    async fn pod_status(
+        &self,
+        pod: &PodInfo,
+        ready: bool,
+        network: Option<&PodNetwork>,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let status = if pod.net_ns.is_none() {
+            serde_json::json!({ "hostNetwork": true })
+        } else {
+            let check = if ready {
+                match self.manager.check(&pod.id).await {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            } else {
+                "not ready".to_string()
+            };
+            let manager = self.manager.clone();
+            let id = pod.id.clone();
+            let interfaces = tokio::task::spawn_blocking(move || manager.statistics(&id))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            serde_json::json!({
+                "networks": network.map(|n| &n.networks),
+                "check": check,
+                "interfaces": match interfaces {
+                    Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
+                    Err(e) => serde_json::Value::String(e),
+                },
+            })
+        };
+        Some(serde_json::Map::from_iter([(
+            "network".to_string(),
+            status,
+        )]))
+    }
+
+    fn network_readiness(&self) -> Option<Result<(), String>> {
+        Some(self.manager.readiness().map(|_| ()))
+    }
+
+    fn set_pod_cidr(&self, cidr: Option<&str>) {
+        self.manager.set_pod_cidr(cidr.map(str::to_string));
+    }
+
+    fn pod_cidr(&self) -> Option<String> {
+        self.manager.pod_cidr()
     }
 
     async fn prepare(
@@ -111,6 +226,10 @@ mod tests {
     use super::*;
     use crate::isolators::registry::test_support::Fixture;
 
+    fn cni() -> Cni {
+        Cni::new(&Flags::from_args(["cri-mesos"]).unwrap())
+    }
+
     #[tokio::test]
     async fn joins_net_and_uts_unless_host() {
         let mut f = Fixture::new();
@@ -118,7 +237,7 @@ mod tests {
             hostname: Some("x".into()),
             ..Default::default()
         };
-        f.prepare_onto(&Cni, &mut launch).await.unwrap();
+        f.prepare_onto(&cni(), &mut launch).await.unwrap();
         assert_eq!(
             launch.namespaces.join,
             [
@@ -136,6 +255,6 @@ mod tests {
 
         f.pod.net_ns = None;
         f.pod.uts_ns = None;
-        assert!(f.prepare(&Cni).await.unwrap().namespaces.join.is_empty());
+        assert!(f.prepare(&cni()).await.unwrap().namespaces.join.is_empty());
     }
 }

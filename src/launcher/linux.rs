@@ -1,0 +1,178 @@
+//! The `linux` launcher: the pod supervisor forks and signals, the container's cgroup
+//! finds every process to kill; namespaces pinned by bind mounts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, Request, Response};
+
+use super::namespaces::{self, NamespaceError, Pinned};
+use super::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
+use super::{Launcher, PodHost, SupervisorSpec};
+use crate::cgroups::{Cgroup, CgroupError};
+
+/// Supervisor requests that return at once.
+const QUICK: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct LinuxLauncher {
+    binary: SupervisorBinary,
+}
+
+impl LinuxLauncher {
+    pub fn new(binary: SupervisorBinary) -> LinuxLauncher {
+        LinuxLauncher { binary }
+    }
+}
+
+fn unexpected(socket: &Path, reply: &Response) -> SupervisorError {
+    SupervisorError::Protocol {
+        socket: socket.to_path_buf(),
+        reason: format!("unexpected reply: {reply:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl Launcher for LinuxLauncher {
+    async fn spawn_supervisor(&self, spec: &SupervisorSpec<'_>) -> Result<i32, SupervisorError> {
+        self.binary
+            .spawn(spec.pod_id, spec.socket, spec.state_dir, spec.new_pid_ns)
+            .await
+    }
+
+    fn charge(&self, cgroup: &Cgroup, pid: i32) -> Result<(), CgroupError> {
+        cgroup.add(pid)
+    }
+
+    async fn shutdown(&self, socket: &Path) -> Result<(), SupervisorError> {
+        SupervisorClient::new(socket)
+            .call(&Request::Shutdown, QUICK)
+            .await
+            .map(|_| ())
+    }
+
+    async fn fork(
+        &self,
+        socket: &Path,
+        launch: LaunchInfo,
+        timeout: Duration,
+    ) -> Result<i32, SupervisorError> {
+        match SupervisorClient::new(socket)
+            .call(&Request::Launch(Box::new(launch)), timeout)
+            .await?
+        {
+            Response::Launched { pid } => Ok(pid),
+            other => Err(unexpected(socket, &other)),
+        }
+    }
+
+    async fn start(
+        &self,
+        socket: &Path,
+        container_id: &str,
+        timeout: Duration,
+    ) -> Result<i32, SupervisorError> {
+        let request = Request::Start {
+            container_id: container_id.to_string(),
+        };
+        match SupervisorClient::new(socket)
+            .call(&request, timeout)
+            .await?
+        {
+            Response::Started { pid } => Ok(pid),
+            other => Err(unexpected(socket, &other)),
+        }
+    }
+
+    async fn signal(
+        &self,
+        socket: &Path,
+        container_id: &str,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), SupervisorError> {
+        let request = Request::Signal {
+            container_id: container_id.to_string(),
+            signal,
+            all,
+        };
+        SupervisorClient::new(socket)
+            .call(&request, QUICK)
+            .await
+            .map(|_| ())
+    }
+
+    async fn kill_all(&self, cgroup: &Cgroup, timeout: Duration) -> Result<(), CgroupError> {
+        let cgroup = cgroup.clone();
+        // A join error means the blocking task panicked; its cgroup is then as it was.
+        tokio::task::spawn_blocking(move || cgroup.kill_all(timeout))
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    async fn forget(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError> {
+        let request = Request::Forget {
+            container_id: container_id.to_string(),
+        };
+        SupervisorClient::new(socket)
+            .call(&request, QUICK)
+            .await
+            .map(|_| ())
+    }
+
+    async fn exec(
+        &self,
+        socket: &Path,
+        exec: ExecInfo,
+        timeout: Duration,
+    ) -> Result<ExecResult, SupervisorError> {
+        match SupervisorClient::new(socket)
+            .call(&Request::Exec(Box::new(exec)), timeout)
+            .await?
+        {
+            Response::ExecResult(result) => Ok(result),
+            other => Err(unexpected(socket, &other)),
+        }
+    }
+
+    async fn reopen_log(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError> {
+        let request = Request::ReopenLog {
+            container_id: container_id.to_string(),
+        };
+        SupervisorClient::new(socket)
+            .call(&request, QUICK)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Namespaces pinned by bind mounts of nsfs, and a tmpfs per pod for /dev/shm.
+#[derive(Debug, Default)]
+pub struct LinuxPodHost;
+
+impl PodHost for LinuxPodHost {
+    fn pin(&self, targets: &Pinned, hostname: &str) -> Result<Pinned, NamespaceError> {
+        namespaces::create(targets, hostname)
+    }
+
+    fn unpin(&self, pinned: &Pinned) {
+        namespaces::remove(pinned)
+    }
+
+    fn mount_shm(&self, path: &Path, size: &str) -> std::io::Result<()> {
+        use nix::mount::MsFlags;
+        std::fs::create_dir_all(path)?;
+        nix::mount::mount(
+            Some("shm"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(format!("mode=1777,size={size}").as_str()),
+        )
+        .map_err(std::io::Error::from)
+    }
+
+    fn unmount_shm(&self, path: &Path) {
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
