@@ -423,6 +423,10 @@ pub struct RegistryHost {
     /// PEM file of CAs trusted for this host (and its mirrors), beside the system roots.
     #[serde(default, alias = "ca-file")]
     pub ca_file: Option<PathBuf>,
+    /// A docker config.json (a `kubernetes.io/dockerconfigjson` Secret) whose `auths`
+    /// entry for this host authenticates pulls that bring no credentials; read per pull.
+    #[serde(default, alias = "auth-file")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Launchers as Mesos has them.
@@ -608,6 +612,23 @@ impl Flags {
         absolute("docker_store_dir", &docker_store_dir)?;
 
         let mut registries = file.registries;
+        for (host, r) in &registries {
+            for (key, path) in [("ca_file", &r.ca_file), ("auth_file", &r.auth_file)] {
+                if let Some(path) = path.as_ref().filter(|p| !p.is_absolute()) {
+                    return Err(FlagError::ConfigFile {
+                        path: cli
+                            .config
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        reason: format!(
+                            "registries.{host}.{key}: {} is not an absolute path",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
         let insecure = cli
             .insecure_registries
             .or(file.insecure_registries)

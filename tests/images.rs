@@ -311,6 +311,71 @@ async fn the_local_directory_provider_serves_docker_save_archives() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+/// The node's own credentials (`registries.HOST.auth_file`, a docker config.json as a
+/// dockerconfigjson Secret holds it) authenticate pulls that bring none, read per pull.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn node_credentials_file_authenticates_pulls_without_credentials() {
+    let registry = Registry::start_with_auth("puller", "s3cret").await.unwrap();
+    let images = test_support::push_all(&registry).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    let write_auth = |password: &str| {
+        let encoded = cri_mesos_supervisor::b64::encode(format!("puller:{password}").as_bytes());
+        std::fs::write(
+            &auth,
+            format!(
+                r#"{{"auths": {{"http://{}": {{"auth": "{encoded}"}}}}}}"#,
+                registry.addr()
+            ),
+        )
+        .unwrap();
+    };
+    write_auth("s3cret");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registries:\n  \"{}\":\n    insecure: true\n    auth_file: {}\n",
+            registry.addr(),
+            auth.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::builder(BIN)
+        .arg(format!("--config={}", config.display()))
+        .start()
+        .await
+        .unwrap();
+    let mut client = daemon.image_client().await.unwrap();
+    let pull = |image: String| cri::PullImageRequest {
+        image: spec(&image),
+        ..Default::default()
+    };
+    let id = client
+        .pull_image(pull(images.busybox.reference()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()))
+        .into_inner()
+        .image_ref;
+    assert_eq!(id, images.busybox.id());
+    // A rotated secret is read at the next pull: a wrong password now fails.
+    write_auth("wrong");
+    let err = client
+        .pull_image(pull(images.configured.reference()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    // A file that cannot be read says which, as FailedPrecondition.
+    std::fs::write(&auth, "not json").unwrap();
+    let err = client
+        .pull_image(pull(images.configured.reference()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("auth.json"), "{}", err.message());
+}
+
 #[tokio::test]
 #[ignore = "needs root"]
 async fn basic_auth_with_htpasswd() {

@@ -46,6 +46,7 @@ pub fn provision_status(error: &ProvisionError) -> Status {
     let code = match error.root() {
         ProvisionError::Reference(_) => Code::InvalidArgument,
         ProvisionError::ImageNotFound(_) => Code::NotFound,
+        ProvisionError::NodeCredentials { .. } => Code::FailedPrecondition,
         ProvisionError::Provider(e) => match e.kind() {
             ProviderErrorKind::Unreachable => Code::Unavailable,
             ProviderErrorKind::NotFound => Code::NotFound,

@@ -63,6 +63,13 @@ pub enum ProvisionError {
     Shared(Arc<ProvisionError>),
     #[error("provisioner task failed: {0}")]
     Task(String),
+    /// The node's credentials file for a registry cannot be used.
+    #[error("registry {host}: credentials file {}: {reason}", path.display())]
+    NodeCredentials {
+        host: String,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl ProvisionError {
@@ -112,6 +119,8 @@ pub struct Provisioner {
     /// an image record, or looked up but not yet checkpointed for a container), with a
     /// count of holders. Layer GC spares them; it decides and unlinks under this lock.
     pins: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// Per registry host, the node's credentials file (`registries.HOST.auth_file`).
+    auth_files: HashMap<String, PathBuf>,
 }
 
 /// Releases its layers' pins when dropped.
@@ -148,12 +157,22 @@ impl Provisioner {
         work_dir: &Path,
         max_concurrent_downloads: usize,
     ) -> Result<Arc<Provisioner>, ProvisionError> {
+        Self::assemble(store, provider, backend, work_dir, max_concurrent_downloads).map(Arc::new)
+    }
+
+    fn assemble(
+        store: Store,
+        provider: Provider,
+        backend: Box<dyn Backend>,
+        work_dir: &Path,
+        max_concurrent_downloads: usize,
+    ) -> Result<Provisioner, ProvisionError> {
         let containers_dir = work_dir.join("provisioner/containers");
         fs::create_dir_all(&containers_dir).map_err(|source| StoreError::Io {
             path: containers_dir.clone(),
             source,
         })?;
-        Ok(Arc::new(Provisioner {
+        Ok(Provisioner {
             store: Arc::new(store),
             provider,
             backend: Arc::from(backend),
@@ -162,7 +181,8 @@ impl Provisioner {
             pulls: Inflight::default(),
             layers: Inflight::default(),
             pins: Arc::default(),
-        }))
+            auth_files: HashMap::new(),
+        })
     }
 
     /// Builds the provisioner the flags describe: store, provider and backend. Fails on a
@@ -194,13 +214,19 @@ impl Provisioner {
             &flags.docker_store_dir,
         )?;
         tracing::info!(backend = backend.name(), store = %flags.docker_store_dir.display(), "provisioner ready");
-        Provisioner::new(
+        let mut provisioner = Provisioner::assemble(
             store,
             provider,
             backend,
             &flags.work_dir,
             flags.max_concurrent_downloads,
-        )
+        )?;
+        provisioner.auth_files = flags
+            .registries
+            .iter()
+            .filter_map(|(host, c)| c.auth_file.clone().map(|f| (host.clone(), f)))
+            .collect();
+        Ok(Arc::new(provisioner))
     }
 
     fn pin(&self, layers: Vec<String>) -> Pins {
@@ -229,6 +255,10 @@ impl Provisioner {
         credentials: Option<Credentials>,
     ) -> Result<ImageRecord, ProvisionError> {
         let reference = ImageReference::parse(image)?;
+        let credentials = match credentials {
+            Some(c) => Some(c),
+            None => self.node_credentials(&reference).await?,
+        };
         // Pulls with different credentials must not share an answer (one may be refused).
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         if let Some(c) = &credentials {
@@ -255,6 +285,23 @@ impl Provisioner {
             )
             .await
             .map_err(ProvisionError::Shared)
+    }
+
+    /// The node's credentials for the image's registry, when it has a file for it.
+    async fn node_credentials(
+        &self,
+        reference: &ImageReference,
+    ) -> Result<Option<Credentials>, ProvisionError> {
+        let Some(path) = self.auth_files.get(&reference.registry) else {
+            return Ok(None);
+        };
+        providers::node_auth::load(path, &reference.registry)
+            .await
+            .map_err(|reason| ProvisionError::NodeCredentials {
+                host: reference.registry.clone(),
+                path: path.clone(),
+                reason,
+            })
     }
 
     async fn pull_uncached(

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod docker;
 pub mod local;
+pub mod node_auth;
 
 use std::path::Path;
 
