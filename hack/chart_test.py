@@ -208,7 +208,8 @@ def main() -> None:
         regs = nd["config"]["registries"]
         check(regs == {
             "registry.example.com": {"mirrors": ["https://mirror.example.com", "http://127.0.0.1:5000"],
-                                     "ca_file": "/etc/cri-mesos-test/certs/registry.example.com.crt"},
+                                     "ca_file": "/etc/cri-mesos-test/certs/registry.example.com.crt",
+                                     "auth_file": "/etc/cri-mesos-test/auth/registry.example.com.json"},
             "127.0.0.1:5000": {"insecure": True}}, f"non-default: registries {regs}")
         cm = one(nd["objs"], "ConfigMap")["data"]
         check("-----BEGIN CERTIFICATE-----" in cm.get("cert-registry.example.com.crt", ""),
@@ -220,6 +221,22 @@ def main() -> None:
         for a, b in (("--cni-file", "10-test.conflist"), ("--service-manager", "direct"),
                      ("--cgroup", "cri-mesos-test.daemon"), ("--prefix", "/usr/local/cri-mesos")):
             check(a in args and args[args.index(a) + 1] == b, f"non-default: installer {a} {b}")
+        # The pull Secret reaches the installer as a file it copies to the host.
+        check("--auth" in args and args[args.index("--auth") + 1] == "/chart-auth",
+              "non-default: installer --auth /chart-auth")
+        pod_spec = one(nd["objs"], "DaemonSet")["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in pod_spec["volumes"]}
+        sources = vols.get("registry-auth", {}).get("projected", {}).get("sources", [])
+        check(sources == [{"secret": {"name": "example-regcred", "items": [
+            {"key": ".dockerconfigjson", "path": "auth-registry.example.com.json"}]}}],
+              f"non-default: the pull Secret is projected for the installer: {sources}")
+        mounts = pod_spec["initContainers"][0]["volumeMounts"]
+        check({"name": "registry-auth", "mountPath": "/chart-auth", "readOnly": True} in mounts,
+              "non-default: the installer mounts the pull Secrets")
+        d_spec = one(default["objs"], "DaemonSet")["spec"]["template"]["spec"]
+        check("--auth" not in d_spec["initContainers"][0]["args"]
+              and all(v["name"] != "registry-auth" for v in d_spec["volumes"]),
+              "defaults: no pull Secret volume")
         rc = one(nd["objs"], "RuntimeClass")
         check(rc["metadata"]["name"] == "mesos-test" and rc["handler"] == "mesos",
               "non-default: RuntimeClass for the handler mesos")
@@ -242,10 +259,11 @@ def main() -> None:
     if os.geteuid() == 0:
         run_daemon_on(binary, one(default["objs"], "ConfigMap")["data"]["config.yaml"])
         # Without the CA, which is a stand-in the daemon would refuse to parse; the keys
-        # stay the same.
+        # stay the same. The auth_file stays: the daemon reads it at pulls, not at start.
         nd_values["registries"]["registry.example.com"].pop("ca")
         nd_config = one(docs(chart_render(nd_values)), "ConfigMap")["data"]["config.yaml"]
-        check(set(helm.values_from_yaml(nd_config)) == flags | {"registries"}, "non-default without CA: same keys")
+        check(set(helm.values_from_yaml(nd_config)) == flags | {"registries"},
+              "non-default without CA: same keys")
         run_daemon_on(binary, nd_config)
     else:
         print("skip the daemon on the rendered config (needs root)")

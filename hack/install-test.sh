@@ -43,11 +43,15 @@ src=$(mktemp -d)
 trap 'cleanup; rm -rf "$src"' EXIT
 printf '%s\n' '-----BEGIN CERTIFICATE-----' '-----END CERTIFICATE-----' >"$src/cert-127.0.0.1_5000.crt"
 echo '{"cniVersion": "1.0.0", "name": "install-test", "plugins": [{"type": "loopback"}]}' >"$src/cni"
+# And what its projected pull Secret hands it.
+echo '{"auths": {"127.0.0.1:5000": {"auth": "dTpw"}}}' >"$src/auth-127.0.0.1_5000.json"
 fail() { echo "install-test: FAIL: $*" >&2; exit 1; }
 
 "${inst[@]}" install --service-manager direct --bin-dir "$bin_dir" --cgroup "$tag-daemon" \
   --flag http_address=127.0.0.1:0 --flag cgroups_root="$tag" \
-  --flag network_cni_config_dir="$root/etc/cni/net.d" --certs "$src" --cni-config "$src/cni" --cni-file 10-test.conflist
+  --flag network_cni_config_dir="$root/etc/cni/net.d" --certs "$src" --auth "$src" --cni-config "$src/cni" --cni-file 10-test.conflist
+[ "$(stat -c %a "$root/etc/cri-mesos/auth/127.0.0.1_5000.json")" = 600 ] &&
+  [ "$(stat -c %a "$root/etc/cri-mesos/auth")" = 700 ] || fail "the registry credentials are not root-only"
 for f in opt/cri-mesos/bin/cri-mesos opt/cri-mesos/bin/cri-mesos-supervisor opt/cri-mesos/bin/cri-mesos-install etc/cri-mesos/config.yaml \
   etc/systemd/system/cri-mesos.service etc/cri-mesos/certs/127.0.0.1_5000.crt etc/cni/net.d/10-test.conflist; do
   [ -f "$root/$f" ] || fail "$f not installed"
@@ -87,8 +91,9 @@ crictl --runtime-endpoint "unix://$sock" --timeout 10s info | jq -e '.status.con
   --flag network_cni_config_dir="$root/etc/cni/net.d"
 new=$(cat "$root/run/cri-mesos.pid")
 [ "$new" != "$pid" ] || fail "a changed reinstall did not restart the daemon"
-[ ! -e "$root/etc/cri-mesos/certs" ] && [ ! -e "$root/etc/cni/net.d/10-test.conflist" ] ||
-  fail "a reinstall without them left the CA or the CNI config"
+[ ! -e "$root/etc/cri-mesos/certs" ] && [ ! -e "$root/etc/cri-mesos/auth" ] &&
+  [ ! -e "$root/etc/cni/net.d/10-test.conflist" ] ||
+  fail "a reinstall without them left the CA, the credentials or the CNI config"
 crictl --runtime-endpoint "unix://$sock" --timeout 10s version >/dev/null || fail "no answer after the reinstall"
 kill -0 "$supervisor" 2>/dev/null || fail "the pod's supervisor did not survive the restart"
 [ "$(crictl --runtime-endpoint "unix://$sock" --timeout 10s inspectp "$pod" | jq -r .status.state)" = SANDBOX_READY ] ||

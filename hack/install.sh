@@ -3,7 +3,7 @@
 # Kubernetes node, where the chart's installer image runs this very script.
 #
 #   install.sh install [--bin-dir DIR] [--config FILE] [--flag KEY=VALUE]... [--no-start]
-#                      [--certs DIR] [--cni-config FILE --cni-file NAME]
+#                      [--certs DIR] [--auth DIR] [--cni-config FILE --cni-file NAME]
 #   install.sh start | stop | restart | status | watch
 #   install.sh uninstall [--purge]
 #
@@ -26,7 +26,9 @@
 # systemd's Restart=on-failure would. uninstall removes the pods (through crictl when it
 # is there), stops the daemon, unmounts the dirs it made shared and removes every file it
 # installed; --certs DIR installs DIR/cert-HOST.crt as <config-dir>/certs/HOST.crt (the
-# chart's registry CAs) and --cni-config a CNI network config into the daemon's
+# chart's registry CAs), --auth DIR installs DIR/auth-HOST.json as
+# <config-dir>/auth/HOST.json, mode 0600 (the chart's registry pull Secrets: the daemon
+# reads them at each pull, so a change needs no restart), and --cni-config a CNI network config into the daemon's
 # --network_cni_config_dir; --purge also removes the work and runtime dirs (images, checkpoints) and the
 # daemon's cgroups.
 set -euo pipefail
@@ -44,6 +46,7 @@ bin_dir=
 config_src=
 flags=()
 certs=
+auths=
 cni_config=
 cni_file=
 start=1
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
     --config) config_src=$2; shift ;;
     --flag) flags+=("$2"); shift ;;
     --certs) certs=$2; shift ;;
+    --auth) auths=$2; shift ;;
     --cni-config) cni_config=$2; shift ;;
     --cni-file) cni_file=$2; shift ;;
     --no-start) start= ;;
@@ -198,7 +202,7 @@ put() { cp -f "$2" "$3" && chmod "$1" "$3"; }
 
 do_install() {
   # A reinstall drops what the last one installed and this one does not.
-  local old_certs=${CERTS:-} old_cni=${CNI_FILE:-}
+  local old_certs=${CERTS:-} old_auths=${AUTHS:-} old_cni=${CNI_FILE:-}
   if [ -z "$bin_dir" ]; then
     # In the installer image the binaries sit beside this script; in a checkout, in the
     # release build.
@@ -263,6 +267,17 @@ do_install() {
     mv "$CERTS.new" "$CERTS"
     [ "$(cat "$CERTS"/*.crt | cksum)" = "$old_sum" ] || changed=1
   fi
+  AUTHS=
+  if [ -n "$auths" ] && compgen -G "$auths/auth-*.json" >/dev/null; then
+    AUTHS=$config_dir/auth
+    # Credentials: readable by root only, and replaced as a set like the CAs.
+    rm -rf "$AUTHS.new"
+    mkdir -m 0700 -p "$AUTHS.new"
+    for a in "$auths"/auth-*.json; do put 0600 "$a" "$AUTHS.new/${a##*/auth-}"; done
+    rm -rf "$AUTHS"
+    mv "$AUTHS.new" "$AUTHS"
+  fi
+  if [ -n "$old_auths" ] && [ -z "$AUTHS" ]; then rm -rf "$old_auths"; fi
   CNI_FILE=
   if [ -n "$cni_config" ]; then
     CNI_FILE=$(config_value network_cni_config_dir /etc/cni/net.d)/${cni_file:-10-cri-mesos.conflist}
@@ -283,7 +298,7 @@ do_install() {
   mv -f "$UNIT.new" "$UNIT"
   {
     echo "# Written by install.sh install; read by its other subcommands."
-    for v in MANAGER PREFIX UNIT CERTS CNI_FILE LISTEN WORK_DIR RUNTIME_DIR CGROUPS_HIERARCHY CGROUPS_ROOT CGROUP LOG PIDFILE; do
+    for v in MANAGER PREFIX UNIT CERTS AUTHS CNI_FILE LISTEN WORK_DIR RUNTIME_DIR CGROUPS_HIERARCHY CGROUPS_ROOT CGROUP LOG PIDFILE; do
       printf '%s=%q\n' "$v" "${!v}"
     done
   } >"$config_dir/install.env"
@@ -339,6 +354,7 @@ do_uninstall() {
   fi
   [ -n "$CNI_FILE" ] && rm -f "$CNI_FILE"
   [ -n "$CERTS" ] && rm -rf "$CERTS"
+  [ -n "${AUTHS:-}" ] && rm -rf "$AUTHS"
   rm -f "$config_dir/config.yaml" "$config_dir/install.env"
   rmdir "$config_dir" 2>/dev/null || true
   echo "uninstalled cri-mesos${purge:+ (work and runtime dirs purged)}"

@@ -50,6 +50,9 @@ flag renamed there fails the chart test, not a node.
 {{- if $r.ca -}}
 {{- $_ := set $e "ca_file" (printf "%s/certs/%s.crt" $.Values.install.configDir (include "cri-mesos.certName" $host)) -}}
 {{- end -}}
+{{- if $r.authSecret -}}
+{{- $_ := set $e "auth_file" (printf "%s/auth/%s.json" $.Values.install.configDir (include "cri-mesos.certName" $host)) -}}
+{{- end -}}
 {{- $_ := set $regs $host $e -}}
 {{- end -}}
 {{- $_ := set $cfg "registries" $regs -}}
