@@ -11,7 +11,7 @@
 # /opt/cri-mesos-installer/install.sh. The layers are tarred reproducibly (owner 0,
 # mtime 0, sorted), written as an OCI layout and pushed by skopeo (Debian); loopback
 # registries are spoken to over plain http.
-# Env: BIN_DIR (default target/release, built when missing), OCI_DIR (also keep the OCI
+# Env: BIN_DIR (default target/release, brought up to date), OCI_DIR (also keep the OCI
 # layout there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +19,12 @@ cd "$(dirname "$0")/.."
 ref=$1
 [[ $ref == */*:* ]] || { echo "build-installer-image: '$ref' is not REGISTRY/REPOSITORY:TAG" >&2; exit 2; }
 bin_dir=${BIN_DIR:-target/release}
-if [ ! -x "$bin_dir/cri-mesos" ] || [ ! -x "$bin_dir/cri-mesos-supervisor" ]; then
-  [ "$bin_dir" = target/release ] || { echo "build-installer-image: no binaries in $bin_dir" >&2; exit 1; }
+# The release build is brought up to date every time (a no-op when it is): an image of
+# stale binaries would test yesterday's runtime.
+if [ "$bin_dir" = target/release ]; then
   cargo build --release --bin cri-mesos --bin cri-mesos-supervisor
+elif [ ! -x "$bin_dir/cri-mesos" ] || [ ! -x "$bin_dir/cri-mesos-supervisor" ]; then
+  echo "build-installer-image: no binaries in $bin_dir" >&2; exit 1
 fi
 
 work=$(mktemp -d)

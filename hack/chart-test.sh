@@ -15,5 +15,5 @@ if ! cmp -s hack/chart-test.txt "$stamp" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r hack/chart-test.txt
   cp hack/chart-test.txt "$stamp"
 fi
-[ -x "$bin" ] || cargo build --bin cri-mesos --bin cri-mesos-supervisor
+[ "$bin" != target/debug/cri-mesos ] || cargo build --bin cri-mesos --bin cri-mesos-supervisor
 exec "$venv/bin/python" hack/chart_test.py "$bin"

@@ -14,7 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v crictl >/dev/null || ../shared/critest/build-cri-tools.sh
 bin_dir=${BIN_DIR:-target/debug}
-[ -x "$bin_dir/cri-mesos" ] || cargo build --bin cri-mesos --bin cri-mesos-supervisor
+# Up to date every time (a no-op when it is): stale binaries would test an old runtime.
+[ "$bin_dir" != target/debug ] || cargo build --bin cri-mesos --bin cri-mesos-supervisor
 
 root=$(mktemp -d /var/tmp/cri-mesos-install-test.XXXXXX)
 tag=cmit$$

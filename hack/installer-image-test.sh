@@ -121,7 +121,7 @@ http_address: 127.0.0.1:0
 cgroups_root: $tag-inner
 EOC
 jq -n --arg d "$t/logs" '{metadata: {name: "installer-chart", namespace: "test", uid: "installer-2"},
-  log_directory: $d, linux: {security_context: {namespace_options: {network: 2, pid: 2}}}}' >"$t/pod2.json"
+  log_directory: $d, linux: {security_context: {privileged: true, namespace_options: {network: 2, pid: 2}}}}' >"$t/pod2.json"
 # The chart enters pid 1's namespaces; this test enters its own shell's, which are the
 # host's too: where pid 1 is a sandbox's init (as on CI's VMs) its namespaces may not be
 # opened, even by root.
