@@ -573,22 +573,14 @@ async fn mount_propagation_rshared_and_rslave() {
     // Bidirectional propagation is for privileged containers, the container and its pod
     // are privileged.
     let mut pod = env.pod_config("propagation");
-    pod.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    common::pod_security(&mut pod).privileged = true;
     let pod_id = env.run_pod(&pod).await;
     // The runtime dir is made a shared mount by the daemon, as Mesos does with its dirs.
     let shared = env.daemon.runtime_dir().join("volumes-test");
     std::fs::create_dir_all(shared.join("from-container")).unwrap();
     std::fs::create_dir_all(shared.join("from-host")).unwrap();
     let mut c = container("prop", &image, &["sleep", "1000"]);
-    c.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    common::container_security(&mut c).privileged = true;
     c.mounts = vec![
         cri::Mount {
             container_path: "/bidir".into(),

@@ -19,8 +19,7 @@ fn with_security(
     mut config: cri::ContainerConfig,
     f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
 ) -> cri::ContainerConfig {
-    let linux = config.linux.get_or_insert_with(Default::default);
-    f(linux.security_context.get_or_insert_with(Default::default));
+    f(common::container_security(&mut config));
     config
 }
 
@@ -195,11 +194,7 @@ async fn a_privileged_container_in_a_privileged_pod_has_everything() {
     let image = env.images.busybox.reference();
     env.pull(&image).await;
     let mut pod = env.pod_config("privileged");
-    pod.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    common::pod_security(&mut pod).privileged = true;
     let pod_id = env.run_pod(&pod).await;
     let config = with_security(container("all", &image, SHOW), |sc| {
         sc.privileged = true;

@@ -181,11 +181,7 @@ async fn bad_pod_configs_are_refused_naming_the_field() {
         HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
     assert_invalid(try_run_pod(&mut env, &pod).await, "config.linux.sysctls");
     let mut pod = base.clone();
-    pod.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(cri::NamespaceOption {
+    common::pod_security(&mut pod).namespace_options = Some(cri::NamespaceOption {
         userns_options: Some(cri::UserNamespace {
             mode: cri::NamespaceMode::Pod as i32,
             ..Default::default()
@@ -197,11 +193,7 @@ async fn bad_pod_configs_are_refused_naming_the_field() {
         "config.linux.security_context.namespace_options.userns_options.mode",
     );
     let mut pod = base.clone();
-    pod.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .apparmor = Some(cri::SecurityProfile {
+    common::pod_security(&mut pod).apparmor = Some(cri::SecurityProfile {
         profile_type: cri::security_profile::ProfileType::Localhost as i32,
         localhost_ref: "my-profile".into(),
     });
@@ -348,12 +340,7 @@ async fn bad_container_configs_are_refused_before_anything_is_made() {
         "config.CDI_devices",
     );
     let mut config = container("c", &image, &["sleep", "1000"]);
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .apparmor = Some(cri::SecurityProfile {
+    common::container_security(&mut config).apparmor = Some(cri::SecurityProfile {
         profile_type: cri::security_profile::ProfileType::Localhost as i32,
         localhost_ref: "my-profile".into(),
     });

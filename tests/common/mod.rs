@@ -261,6 +261,25 @@ pub fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerCon
     }
 }
 
+/// The pod's Linux security context, made if absent, for a test to set fields of.
+pub fn pod_security(pod: &mut cri::PodSandboxConfig) -> &mut cri::LinuxSandboxSecurityContext {
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The container's Linux security context, made if absent.
+pub fn container_security(
+    config: &mut cri::ContainerConfig,
+) -> &mut cri::LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
 /// The CRI log records of a file: (stream, tag, content).
 pub fn log_records(path: &Path) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
