@@ -489,6 +489,43 @@ async fn resolv_conf_from_dns_config_else_from_the_network() {
 
 #[tokio::test]
 #[ignore = "needs root"]
+async fn interface_sysctls_apply_to_the_interface_cni_made() {
+    let mut net = Net::new();
+    let config = net.bridge("sysctl", "cmt-sysctl", "10.212.0.0/24", Value::Null);
+    net.write("10-sysctl.conflist", &config);
+    let (mut env, image) = start_env(&net, "30s").await;
+    let mut config = pod(&env, "eth0-sysctl", &[], None);
+    // eth0 exists only once the ADD made it: written after it, before any container.
+    config.linux.get_or_insert_with(Default::default).sysctls = [
+        ("net.ipv4.conf.eth0.accept_local", "1"),
+        ("net/ipv4/conf/eth0/rp_filter", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let id = env.run_pod(&config).await;
+    let c = env.run(&id, &config, sleeper(&image)).await;
+    for (path, want) in [("accept_local", "1"), ("rp_filter", "2")] {
+        let out = env
+            .exec(
+                &c,
+                &["cat", &format!("/proc/sys/net/ipv4/conf/eth0/{path}")],
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{path}: {out:?}"
+        );
+    }
+    env.stop_remove_pod(&id).await;
+    assert_eq!(net.leased("sysctl"), Vec::<String>::new());
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
 async fn bandwidth_annotations_shape_the_pod_through_the_bandwidth_plugin() {
     let mut net = Net::new();
     let shaping = json!([{"type": "bandwidth", "capabilities": {"bandwidth": true}}]);

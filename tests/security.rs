@@ -365,3 +365,56 @@ async fn node_rlimits_from_the_config_file_apply_to_containers_and_exec() {
     );
     env.stop_remove_pod(&pod_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn pod_sysctls_are_set_in_the_pods_namespaces_only() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let mut pod = env.pod_config("sysctls");
+    let sysctls = [
+        ("kernel.shm_rmid_forced", "1", "kernel/shm_rmid_forced"),
+        ("fs.mqueue.msg_max", "100", "fs/mqueue/msg_max"),
+        // The slash form, as kubelet passes it through.
+        (
+            "net/ipv4/ip_unprivileged_port_start",
+            "80",
+            "net/ipv4/ip_unprivileged_port_start",
+        ),
+        (
+            "net.ipv4.conf.lo.accept_local",
+            "1",
+            "net/ipv4/conf/lo/accept_local",
+        ),
+    ];
+    pod.linux.get_or_insert_with(Default::default).sysctls = sysctls
+        .iter()
+        .map(|(k, v, _)| (k.to_string(), v.to_string()))
+        .collect();
+    let host_before: Vec<String> = sysctls
+        .iter()
+        .map(|(_, _, path)| std::fs::read_to_string(format!("/proc/sys/{path}")).unwrap())
+        .collect();
+    let pod_id = env.run_pod(&pod).await;
+    let id = env
+        .run(&pod_id, &pod, container("c", &image, &["sleep", "1000"]))
+        .await;
+    for (name, value, path) in sysctls {
+        let out = env
+            .exec(&id, &["cat", &format!("/proc/sys/{path}")], 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            value,
+            "{name}: {out:?}"
+        );
+    }
+    let host_after: Vec<String> = sysctls
+        .iter()
+        .map(|(_, _, path)| std::fs::read_to_string(format!("/proc/sys/{path}")).unwrap())
+        .collect();
+    assert_eq!(host_before, host_after, "the host's values are untouched");
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -175,11 +175,56 @@ async fn bad_pod_configs_are_refused_naming_the_field() {
         "config.port_mappings[0].host_ip",
     );
 
+    // Sysctls a pod must not set: not namespaced, or in a namespace it shares with the
+    // host; and one the kernel refuses (after the namespaces were made: undone).
+    for (sysctl, value, namespaces, says) in [
+        ("kernel.pid_max", "4096", None, "not a namespaced sysctl"),
+        ("vm/overcommit_memory", "1", None, "not a namespaced sysctl"),
+        (
+            "net.ipv4.ip_unprivileged_port_start",
+            "0",
+            Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            "host's network namespace",
+        ),
+        (
+            "kernel.shm_rmid_forced",
+            "1",
+            Some(cri::NamespaceOption {
+                ipc: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            "host's IPC namespace",
+        ),
+        ("kernel.shm_rmid_forced", "banana", None, "Invalid argument"),
+        ("net.ipv4.conf.eth9.forwarding", "1", None, "No such file"),
+    ] {
+        let mut pod = base.clone();
+        pod.linux.get_or_insert_with(Default::default).sysctls =
+            HashMap::from([(sysctl.to_string(), value.to_string())]);
+        if let Some(options) = namespaces {
+            common::pod_security(&mut pod).namespace_options = Some(options);
+        }
+        let result = try_run_pod(&mut env, &pod).await;
+        let message = result.as_ref().err().map(|e| e.message().to_string());
+        assert_invalid(result, "config.linux.sysctls");
+        let message = message.unwrap();
+        assert!(
+            message.contains(sysctl) && message.contains(says),
+            "{sysctl}: {message}"
+        );
+    }
+    // The host's own values are untouched by all of that.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim(),
+        "4096"
+    );
+
     // Security fields that are not built are refused, never ignored.
-    let mut pod = base.clone();
-    pod.linux.get_or_insert_with(Default::default).sysctls =
-        HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
-    assert_invalid(try_run_pod(&mut env, &pod).await, "config.linux.sysctls");
     let mut pod = base.clone();
     common::pod_security(&mut pod).namespace_options = Some(cri::NamespaceOption {
         userns_options: Some(cri::UserNamespace {

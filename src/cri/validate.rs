@@ -11,6 +11,8 @@ use std::path::{Component, Path};
 use k8s_cri::v1 as cri;
 use tonic::Status;
 
+use crate::launcher::sysctls::{self, SysctlError, SysctlNs};
+
 pub use crate::quote::{bounded, quote};
 
 /// Annotations of one pod or container: the Kubernetes API's own limit (256 KiB of keys
@@ -83,16 +85,39 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
         userns(options)?;
     }
     if let Some(linux) = &config.linux {
-        // Accepting them would be ignoring them: the pod-level hook that writes them in the
-        // pod's namespaces is not built yet.
-        if let Some(name) = linux.sysctls.keys().min() {
-            return Err(invalid(
-                "config.linux.sysctls",
-                format!(
-                    "{}: sysctls are not supported by cri-mesos yet",
-                    quote(name)
-                ),
-            ));
+        let host = |get: fn(&cri::NamespaceOption) -> i32| {
+            linux
+                .security_context
+                .as_ref()
+                .and_then(|s| s.namespace_options.as_ref())
+                .is_some_and(|o| get(o) == cri::NamespaceMode::Node as i32)
+        };
+        let (host_net, host_ipc) = (host(|o| o.network), host(|o| o.ipc));
+        // Sorted, so that the first bad one named is the same on every call.
+        let mut sysctls: Vec<_> = linux.sysctls.iter().collect();
+        sysctls.sort();
+        for (name, value) in sysctls {
+            let field = "config.linux.sysctls";
+            let sysctl = sysctls::parse(name, value).map_err(|e| match e {
+                SysctlError::Refused { reason, .. } => {
+                    invalid(field, format!("{}: {reason}", quote(name)))
+                }
+                other => invalid(field, other.to_string()),
+            })?;
+            let shared = match sysctl.ns {
+                SysctlNs::Net if host_net => Some("network"),
+                SysctlNs::Ipc if host_ipc => Some("IPC"),
+                _ => None,
+            };
+            if let Some(kind) = shared {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{}: the pod shares the host's {kind} namespace, where a pod must not set sysctls",
+                        quote(name)
+                    ),
+                ));
+            }
         }
         if let Some(sc) = &linux.security_context {
             apparmor("config.linux.security_context", sc.apparmor.as_ref(), "")?;

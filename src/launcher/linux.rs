@@ -8,6 +8,7 @@ use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, Request, 
 
 use super::namespaces::{self, NamespaceError, Pinned};
 use super::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
+use super::sysctls::{Sysctl, SysctlError};
 use super::{Launcher, PodHost, SupervisorSpec};
 use crate::cgroups::{Cgroup, CgroupError};
 
@@ -174,5 +175,14 @@ impl PodHost for LinuxPodHost {
 
     fn unmount_shm(&self, path: &Path) {
         let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    }
+
+    fn write_sysctls(
+        &self,
+        net: Option<&Path>,
+        ipc: Option<&Path>,
+        sysctls: &[Sysctl],
+    ) -> Result<(), SysctlError> {
+        super::sysctls::write(net, ipc, sysctls)
     }
 }

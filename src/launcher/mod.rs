@@ -10,6 +10,7 @@ pub mod linux;
 pub mod namespaces;
 pub mod propagation;
 pub mod supervisor;
+pub mod sysctls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,4 +97,11 @@ pub trait PodHost: Send + Sync + std::fmt::Debug {
     fn mount_shm(&self, path: &Path, size: &str) -> std::io::Result<()>;
     /// Unmounts it; missing is fine.
     fn unmount_shm(&self, path: &Path);
+    /// Writes the pod's sysctls inside its pinned `net` / `ipc` namespaces.
+    fn write_sysctls(
+        &self,
+        net: Option<&Path>,
+        ipc: Option<&Path>,
+        sysctls: &[sysctls::Sysctl],
+    ) -> Result<(), sysctls::SysctlError>;
 }

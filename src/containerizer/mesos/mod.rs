@@ -36,6 +36,7 @@ use crate::isolators::registry::{self, IsolatorContext};
 use crate::launcher::linux::{LinuxLauncher, LinuxPodHost};
 use crate::launcher::namespaces;
 use crate::launcher::supervisor::{SupervisorBinary, SupervisorError};
+use crate::launcher::sysctls::{self, SysctlError};
 use crate::launcher::{Launcher, PodHost, SupervisorSpec};
 use crate::provisioner::Provisioner;
 use crate::state;

@@ -171,7 +171,7 @@ impl MesosContainerizer {
 
     /// The pod's launch, in the order pods need: the isolators' `prepare_pod` (which
     /// namespaces) → the namespaces created and pinned → their `isolate_pod` (network/cni:
-    /// CNI ADD) → pod sysctls (none yet) → the pod's files (`/etc/hosts` needs the IP) →
+    /// CNI ADD) → pod sysctls (interface ones need the ADD) → the pod's files (`/etc/hosts` needs the IP) →
     /// cgroups and the supervisor, last. The caller undoes a failure (`teardown_pod`).
     pub(super) async fn prepare_pod(&self, record: &mut PodRecord, hostname: &str) -> Result<()> {
         let dir = record.info.dir.clone();
@@ -213,6 +213,7 @@ impl MesosContainerizer {
             record.network = isolation.network;
             self.checkpoint_pod(record).await?;
         }
+        self.write_pod_sysctls(record).await?;
         let (info, host, network) = (
             record.info.clone(),
             hostname.to_string(),
@@ -247,6 +248,40 @@ impl MesosContainerizer {
         // Charged to the pod, as the pause container is under containerd.
         self.launcher.charge(&record.supervisor_cgroup, pid)?;
         Ok(())
+    }
+
+    /// The pod's sysctls, written once in its namespaces: every container joins them.
+    async fn write_pod_sysctls(&self, record: &PodRecord) -> Result<()> {
+        let Some(linux) = &record.info.config.linux else {
+            return Ok(());
+        };
+        let invalid = |e: SysctlError| ContainerizerError::InvalidArgument {
+            field: "config.linux.sysctls".into(),
+            reason: e.to_string(),
+        };
+        let sysctls = linux
+            .sysctls
+            .iter()
+            .map(|(name, value)| sysctls::parse(name, value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        if sysctls.is_empty() {
+            return Ok(());
+        }
+        let (pod_host, net, ipc) = (
+            self.pod_host.clone(),
+            record.info.net_ns.clone(),
+            record.info.ipc_ns.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            pod_host.write_sysctls(net.as_deref(), ipc.as_deref(), &sysctls)
+        })
+        .await
+        .map_err(|e| ContainerizerError::Internal(e.to_string()))?
+        .map_err(|e| match e.sysctl() {
+            Some(_) => invalid(e),
+            None => ContainerizerError::Internal(e.to_string()),
+        })
     }
 
     pub(super) async fn checkpoint_pod(&self, record: &PodRecord) -> Result<()> {

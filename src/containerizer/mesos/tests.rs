@@ -11,6 +11,7 @@ use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
 use crate::isolators::IsolatorName;
 use crate::isolators::chain::IsolatorError;
 use crate::launcher::namespaces::{NamespaceError, Pinned};
+use crate::launcher::sysctls::{Sysctl, SysctlNs};
 
 /// Every call the fakes saw, in order.
 #[derive(Debug, Default)]
@@ -141,6 +142,9 @@ impl Launcher for FakeLauncher {
 struct FakePodHost {
     pinned: Mutex<BTreeSet<PathBuf>>,
     shm: Mutex<BTreeSet<PathBuf>>,
+    /// "name=value in <ns file>" for each sysctl written.
+    sysctls: Mutex<Vec<String>>,
+    fail_sysctls: AtomicBool,
 }
 
 impl PodHost for FakePodHost {
@@ -175,6 +179,39 @@ impl PodHost for FakePodHost {
     }
     fn unmount_shm(&self, path: &Path) {
         self.shm.lock().unwrap().remove(path);
+    }
+    fn write_sysctls(
+        &self,
+        net: Option<&Path>,
+        ipc: Option<&Path>,
+        sysctls: &[Sysctl],
+    ) -> Result<(), SysctlError> {
+        for s in sysctls {
+            if self.fail_sysctls.load(Ordering::SeqCst) {
+                return Err(SysctlError::Write {
+                    name: s.name.clone(),
+                    path: s.path.clone(),
+                    value: s.value.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                });
+            }
+            let ns = match s.ns {
+                SysctlNs::Net => net,
+                SysctlNs::Ipc => ipc,
+            };
+            let ns = ns.expect("the pod has the namespace");
+            assert!(
+                self.pinned.lock().unwrap().contains(ns),
+                "written in a pinned namespace"
+            );
+            self.sysctls.lock().unwrap().push(format!(
+                "{}={} in {}",
+                s.name,
+                s.value,
+                ns.display()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -371,12 +408,23 @@ impl Env {
     }
 
     async fn run_pod(&self, name: &str) -> Result<String> {
+        self.run_pod_with_sysctls(name, &[]).await
+    }
+
+    async fn run_pod_with_sysctls(&self, name: &str, sysctls: &[(&str, &str)]) -> Result<String> {
         let config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
                 namespace: "default".into(),
                 uid: format!("uid-{name}"),
                 attempt: 0,
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                sysctls: sysctls
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -532,6 +580,51 @@ async fn a_failed_cni_add_after_the_namespaces_undoes_the_pod() {
     // The name is free again: a retry gets a pod.
     env.network.fail_add.store(false, Ordering::SeqCst);
     env.run_pod("add-fails").await.unwrap();
+}
+
+#[tokio::test]
+async fn sysctls_are_written_in_the_pods_namespaces_after_the_add() {
+    let env = Env::new();
+    let id = env
+        .run_pod_with_sysctls(
+            "sysctls",
+            &[
+                ("net.ipv4.ip_unprivileged_port_start", "0"),
+                ("kernel/shm_rmid_forced", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let pod = env.containerizer.pod(&id).unwrap();
+    let (net, ipc) = (pod.info.net_ns.unwrap(), pod.info.ipc_ns.unwrap());
+    let mut written = env.pod_host.sysctls.lock().unwrap().clone();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            format!("kernel.shm_rmid_forced=1 in {}", ipc.display()),
+            format!("net.ipv4.ip_unprivileged_port_start=0 in {}", net.display()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_sysctl_write_undoes_the_pod() {
+    let env = Env::new();
+    env.pod_host.fail_sysctls.store(true, Ordering::SeqCst);
+    let err = env
+        .run_pod_with_sysctls("bad-sysctl", &[("net.core.somaxconn", "x")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ContainerizerError::InvalidArgument { field, reason }
+            if field == "config.linux.sysctls" && reason.contains("net.core.somaxconn")),
+        "{err}"
+    );
+    // Written after the ADD, before the supervisor: DEL ran, no supervisor was spawned.
+    assert!(env.journal.has("del "));
+    assert!(!env.journal.has("spawn "));
+    env.assert_nothing_held();
 }
 
 #[tokio::test]
