@@ -957,3 +957,60 @@ async fn containers_outlive_a_killed_daemon() {
     env.stop_remove_pod(&pod_id).await;
     assert!(!common::process_alive(pid));
 }
+
+/// A supervisor started by a daemon of another protocol version (played here by a fake at
+/// the pod's supervisor socket) is refused before it is sent a Launch it could misread.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_supervisor_of_another_protocol_version_is_refused() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("old-supervisor");
+    let pod_id = env.run_pod(&pod).await;
+    let socket = env
+        .daemon
+        .runtime_dir()
+        .join("sv")
+        .join(format!("{}.sock", &pod_id[..16]));
+    let aside = socket.with_extension("real");
+    // A bound socket keeps working under its new name: the real supervisor comes back.
+    std::fs::rename(&socket, &aside).unwrap();
+    let listener = UnixListener::bind(&socket).unwrap();
+    let pong =
+        format!("{{\"reply\":\"pong\",\"pod_id\":\"{pod_id}\",\"pid\":1,\"version\":\"0.0.1\"}}\n");
+    let fake = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(pong.as_bytes()).unwrap();
+        line
+    });
+    let err = env
+        .create(&pod_id, &pod, container("c", &image, &["sleep", "1000"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&pod_id)
+            && err.message().contains("protocol 0")
+            && err.message().contains("speaks 1"),
+        "{}",
+        err.message()
+    );
+    // It was asked for its version, and sent nothing else.
+    assert!(fake.join().unwrap().contains("\"ping\""));
+    assert!(env.containers().await.is_empty());
+    let rootfses = std::fs::read_dir(env.daemon.work_dir().join("provisioner/containers"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(rootfses, 0, "nothing left of the refused container");
+
+    std::fs::rename(&aside, &socket).unwrap();
+    env.run(&pod_id, &pod, container("c", &image, &["sleep", "1000"]))
+        .await;
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -18,6 +18,7 @@ pub(crate) fn not_yet(rpc: &str) -> Status {
 /// Maps containerizer failures onto the gRPC codes the CRI documents.
 pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
     use crate::isolators::chain::IsolatorError;
+    use crate::launcher::supervisor::SupervisorError;
     let code = match error.root() {
         ContainerizerError::InvalidArgument { .. } => Code::InvalidArgument,
         ContainerizerError::NotFound { .. } => Code::NotFound,
@@ -35,6 +36,7 @@ pub(crate) fn containerizer_status(error: &ContainerizerError) -> Status {
             Code::DeadlineExceeded
         }
         ContainerizerError::Provision(p) => image::provision_status(p).code(),
+        ContainerizerError::Supervisor(SupervisorError::Version { .. }) => Code::FailedPrecondition,
         _ => Code::Internal,
     };
     Status::new(code, validate::bounded(error.to_string()))

@@ -1,10 +1,14 @@
 //! The `linux` launcher: the pod supervisor forks and signals, the container's cgroup
 //! finds every process to kill; namespaces pinned by bind mounts.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, Request, Response};
+use cri_mesos_supervisor::protocol::{
+    ExecInfo, ExecResult, LaunchInfo, PROTOCOL, Request, Response,
+};
 
 use super::namespaces::{self, NamespaceError, Pinned};
 use super::supervisor::{SupervisorBinary, SupervisorClient, SupervisorError};
@@ -18,11 +22,42 @@ const QUICK: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct LinuxLauncher {
     binary: SupervisorBinary,
+    /// Supervisor sockets whose protocol version matched ours: one Ping per supervisor and
+    /// daemon lifetime, not one per Launch or Exec.
+    verified: Mutex<HashSet<PathBuf>>,
 }
 
 impl LinuxLauncher {
     pub fn new(binary: SupervisorBinary) -> LinuxLauncher {
-        LinuxLauncher { binary }
+        LinuxLauncher {
+            binary,
+            verified: Mutex::default(),
+        }
+    }
+
+    /// Refuses a supervisor of another protocol version before it is sent a request it
+    /// could misread: one started by an older daemon would drop new security fields.
+    async fn check_protocol(&self, socket: &Path) -> Result<(), SupervisorError> {
+        if self.verified.lock().unwrap().contains(socket) {
+            return Ok(());
+        }
+        match SupervisorClient::new(socket)
+            .call(&Request::Ping, QUICK)
+            .await?
+        {
+            Response::Pong {
+                protocol, pod_id, ..
+            } if protocol != PROTOCOL => Err(SupervisorError::Version {
+                pod_id,
+                theirs: protocol,
+                ours: PROTOCOL,
+            }),
+            Response::Pong { .. } => {
+                self.verified.lock().unwrap().insert(socket.to_path_buf());
+                Ok(())
+            }
+            other => Err(unexpected(socket, &other)),
+        }
     }
 }
 
@@ -46,6 +81,7 @@ impl Launcher for LinuxLauncher {
     }
 
     async fn shutdown(&self, socket: &Path) -> Result<(), SupervisorError> {
+        self.verified.lock().unwrap().remove(socket);
         SupervisorClient::new(socket)
             .call(&Request::Shutdown, QUICK)
             .await
@@ -58,6 +94,7 @@ impl Launcher for LinuxLauncher {
         launch: LaunchInfo,
         timeout: Duration,
     ) -> Result<i32, SupervisorError> {
+        self.check_protocol(socket).await?;
         match SupervisorClient::new(socket)
             .call(&Request::Launch(Box::new(launch)), timeout)
             .await?
@@ -127,6 +164,7 @@ impl Launcher for LinuxLauncher {
         exec: ExecInfo,
         timeout: Duration,
     ) -> Result<ExecResult, SupervisorError> {
+        self.check_protocol(socket).await?;
         match SupervisorClient::new(socket)
             .call(&Request::Exec(Box::new(exec)), timeout)
             .await?

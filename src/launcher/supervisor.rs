@@ -26,6 +26,16 @@ pub enum SupervisorError {
     Refused(String),
     #[error("pod supervisor at {socket} did not answer within {timeout:?}")]
     Timeout { socket: PathBuf, timeout: Duration },
+    /// The pod's supervisor was started by a daemon of another protocol version; it would
+    /// misread (or drop) what this daemon sends. The pod must be recreated.
+    #[error(
+        "the supervisor of pod {pod_id} speaks protocol {theirs}, this daemon speaks {ours}: recreate the pod"
+    )]
+    Version {
+        pod_id: String,
+        theirs: u32,
+        ours: u32,
+    },
 }
 
 /// How to start supervisors: where the binary is (Mesos's `--launcher_dir`).

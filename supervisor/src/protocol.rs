@@ -12,9 +12,15 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The protocol's version, in every [`Response::Pong`]. Raise it with any change a peer
+/// of the other version would misread. Both sides refuse unknown fields, so a newer daemon
+/// cannot send an older supervisor a field (a security setting, say) that it would drop;
+/// the daemon compares versions before Launch, Exec and Attach.
+pub const PROTOCOL: u32 = 1;
+
 /// One request (JSON: `{"op": "<snake_case name>", ...fields}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Liveness/identity check -> [`Response::Pong`].
     Ping,
@@ -65,14 +71,18 @@ pub enum Request {
 
 /// One reply (JSON: `{"reply": "<snake_case name>", ...fields}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
+#[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     Ok,
     /// `pid`: the supervisor's host pid; `pod_id` as given on its command line.
+    /// `protocol`: [`PROTOCOL`] of the supervisor; absent (0) from supervisors that
+    /// predate versioning.
     Pong {
         pod_id: String,
         pid: i32,
         version: String,
+        #[serde(default)]
+        protocol: u32,
     },
     /// Host pid of the container's init (blocked on its start pipe).
     Launched {
@@ -98,6 +108,7 @@ pub enum Response {
 /// Everything the container child needs to set itself up (the work of Mesos's
 /// `mesos-containerizer launch`). Optional fields may be omitted in JSON.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LaunchInfo {
     /// Unique within the pod; names the record in every later request.
     pub container_id: String,
@@ -154,6 +165,7 @@ pub struct LaunchInfo {
 
 /// Namespaces of the container child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NamespaceSpec {
     /// A new mount namespace (required by the filesystem/linux setup; must be true).
     #[serde(default = "yes")]
@@ -184,6 +196,7 @@ impl Default for NamespaceSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JoinNs {
     pub kind: NsKind,
     pub path: PathBuf,
@@ -201,6 +214,7 @@ pub enum NsKind {
 
 /// One mount inside the container.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MountSpec {
     /// Host path for bind mounts; the device/fs name (e.g. "tmpfs") otherwise.
     pub source: PathBuf,
@@ -235,6 +249,7 @@ pub enum CreateKind {
 
 /// A device node created in the container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
     /// Path inside the container.
     pub path: PathBuf,
@@ -255,6 +270,7 @@ pub struct DeviceSpec {
 
 /// The container's process.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProcessSpec {
     /// argv; `args[0]` is looked up in the container's `PATH` (from `env`, default
     /// `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`) unless it contains '/'.
@@ -298,6 +314,7 @@ pub struct ProcessSpec {
 
 /// One resource limit: `resource` is the `RLIMIT_*` number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RlimitSpec {
     pub resource: u32,
     pub soft: u64,
@@ -309,6 +326,7 @@ pub struct RlimitSpec {
 /// effective, permitted and inheritable, then the ambient capabilities are raised. Bits the
 /// supervisor itself lacks (its bounding set) are left out rather than failing the start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CapabilitySet {
     pub bounding: u64,
     pub effective: u64,
@@ -323,6 +341,7 @@ fn root_dir() -> PathBuf {
 
 /// A process to run in a running container's namespaces and cgroups (ExecSync).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecInfo {
     pub container_id: String,
     /// argv, looked up in `PATH` of `env` like the container's command.
@@ -360,6 +379,7 @@ pub struct ExecInfo {
 
 /// The outcome of an [`Request::Exec`]. Output is capped at 16 MiB per stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecResult {
     /// Exit code; 128 + signal when killed by a signal.
     pub exit_code: i32,
@@ -399,6 +419,7 @@ pub enum ContainerStatus {
 
 /// One container record in a [`Response::StateReply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerState {
     pub id: String,
     /// Host pid of the container's init (0 while it is still being set up).
@@ -444,4 +465,52 @@ pub fn parse_spawn_line(line: &str) -> Result<i32, String> {
             .map_err(|_| format!("bad supervisor pid line: {line:?}"));
     }
     Err(line.strip_prefix("error: ").unwrap_or(line).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_with_their_tag() {
+        let launch = Request::Launch(Box::new(LaunchInfo {
+            container_id: "c".into(),
+            process: ProcessSpec {
+                args: vec!["true".into()],
+                capabilities: Some(CapabilitySet::default()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        let text = serde_json::to_string(&launch).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), launch);
+        let ping: Request = serde_json::from_str(r#"{"op":"ping"}"#).unwrap();
+        assert_eq!(ping, Request::Ping);
+    }
+
+    /// A field this side does not know is refused, at any depth: dropping it could drop a
+    /// security setting a newer peer meant.
+    #[test]
+    fn unknown_fields_are_refused_at_any_depth() {
+        for text in [
+            r#"{"op":"start","container_id":"c","seccomp":"x"}"#,
+            r#"{"op":"launch","container_id":"c","rootfs":"/r","exit_file":"/e","process":{"args":[]},"new_thing":1}"#,
+            r#"{"op":"launch","container_id":"c","rootfs":"/r","exit_file":"/e","process":{"args":[],"landlock":true}}"#,
+            r#"{"op":"exec","container_id":"c","args":[],"capabilities":{"bounding":0,"effective":0,"permitted":0,"inheritable":0,"ambient":0,"extra":0}}"#,
+        ] {
+            let err = serde_json::from_str::<Request>(text).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{text}: {err}");
+        }
+        let err = serde_json::from_str::<Response>(r#"{"reply":"launched","pid":1,"later":2}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_pong_without_a_protocol_is_version_zero() {
+        let pong: Response =
+            serde_json::from_str(r#"{"reply":"pong","pod_id":"p","pid":1,"version":"0.1.0"}"#)
+                .unwrap();
+        assert!(matches!(pong, Response::Pong { protocol: 0, .. }));
+    }
 }

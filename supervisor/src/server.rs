@@ -676,6 +676,7 @@ impl Supervisor {
                 pod_id: self.cfg.pod_id.clone(),
                 pid: self.host_pid,
                 version: env!("CARGO_PKG_VERSION").into(),
+                protocol: crate::protocol::PROTOCOL,
             }),
             Request::Launch(info) => self.launch(*info, conn),
             Request::Start { container_id } => self.start(&container_id, conn),
