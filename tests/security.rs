@@ -418,3 +418,174 @@ async fn pod_sysctls_are_set_in_the_pods_namespaces_only() {
     assert_eq!(host_before, host_after, "the host's values are untouched");
     env.stop_remove_pod(&pod_id).await;
 }
+
+/// The init's `id` line from its log (the log holds CRI records: the text is inside).
+async fn init_id(
+    env: &mut Env,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    name: &str,
+    f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
+) -> String {
+    let image = env.images.busybox.reference();
+    let config = with_security(
+        container(name, &image, &["sh", "-c", "echo ID $(id); sleep 1000"]),
+        f,
+    );
+    let id = env.run(pod_id, pod, config).await;
+    let log = common::log_path(&env.status(&id).await);
+    let text = common::wait_for_log(&log, T, |t| t.contains("ID ")).await;
+    text.lines()
+        .find_map(|l| l.split_once("ID ").map(|(_, v)| v.trim().to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn users_and_groups_follow_run_as_and_supplemental_groups() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("users");
+    let pod_id = env.run_pod(&pod).await;
+    // The image's user database: app (1000) is a member of extra (2000).
+    let cases: Vec<(
+        &str,
+        Box<dyn FnOnce(&mut cri::LinuxContainerSecurityContext)>,
+        &str,
+    )> = vec![
+        (
+            "root",
+            Box::new(|_| {}),
+            "uid=0(root) gid=0(root) groups=0(root)",
+        ),
+        (
+            "uid",
+            Box::new(|sc| sc.run_as_user = Some(cri::Int64Value { value: 1000 })),
+            "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)",
+        ),
+        (
+            "name",
+            Box::new(|sc| sc.run_as_username = "app".into()),
+            "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)",
+        ),
+        (
+            "group",
+            Box::new(|sc| {
+                sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+                sc.run_as_group = Some(cri::Int64Value { value: 65534 });
+            }),
+            "uid=1000(app) gid=65534(nobody) groups=2000(extra),65534(nobody)",
+        ),
+        (
+            "supplemental",
+            Box::new(|sc| {
+                sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+                sc.supplemental_groups = vec![3000];
+            }),
+            "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra),3000",
+        ),
+        (
+            "strict",
+            Box::new(|sc| {
+                sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+                sc.supplemental_groups = vec![3000];
+                sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+            }),
+            "uid=1000(app) gid=1000(app) groups=1000(app),3000",
+        ),
+        (
+            "unknown-uid",
+            Box::new(|sc| sc.run_as_user = Some(cri::Int64Value { value: 4242 })),
+            "uid=4242 gid=0(root) groups=0(root)",
+        ),
+    ];
+    for (name, f, want) in cases {
+        assert_eq!(
+            init_id(&mut env, &pod_id, &pod, name, f).await,
+            want,
+            "{name}"
+        );
+    }
+    // An exec session runs as the container's user.
+    let config = with_security(container("exec", &image, &["sleep", "1000"]), |sc| {
+        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+        sc.supplemental_groups = vec![3000];
+    });
+    let id = env.run(&pod_id, &pod, config).await;
+    let out = env.exec(&id, &["id"], 10).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra),3000"
+    );
+    // A name the image does not know is refused naming the field.
+    let config = with_security(container("ghost", &image, &["true"]), |sc| {
+        sc.run_as_username = "ghost".into();
+    });
+    let err = env.create(&pod_id, &pod, config).await.unwrap_err();
+    assert!(err.message().contains("run_as_username"), "{err:?}");
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn readonly_rootfs_masked_and_readonly_paths_hold_inside() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("paths");
+    let pod_id = env.run_pod(&pod).await;
+    let sleeper = |name: &str| container(name, &image, &["sleep", "1000"]);
+
+    // Defaults (containerd's lists): /proc/timer_list reads as /dev/null, /sys/firmware is an
+    // empty directory, /proc/sys and /proc/sysrq-trigger are read-only; the rootfs is
+    // writable.
+    let id = env.run(&pod_id, &pod, sleeper("defaults")).await;
+    for (script, ok) in [
+        ("test $(wc -c < /proc/timer_list) -eq 0", true),
+        ("test -z \"$(ls -A /sys/firmware)\"", true),
+        ("echo 1 > /proc/sys/kernel/shm_rmid_forced", false),
+        ("echo h > /proc/sysrq-trigger", false),
+        ("touch /made-here && echo x > /etc/hosts.new", true),
+    ] {
+        let out = env.exec(&id, &["sh", "-c", script], 10).await.unwrap();
+        assert_eq!(out.exit_code == 0, ok, "{script}: {out:?}");
+    }
+
+    // readonly_rootfs: nothing of the rootfs or the pod's files is writable; /dev/shm is.
+    let config = with_security(sleeper("ro"), |sc| sc.readonly_rootfs = true);
+    let id = env.run(&pod_id, &pod, config).await;
+    for (script, ok) in [
+        ("touch /made-here", false),
+        ("echo x >> /etc/hosts", false),
+        ("echo x >> /etc/resolv.conf", false),
+        ("touch /dev/shm/ok", true),
+    ] {
+        let out = env.exec(&id, &["sh", "-c", script], 10).await.unwrap();
+        assert_eq!(out.exit_code == 0, ok, "{script}: {out:?}");
+        if !ok {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+                "{script}: {out:?}"
+            );
+        }
+    }
+
+    // The CRI's own lists replace the defaults.
+    let config = with_security(sleeper("custom"), |sc| {
+        sc.masked_paths = vec!["/etc/passwd".into(), "/home".into()];
+        sc.readonly_paths = vec!["/tmp".into()];
+    });
+    let id = env.run(&pod_id, &pod, config).await;
+    for (script, ok) in [
+        ("test $(wc -c < /etc/passwd) -eq 0", true),
+        ("test -z \"$(ls -A /home)\"", true),
+        ("touch /tmp/x", false),
+        // No longer masked: the default list is replaced.
+        ("test $(wc -c < /proc/timer_list) -gt 0", true),
+    ] {
+        let out = env.exec(&id, &["sh", "-c", script], 10).await.unwrap();
+        assert_eq!(out.exit_code == 0, ok, "{script}: {out:?}");
+    }
+    env.stop_remove_pod(&pod_id).await;
+}
