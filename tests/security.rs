@@ -419,6 +419,8 @@ async fn pod_sysctls_are_set_in_the_pods_namespaces_only() {
     env.stop_remove_pod(&pod_id).await;
 }
 
+type SecuritySetter = Box<dyn FnOnce(&mut cri::LinuxContainerSecurityContext)>;
+
 /// The init's `id` line from its log (the log holds CRI records: the text is inside).
 async fn init_id(
     env: &mut Env,
@@ -449,11 +451,7 @@ async fn users_and_groups_follow_run_as_and_supplemental_groups() {
     let pod = env.pod_config("users");
     let pod_id = env.run_pod(&pod).await;
     // The image's user database: app (1000) is a member of extra (2000).
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut cri::LinuxContainerSecurityContext)>,
-        &str,
-    )> = vec![
+    let cases: Vec<(&str, SecuritySetter, &str)> = vec![
         (
             "root",
             Box::new(|_| {}),
