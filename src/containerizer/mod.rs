@@ -2,6 +2,8 @@
 //! fetcher → exec) behind the CRI lifecycle. A pod sandbox is a top-level container, each
 //! CRI container a nested one whose parent is the sandbox.
 
+pub mod events;
+mod exits;
 pub mod mesos;
 pub mod records;
 
@@ -191,6 +193,9 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
     ) -> Result<cri_mesos_supervisor::protocol::ExecResult>;
     /// ReopenContainerLog.
     async fn reopen_log(&self, id: &ContainerId) -> Result<()>;
+
+    /// Lifecycle transitions as they happen (GetContainerEvents); not replayed.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<events::Lifecycle>;
 
     // ---- stats ----
 

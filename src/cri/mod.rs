@@ -1,6 +1,7 @@
 //! The CRI face of the runtime: request validation and translation between CRI
 //! messages and the containerizer. One module per gRPC service.
 
+pub mod events;
 pub mod image;
 pub mod runtime;
 pub mod validate;

@@ -10,6 +10,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use super::events::{EventHub, EventStream};
 use super::{containerizer_status, not_yet, validate};
 use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
@@ -23,12 +24,15 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 pub struct CriRuntime {
     flags: Arc<Flags>,
     containerizer: Arc<dyn Containerizer>,
+    events: Arc<EventHub>,
 }
 
 impl CriRuntime {
+    /// Must be called on the tokio runtime: it starts the events task.
     pub fn new(flags: Arc<Flags>, containerizer: Arc<dyn Containerizer>) -> Self {
         Self {
             flags,
+            events: EventHub::start(containerizer.clone()),
             containerizer,
         }
     }
@@ -95,7 +99,7 @@ fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, Str
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
+pub(super) fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
     let options = pod
         .info
         .config
@@ -128,6 +132,21 @@ fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
         annotations: pod.info.config.annotations.clone(),
         runtime_handler: pod.runtime_handler.clone(),
     }
+}
+
+/// The statuses of a pod's containers, as PodSandboxStatus and the events carry them.
+pub(super) fn container_statuses_of(
+    containerizer: &dyn Containerizer,
+    pod_id: &str,
+) -> Vec<cri::ContainerStatus> {
+    let mut statuses: Vec<cri::ContainerStatus> = containerizer
+        .containers()
+        .iter()
+        .filter(|c| c.pod_id == pod_id)
+        .map(container_status)
+        .collect();
+    statuses.sort_by_key(|s| s.created_at);
+    statuses
 }
 
 fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
@@ -213,8 +232,7 @@ fn validate_pod_cidr(text: &str) -> Result<(), String> {
 
 #[tonic::async_trait]
 impl RuntimeService for CriRuntime {
-    type GetContainerEventsStream =
-        tokio_stream::Empty<Result<cri::ContainerEventResponse, Status>>;
+    type GetContainerEventsStream = EventStream;
 
     async fn version(
         &self,
@@ -241,6 +259,11 @@ impl RuntimeService for CriRuntime {
                 "podCIDR".to_string(),
                 serde_json::to_string(&self.pod_cidr()).unwrap_or_default(),
             );
+            let (clients, cut_off) = self.events.counts();
+            info.insert(
+                "containerEvents".to_string(),
+                serde_json::json!({"clients": clients, "cutOff": cut_off}).to_string(),
+            );
         }
         let handler_features = Some(cri::RuntimeHandlerFeatures {
             recursive_read_only_mounts: false,
@@ -259,8 +282,9 @@ impl RuntimeService for CriRuntime {
                     features: handler_features,
                 })
                 .collect(),
+            // Strict is built (docker/runtime) and the identity is in ContainerStatus.user.
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }))
     }
@@ -380,10 +404,18 @@ impl RuntimeService for CriRuntime {
                 .map_err(|e| containerizer_status(&e))?;
             info.insert("info".to_string(), details.to_string());
         }
+        let containerizer = self.containerizer.clone();
+        let pod_id = pod.id().to_string();
+        // Statuses read exit records from disk: off the async threads.
+        let containers_statuses = tokio::task::spawn_blocking(move || {
+            container_statuses_of(containerizer.as_ref(), &pod_id)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(pod_status(&pod)),
             info,
-            containers_statuses: vec![],
+            containers_statuses,
             timestamp: crate::containerizer::now_ns(),
         }))
     }
@@ -599,7 +631,7 @@ impl RuntimeService for CriRuntime {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        Ok(Response::new(self.events.subscribe()))
     }
 
     // ---- not implemented yet ----

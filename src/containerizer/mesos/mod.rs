@@ -23,6 +23,8 @@ use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, ProcessSp
 use k8s_cri::v1 as cri;
 use tracing::Instrument;
 
+use super::events::{Events, Lifecycle, Phase};
+use super::exits::ExitWatcher;
 use super::records::{ContainerRecord, PodRecord};
 use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
@@ -83,6 +85,10 @@ pub struct MesosContainerizer {
     /// Lifecycle calls of one pod (and its containers) take its lock in turn.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     creations: Inflight<Shared<String>>,
+    events: Arc<Events>,
+    /// `None` outside a tokio runtime or without inotify: exits are then announced only
+    /// when a stop or a removal finds them.
+    exits: Option<ExitWatcher>,
 }
 
 impl std::fmt::Debug for MesosContainerizer {
@@ -185,6 +191,7 @@ impl MesosContainerizer {
         ] {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         }
+        let events = Arc::new(Events::default());
         let containerizer = Arc::new(MesosContainerizer {
             flags,
             provisioner,
@@ -195,6 +202,16 @@ impl MesosContainerizer {
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
+            exits: tokio::runtime::Handle::try_current().ok().and_then(
+                |_| match ExitWatcher::start(events.clone()) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no exit watcher: stops announced late");
+                        None
+                    }
+                },
+            ),
+            events,
         });
         Ok(containerizer)
     }
@@ -246,7 +263,41 @@ impl MesosContainerizer {
             containers = tables.containers.len(),
             "recovered checkpoints"
         );
+        let pods: Vec<(String, bool)> = tables
+            .pods
+            .values()
+            .map(|p| (p.info.id.clone(), p.ready))
+            .collect();
+        let containers: Vec<ContainerRecord> = tables.containers.values().cloned().collect();
+        drop(tables);
+        for (id, ready) in pods {
+            let phase = if ready {
+                Phase::Started
+            } else {
+                Phase::Stopped
+            };
+            self.events.recovered(&id, &id, phase);
+        }
+        for c in containers {
+            let phase = match c.cri_state(&c.exit()) {
+                cri::ContainerState::ContainerCreated => Phase::Created,
+                cri::ContainerState::ContainerRunning => Phase::Started,
+                _ => Phase::Stopped,
+            };
+            self.events.recovered(&c.id, &c.pod_id, phase);
+            if phase != Phase::Stopped {
+                self.watch_exit(&c.id);
+            }
+        }
         Ok(())
+    }
+
+    /// Watches a container's directory for its exit record (see [`ExitWatcher`]).
+    fn watch_exit(&self, id: &str) {
+        if let Some(exits) = &self.exits {
+            let dir = meta_dir(&self.flags).join("containers").join(id);
+            exits.watch(id, &dir, &self.events);
+        }
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -539,6 +590,10 @@ impl super::Containerizer for MesosContainerizer {
 
     fn pod_cidr(&self) -> Option<String> {
         self.isolators.iter().find_map(|i| i.pod_cidr())
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<Lifecycle> {
+        self.events.subscribe()
     }
 
     fn set_pod_cidr(&self, cidr: Option<String>) {

@@ -104,6 +104,8 @@ impl MesosContainerizer {
             Ok(()) => {
                 self.checkpoint_container(&record).await?;
                 self.tables().containers.insert(id.to_string(), record);
+                self.events.created(id, &pod.info.id);
+                self.watch_exit(id);
                 tracing::info!("container created");
                 Ok(())
             }
@@ -237,12 +239,14 @@ impl MesosContainerizer {
                 record.started_at = now_ns();
                 record.mesos_state = MesosState::Running;
                 self.checkpoint_container(&record).await?;
+                self.events.started(&record.id);
                 self.tables().containers.insert(record.id.clone(), record);
                 Ok(())
             }
             Err(SupervisorError::Refused(message)) => {
                 record.start_error = Some(message.clone());
                 self.checkpoint_container(&record).await?;
+                self.events.ended_unstarted(&record.id);
                 self.tables().containers.insert(record.id.clone(), record);
                 Err(ContainerizerError::FailedPrecondition(format!(
                     "failed to start container {id}: {message}"
@@ -311,6 +315,7 @@ impl MesosContainerizer {
             return Ok(());
         };
         if record.exit().is_some() || record.start_error.is_some() || record.pid <= 0 {
+            self.announce_stop(&record);
             return Ok(());
         }
         let pod = self.find_pod(&record.pod_id)?;
@@ -340,7 +345,22 @@ impl MesosContainerizer {
             };
             state::checkpoint_async(&record.exit_file, &exit).await?;
         }
+        self.announce_stop(&record);
         Ok(())
+    }
+
+    /// A stop or removal under the pod's lock found the container ended: say so before
+    /// anything later (its deletion) is announced. No start is in flight under the lock,
+    /// so a container that never started ended unstarted.
+    fn announce_stop(&self, record: &ContainerRecord) {
+        if record.exit().is_none() && record.start_error.is_none() {
+            return;
+        }
+        if record.started_at > 0 {
+            self.events.stopped(&record.id);
+        } else {
+            self.events.ended_unstarted(&record.id);
+        }
     }
 
     /// RemoveContainer: force-stops it, then undoes its launch. Idempotent.
@@ -367,9 +387,15 @@ impl MesosContainerizer {
         std::fs::remove_dir_all(&dir)
             .or_else(ignore_missing)
             .map_err(ContainerizerError::io(&dir))?;
-        let mut tables = self.tables();
-        tables.containers.remove(id);
-        tables.container_names.retain(|_, r| r.id != id);
+        {
+            let mut tables = self.tables();
+            tables.containers.remove(id);
+            tables.container_names.retain(|_, r| r.id != id);
+        }
+        if let Some(exits) = &self.exits {
+            exits.unwatch(id);
+        }
+        self.events.deleted(id);
         Ok(())
     }
 

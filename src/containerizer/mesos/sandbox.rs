@@ -139,6 +139,9 @@ impl MesosContainerizer {
                 record.mesos_state = MesosState::Running;
                 self.checkpoint_pod(&record).await?;
                 self.tables().pods.insert(id.to_string(), record);
+                // As containerd: the sandbox's own events carry its id as the container's.
+                self.events.created(id, id);
+                self.events.started(id);
                 tracing::info!("pod sandbox ready");
                 Ok(())
             }
@@ -328,6 +331,7 @@ impl MesosContainerizer {
             self.checkpoint_pod(&record).await?;
             self.tables().pods.insert(id.to_string(), record.clone());
         }
+        self.events.stopped(id);
         self.teardown_pod(&record).await
     }
 
@@ -395,6 +399,7 @@ impl MesosContainerizer {
         }
         self.remove_pod_leftovers(&record)?;
         self.forget_pod(&id);
+        self.events.deleted(&id);
         self.locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())

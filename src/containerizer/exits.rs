@@ -1,0 +1,136 @@
+//! Noticing container exits as they happen: the supervisor writes each exit record by
+//! renaming it into `<meta>/containers/<id>/exit`, so an inotify watch on each running
+//! container's directory hears every exit without polling any container.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::events::Events;
+
+/// The exit record's file name in a container's directory.
+const EXIT: &str = "exit";
+
+struct Fd(Inotify);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+#[derive(Default)]
+struct Watches {
+    by_wd: HashMap<WatchDescriptor, (String, PathBuf)>,
+    by_id: HashMap<String, WatchDescriptor>,
+}
+
+pub struct ExitWatcher {
+    fd: Arc<AsyncFd<Fd>>,
+    watches: Arc<Mutex<Watches>>,
+}
+
+impl std::fmt::Debug for ExitWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExitWatcher").finish_non_exhaustive()
+    }
+}
+
+impl ExitWatcher {
+    /// Starts the watcher task on the current tokio runtime; each exit becomes a
+    /// `stopped` of `events`.
+    pub fn start(events: Arc<Events>) -> std::io::Result<ExitWatcher> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // SAFETY: `Fd` owns the inotify descriptor (an OwnedFd inside `Inotify`) for as
+        // long as the AsyncFd holds it, and always returns that same descriptor.
+        let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) }?;
+        let fd = Arc::new(fd);
+        let watches: Arc<Mutex<Watches>> = Arc::default();
+        let (task_fd, task_watches) = (fd.clone(), watches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut ready) = task_fd.readable().await else {
+                    return;
+                };
+                let read = ready.try_io(|fd| fd.get_ref().0.read_events().map_err(Into::into));
+                let batch = match read {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "exit watcher");
+                        return;
+                    }
+                    Err(_would_block) => continue,
+                };
+                for event in batch {
+                    if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                        // Events were lost: look at every watched container's file.
+                        let all: Vec<(String, PathBuf)> =
+                            lock(&task_watches).by_wd.values().cloned().collect();
+                        for (id, dir) in all {
+                            if dir.join(EXIT).exists() {
+                                events.stopped(&id);
+                            }
+                        }
+                        continue;
+                    }
+                    let found = lock(&task_watches).by_wd.get(&event.wd).cloned();
+                    let Some((id, _)) = found else { continue };
+                    if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                        let mut w = lock(&task_watches);
+                        w.by_wd.remove(&event.wd);
+                        if w.by_id.get(&id) == Some(&event.wd) {
+                            w.by_id.remove(&id);
+                        }
+                        continue;
+                    }
+                    if event.name.as_deref() == Some(std::ffi::OsStr::new(EXIT)) {
+                        events.stopped(&id);
+                    }
+                }
+            }
+        });
+        Ok(ExitWatcher { fd, watches })
+    }
+
+    /// Watches `dir` (the container's directory) for its exit record. An exit that was
+    /// already written is reported at once: nothing is missed between a start and its
+    /// watch.
+    pub fn watch(&self, id: &str, dir: &Path, events: &Events) {
+        let mask = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
+        match self.fd.get_ref().0.add_watch(dir, mask) {
+            Ok(wd) => {
+                let mut w = lock(&self.watches);
+                w.by_wd.insert(wd, (id.to_string(), dir.to_path_buf()));
+                w.by_id.insert(id.to_string(), wd);
+            }
+            Err(e) => tracing::warn!(container_id = %id, error = %e, "exit not watched"),
+        }
+        if dir.join(EXIT).exists() {
+            events.stopped(id);
+        }
+    }
+
+    /// Stops watching (the container is being removed). Unknown ids are fine.
+    pub fn unwatch(&self, id: &str) {
+        let wd = {
+            let mut w = lock(&self.watches);
+            let wd = w.by_id.remove(id);
+            if let Some(wd) = wd {
+                w.by_wd.remove(&wd);
+            }
+            wd
+        };
+        if let Some(wd) = wd {
+            let _ = self.fd.get_ref().0.rm_watch(wd);
+        }
+    }
+}
+
+fn lock(w: &Mutex<Watches>) -> std::sync::MutexGuard<'_, Watches> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
