@@ -82,6 +82,9 @@ pub struct MesosContainerizer {
     /// Lifecycle calls of one pod (and its containers) take its lock in turn.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     creations: Inflight<Shared<String>>,
+    /// Taken by writers that change one field of a record outside the pod's lock (the
+    /// OOM answer), so two of them never checkpoint stale copies over each other.
+    record_writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for MesosContainerizer {
@@ -155,6 +158,7 @@ impl MesosContainerizer {
         let hierarchies = Hierarchies::detect(&flags.cgroups_hierarchy)?;
         let context = IsolatorContext {
             flags: flags.clone(),
+            hierarchies: hierarchies.clone(),
         };
         let isolators = registry::build(&flags.isolation, &context);
         let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
@@ -194,6 +198,7 @@ impl MesosContainerizer {
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
+            record_writes: tokio::sync::Mutex::new(()),
         });
         Ok(containerizer)
     }
@@ -373,6 +378,13 @@ impl super::Containerizer for MesosContainerizer {
         for isolator in &self.isolators {
             isolator.recover(&known).await?;
         }
+        // Exits that happened while the daemon was away: their OOM answer is read now,
+        // while their cgroups still hold it.
+        for id in &known {
+            if let Err(e) = self.observe_exit(id).await {
+                tracing::warn!(container_id = %id, error = %e, "exit not observed");
+            }
+        }
         Ok(())
     }
 
@@ -412,11 +424,7 @@ impl super::Containerizer for MesosContainerizer {
         id: &super::ContainerId,
         resources: &cri::LinuxContainerResources,
     ) -> Result<()> {
-        let record = self.find_container(&id.value)?;
-        for isolator in &self.isolators {
-            isolator.update(&record.id, resources).await?;
-        }
-        Ok(())
+        self.update_container(&id.value, resources).await
     }
 
     async fn usage(
@@ -485,7 +493,7 @@ impl super::Containerizer for MesosContainerizer {
         &self,
         id: &super::ContainerId,
     ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
-        Ok(self.find_container(&id.value)?.exit())
+        self.observe_exit(&id.value).await
     }
 
     async fn destroy(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {
