@@ -525,6 +525,24 @@ async fn bad_values_at_create_leave_nothing_behind() {
         assert!(e.message().starts_with(field), "{field}: {e}");
     }
     assert!(env.containers().await.is_empty());
+    // A pod's own limits are checked before it has anything.
+    let mut bad_pod = env.pod_config("badpod");
+    bad_pod.linux.get_or_insert_with(Default::default).overhead = Some(memory(1 << 20, 0));
+    let e = env
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad_pod),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message()
+            .starts_with("config.linux.overhead.memory_limit_in_bytes"),
+        "{e}"
+    );
+    assert_eq!(env.pods().await.len(), 1);
     // Only the supervisor's cgroup is left in the pod's.
     for dir in &pod_cgroup.dirs {
         let children: Vec<PathBuf> = std::fs::read_dir(dir)

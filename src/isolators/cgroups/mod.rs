@@ -358,12 +358,18 @@ impl Isolator for Cgroups {
     }
 
     /// Checked before the pod has anything: a pod refused here left nothing behind.
+    /// Under a `cgroup_parent` the values are kubelet's to write, and not checked here.
     async fn prepare_pod(
         &self,
         pod: &PodPrep<'_>,
         _namespaces: &mut PodNamespaces,
     ) -> Result<(), IsolatorError> {
-        if let Some(linux) = &pod.config.linux {
+        if let Some(linux) = pod
+            .config
+            .linux
+            .as_ref()
+            .filter(|l| l.cgroup_parent.is_empty())
+        {
             if let Some(r) = &linux.resources {
                 self.validate(r, POD_PREFIX)?;
             }
