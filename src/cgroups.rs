@@ -1,6 +1,13 @@
 //! Cgroup hierarchies, v1, v2 and hybrid: where they are mounted, how a cgroup is made
 //! in each, and how every process of one is killed. The launcher tracks a container's
 //! processes through its cgroup, as Mesos's linux launcher does with its freezer cgroup.
+//!
+//! Limits are plain file writes; which file a controller's value goes to, v1 or v2, is
+//! the cgroups isolator's business (`isolators::cgroups`). This module says where each
+//! controller is mounted, enables cgroup2 controllers down a path, reads the OOM-kill
+//! count, and (`systemd`) turns slice names into the paths systemd gives them.
+
+pub mod systemd;
 
 use std::fs;
 use std::io;
@@ -17,6 +24,8 @@ pub enum CgroupError {
     BadPath(String),
     #[error("cgroup {path}: processes {pids:?} still alive after kill")]
     Unkillable { path: PathBuf, pids: Vec<i32> },
+    #[error("{0}")]
+    BadSlice(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -36,6 +45,24 @@ pub struct Hierarchies {
     pub v2: Option<PathBuf>,
     /// True when cgroup2 is the whole hierarchy (no v1 controllers at all).
     pub pure_v2: bool,
+    /// The controllers the cgroup2 root offers (its `cgroup.controllers`): on a hybrid
+    /// host those no v1 hierarchy has bound (here: `hugetlb`).
+    pub v2_controllers: Vec<String>,
+}
+
+/// Which cgroup interface a controller speaks on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// One controller's directory of one cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerDir {
+    pub path: PathBuf,
+    pub version: Version,
 }
 
 impl Hierarchies {
@@ -65,7 +92,39 @@ impl Hierarchies {
             }
         }
         let pure_v2 = v1.is_empty() && v2.is_some();
-        Ok(Hierarchies { v1, v2, pure_v2 })
+        let v2_controllers = match &v2 {
+            Some(mount) => fs::read_to_string(mount.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Hierarchies {
+            v1,
+            v2,
+            pure_v2,
+            v2_controllers,
+        })
+    }
+
+    /// Where `controller` is mounted and how it speaks: a v1 hierarchy that binds it
+    /// wins (the kernel gives a controller to one hierarchy only), else the cgroup2 root
+    /// if it offers it; `None` when this host has it nowhere.
+    pub fn controller(&self, controller: &str) -> Option<(PathBuf, Version)> {
+        if let Some((_, mount)) = self
+            .v1
+            .iter()
+            .find(|(cs, _)| cs.iter().any(|c| c == controller))
+        {
+            return Some((mount.clone(), Version::V1));
+        }
+        match &self.v2 {
+            Some(mount) if self.v2_controllers.iter().any(|c| c == controller) => {
+                Some((mount.clone(), Version::V2))
+            }
+            _ => None,
+        }
     }
 
     /// Every directory a cgroup at `relative` lives in, one per hierarchy.
@@ -228,6 +287,71 @@ impl Cgroup {
     pub fn exists(&self) -> bool {
         self.dirs.iter().any(|d| d.exists())
     }
+
+    /// This cgroup's directory of `controller`, if the host has it.
+    pub fn controller_dir(&self, h: &Hierarchies, controller: &str) -> Option<ControllerDir> {
+        h.controller(controller)
+            .map(|(mount, version)| ControllerDir {
+                path: mount.join(&self.relative),
+                version,
+            })
+    }
+
+    /// Makes cgroup2 `controllers` available in this cgroup: a v2 controller's files
+    /// appear in a cgroup only once every ancestor lists it in `cgroup.subtree_control`,
+    /// which nothing does by default (on this hybrid host `hugetlb` lives only there).
+    /// Ancestors that already enable it are left alone, so this is a few reads usually.
+    pub fn enable_v2(&self, h: &Hierarchies, controllers: &[&str]) -> Result<(), CgroupError> {
+        let Some(mount) = &h.v2 else {
+            return Ok(());
+        };
+        let wanted: Vec<&str> = controllers
+            .iter()
+            .copied()
+            .filter(|c| h.v2_controllers.iter().any(|v| v == c))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut dir = mount.clone();
+        let components: Vec<_> = self.relative.components().collect();
+        // The root and every ancestor down to the parent: the cgroup's own
+        // subtree_control is for its children.
+        for i in 0..components.len() {
+            if i > 0 {
+                dir.push(components[i - 1]);
+            }
+            let file = dir.join("cgroup.subtree_control");
+            let enabled = fs::read_to_string(&file).map_err(io_err(&file))?;
+            for c in &wanted {
+                if !enabled.split_whitespace().any(|e| e == *c) {
+                    fs::write(&file, format!("+{c}")).map_err(io_err(&file))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many processes of this cgroup the OOM killer took (`oom_kill` of v1
+    /// `memory.oom_control` or v2 `memory.events`; not `failcnt`, which counts how often
+    /// the limit was hit). `None` when there is no memory controller or no counter.
+    pub fn oom_kills(&self, h: &Hierarchies) -> Option<u64> {
+        let dir = self.controller_dir(h, "memory")?;
+        let file = match dir.version {
+            Version::V1 => "memory.oom_control",
+            Version::V2 => "memory.events",
+        };
+        let text = fs::read_to_string(dir.path.join(file)).ok()?;
+        flat_keyed(&text, "oom_kill")
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` lines).
+pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 fn collect_pids(dir: &Path, pids: &mut Vec<i32>) {
@@ -324,6 +448,7 @@ mod tests {
             v1: vec![],
             v2: Some(PathBuf::from("/sys/fs/cgroup")),
             pure_v2: true,
+            v2_controllers: vec!["memory".into()],
         };
         assert!(Cgroup::at(&h, "/kubepods/pod1").is_ok());
         assert!(Cgroup::at(&h, "../escape").is_err());
@@ -331,6 +456,45 @@ mod tests {
         let c = Cgroup::at(&h, "a/b").unwrap();
         assert_eq!(c.dirs, vec![PathBuf::from("/sys/fs/cgroup/a/b")]);
         assert!(c.child("..").is_err());
+        assert_eq!(
+            c.controller_dir(&h, "memory"),
+            Some(ControllerDir {
+                path: PathBuf::from("/sys/fs/cgroup/a/b"),
+                version: Version::V2
+            })
+        );
+        assert_eq!(c.controller_dir(&h, "hugetlb"), None);
+    }
+
+    #[test]
+    fn hybrid_controllers_are_found_where_mounted() {
+        let h = Hierarchies {
+            v1: vec![
+                (vec!["memory".into()], PathBuf::from("/cg/memory")),
+                (vec!["cpu".into()], PathBuf::from("/cg/cpu")),
+            ],
+            v2: Some(PathBuf::from("/cg/unified")),
+            pure_v2: false,
+            v2_controllers: vec!["hugetlb".into()],
+        };
+        assert_eq!(
+            h.controller("memory"),
+            Some((PathBuf::from("/cg/memory"), Version::V1))
+        );
+        assert_eq!(
+            h.controller("hugetlb"),
+            Some((PathBuf::from("/cg/unified"), Version::V2))
+        );
+        assert_eq!(h.controller("pids"), None);
+    }
+
+    #[test]
+    fn oom_kill_counts_are_read_from_flat_keyed_files() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(flat_keyed(v1, "oom_kill"), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(flat_keyed(v2, "oom_kill"), Some(1));
+        assert_eq!(flat_keyed(v2, "oom_kill_disable"), None);
     }
 
     #[test]

@@ -198,6 +198,13 @@ struct Cli {
         env = "CRI_MESOS_CGROUP_DRIVER"
     )]
     cgroup_driver: Option<String>,
+    /// Every container's `pids.max` (`cgroups/pids`); 0: no limit.
+    #[arg(
+        long = "cgroups_pids_limit",
+        visible_alias = "cgroups-pids-limit",
+        env = "CRI_MESOS_CGROUPS_PIDS_LIMIT"
+    )]
+    cgroups_pids_limit: Option<String>,
     #[arg(long, env = "CRI_MESOS_RESOURCES")]
     resources: Option<String>,
     #[arg(
@@ -274,6 +281,8 @@ struct FileConfig {
     cgroups_hierarchy: Option<PathBuf>,
     #[serde(alias = "cgroup-driver")]
     cgroup_driver: Option<String>,
+    #[serde(alias = "cgroups-pids-limit")]
+    cgroups_pids_limit: Option<Scalar>,
     resources: Option<String>,
     #[serde(alias = "http-address")]
     http_address: Option<String>,
@@ -471,7 +480,11 @@ pub struct Flags {
     pub enforce_container_disk_quota: bool,
     pub cgroups_root: String,
     pub cgroups_hierarchy: PathBuf,
+    /// `cgroupfs` or `systemd`: how `cgroup_parent` is spelled (a path, or a slice name
+    /// expanded as systemd lays slices out).
     pub cgroup_driver: String,
+    /// Every container's `pids.max`; 0: none.
+    pub cgroups_pids_limit: u64,
     pub resources: Option<String>,
     pub http_address: SocketAddr,
     pub logging_level: String,
@@ -485,8 +498,7 @@ fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok,
 pub const DEFAULT_LISTEN: &str = "/run/cri-mesos/cri-mesos.sock";
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/cri-mesos";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/cri-mesos";
-pub const DEFAULT_ISOLATION: &str =
-    "filesystem/linux,docker/runtime,namespaces/pid,namespaces/ipc,volume/host_path,network/cni";
+pub const DEFAULT_ISOLATION: &str = "filesystem/linux,docker/runtime,namespaces/pid,namespaces/ipc,volume/host_path,network/cni,cgroups/cpu,cgroups/mem,cgroups/pids,cgroups/cpuset,cgroups/hugetlb";
 
 impl Flags {
     /// Resolves the flags of this process (its arguments and environment).
@@ -793,14 +805,7 @@ impl Flags {
             .or(file.cgroup_driver)
             .unwrap_or_else(|| "cgroupfs".into());
         match cgroup_driver.as_str() {
-            "cgroupfs" => {}
-            "systemd" => {
-                return Err(FlagError::Unsupported {
-                    flag: "cgroup_driver",
-                    value: cgroup_driver,
-                    reason: "not supported yet: cri-mesos manages cgroupfs paths only".into(),
-                });
-            }
+            "cgroupfs" | "systemd" => {}
             _ => {
                 return Err(FlagError::Invalid {
                     flag: "cgroup_driver",
@@ -808,6 +813,28 @@ impl Flags {
                     reason: "expected 'cgroupfs' or 'systemd'".into(),
                 });
             }
+        }
+
+        let pids_text = cli
+            .cgroups_pids_limit
+            .or(file.cgroups_pids_limit.map(Scalar::into_text))
+            .unwrap_or_else(|| "0".into());
+        let cgroups_pids_limit = pids_text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= i64::MAX as u64)
+            .ok_or_else(|| FlagError::Invalid {
+                flag: "cgroups_pids_limit",
+                value: pids_text.clone(),
+                reason: "expected a whole number of tasks (0: no limit)".into(),
+            })?;
+        if cgroups_pids_limit > 0 && !isolation.iter().any(|i| i.as_str() == "cgroups/pids") {
+            return Err(FlagError::Invalid {
+                flag: "cgroups_pids_limit",
+                value: pids_text,
+                reason: "needs the cgroups/pids isolator in --isolation".into(),
+            });
         }
 
         let resources = cli.resources.or(file.resources);
@@ -868,6 +895,7 @@ impl Flags {
             cgroups_root,
             cgroups_hierarchy,
             cgroup_driver,
+            cgroups_pids_limit,
             resources,
             http_address,
             logging_level,
@@ -1153,6 +1181,32 @@ mod tests {
         );
         assert_eq!(flags.launcher, Launcher::Linux);
         assert_eq!(flags.fetcher_cache_size, 2 << 30);
+    }
+
+    #[test]
+    fn pids_limit_needs_its_isolator() {
+        let flags = Flags::from_args(["cri-mesos", "--cgroups_pids_limit=100"]).unwrap();
+        assert_eq!(flags.cgroups_pids_limit, 100);
+        assert_eq!(
+            Flags::from_args(["cri-mesos"]).unwrap().cgroups_pids_limit,
+            0
+        );
+        let err = Flags::from_args([
+            "cri-mesos",
+            "--cgroups_pids_limit=100",
+            "--isolation=filesystem/linux,docker/runtime",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("cgroups/pids"), "{err}");
+        assert!(Flags::from_args(["cri-mesos", "--cgroups_pids_limit=lots"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "cgroups_pids_limit: 64\ncgroup_driver: systemd\n").unwrap();
+        let flags = Flags::from_args(["cri-mesos", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            (flags.cgroups_pids_limit, flags.cgroup_driver.as_str()),
+            (64, "systemd")
+        );
     }
 
     #[test]

@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-
-use super::events::Events;
+use tokio::sync::mpsc::UnboundedSender;
 
 /// The exit record's file name in a container's directory.
 const EXIT: &str = "exit";
@@ -33,6 +32,7 @@ struct Watches {
 pub struct ExitWatcher {
     fd: Arc<AsyncFd<Fd>>,
     watches: Arc<Mutex<Watches>>,
+    exited: UnboundedSender<String>,
 }
 
 impl std::fmt::Debug for ExitWatcher {
@@ -42,16 +42,16 @@ impl std::fmt::Debug for ExitWatcher {
 }
 
 impl ExitWatcher {
-    /// Starts the watcher task on the current tokio runtime; each exit becomes a
-    /// `stopped` of `events`.
-    pub fn start(events: Arc<Events>) -> std::io::Result<ExitWatcher> {
+    /// Starts the watcher task on the current tokio runtime; the id of each container
+    /// whose exit record appears is sent to `exited` (more than once is possible).
+    pub fn start(exited: UnboundedSender<String>) -> std::io::Result<ExitWatcher> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         // SAFETY: `Fd` owns the inotify descriptor (an OwnedFd inside `Inotify`) for as
         // long as the AsyncFd holds it, and always returns that same descriptor.
         let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) }?;
         let fd = Arc::new(fd);
         let watches: Arc<Mutex<Watches>> = Arc::default();
-        let (task_fd, task_watches) = (fd.clone(), watches.clone());
+        let (task_fd, task_watches, events) = (fd.clone(), watches.clone(), exited.clone());
         tokio::spawn(async move {
             loop {
                 let Ok(mut ready) = task_fd.readable().await else {
@@ -73,7 +73,7 @@ impl ExitWatcher {
                             lock(&task_watches).by_wd.values().cloned().collect();
                         for (id, dir) in all {
                             if dir.join(EXIT).exists() {
-                                events.stopped(&id);
+                                let _ = events.send(id);
                             }
                         }
                         continue;
@@ -89,18 +89,22 @@ impl ExitWatcher {
                         continue;
                     }
                     if event.name.as_deref() == Some(std::ffi::OsStr::new(EXIT)) {
-                        events.stopped(&id);
+                        let _ = events.send(id);
                     }
                 }
             }
         });
-        Ok(ExitWatcher { fd, watches })
+        Ok(ExitWatcher {
+            fd,
+            watches,
+            exited,
+        })
     }
 
     /// Watches `dir` (the container's directory) for its exit record. An exit that was
     /// already written is reported at once: nothing is missed between a start and its
     /// watch.
-    pub fn watch(&self, id: &str, dir: &Path, events: &Events) {
+    pub fn watch(&self, id: &str, dir: &Path) {
         let mask = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
         match self.fd.get_ref().0.add_watch(dir, mask) {
             Ok(wd) => {
@@ -111,7 +115,7 @@ impl ExitWatcher {
             Err(e) => tracing::warn!(container_id = %id, error = %e, "exit not watched"),
         }
         if dir.join(EXIT).exists() {
-            events.stopped(id);
+            let _ = self.exited.send(id.to_string());
         }
     }
 

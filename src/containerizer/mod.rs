@@ -159,12 +159,15 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
     /// Kills (after `grace`) and releases everything the container holds; nested
     /// containers of a sandbox go first.
     async fn destroy(&self, id: &ContainerId, grace: std::time::Duration) -> Result<()>;
+    /// UpdateContainerResources: the request's set fields over what is in force, live
+    /// and in the checkpoint, or nothing changed.
     async fn update(
         &self,
         id: &ContainerId,
         resources: &k8s_cri::v1::LinuxContainerResources,
     ) -> Result<()>;
-    /// The exit status of a nested container once it ended (`None` while it runs).
+    /// The exit status of a nested container once it ended (`None` while it runs), with
+    /// whether the OOM killer ended it.
     async fn wait(
         &self,
         id: &ContainerId,

@@ -74,11 +74,29 @@ pub struct ContainerRecord {
     /// Why StartContainer failed, when it did.
     #[serde(default)]
     pub start_error: Option<String>,
+    /// The resources in force after UpdateContainerResources; `None`: the config's.
+    #[serde(default)]
+    pub resources: Option<cri::LinuxContainerResources>,
+    /// Whether the OOM killer took a process of the container, read from its memory
+    /// cgroup when its exit was first seen (the cgroup goes with RemoveContainer; the
+    /// answer stays here). `None`: not looked at yet.
+    #[serde(default)]
+    pub oom_killed: Option<bool>,
 }
 
 impl ContainerRecord {
+    /// The exit status, once exited, with what the memory cgroup said about OOM kills.
     pub fn exit(&self) -> Option<ExitRecord> {
-        crate::state::recover(&self.exit_file).ok().flatten()
+        let mut exit: ExitRecord = crate::state::recover(&self.exit_file).ok().flatten()?;
+        exit.oom_killed |= self.oom_killed == Some(true);
+        Some(exit)
+    }
+
+    /// The resources in force (ContainerStatus.resources).
+    pub fn resources_in_force(&self) -> Option<cri::LinuxContainerResources> {
+        self.resources
+            .clone()
+            .or_else(|| self.config.linux.as_ref().and_then(|l| l.resources.clone()))
     }
 
     /// The CRI state: an exit record means EXITED, a start means RUNNING.

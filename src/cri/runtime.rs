@@ -143,14 +143,16 @@ pub(super) fn container_statuses_of(
         .containers()
         .iter()
         .filter(|c| c.pod_id == pod_id)
-        .map(container_status)
+        .map(|c| container_status(c, c.exit()))
         .collect();
     statuses.sort_by_key(|s| s.created_at);
     statuses
 }
 
-fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
-    let exit = c.exit();
+fn container_status(
+    c: &ContainerRecord,
+    exit: Option<cri_mesos_supervisor::protocol::ExitRecord>,
+) -> cri::ContainerStatus {
     let state = c.cri_state(&exit);
     let (exit_code, finished_at, reason, message) = match (&exit, &c.start_error) {
         (_, Some(error)) => (
@@ -193,7 +195,10 @@ fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        resources: None,
+        resources: c.resources_in_force().map(|linux| cri::ContainerResources {
+            linux: Some(linux),
+            windows: None,
+        }),
         image_id: c.image_id.clone(),
         // The identity the process really got (after image and security-context rules),
         // as kubelet's SupplementalGroupsPolicy reporting wants it.
@@ -295,7 +300,11 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         Ok(Response::new(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: if self.flags.cgroup_driver == "systemd" {
+                    cri::CgroupDriver::Systemd as i32
+                } else {
+                    cri::CgroupDriver::Cgroupfs as i32
+                },
             }),
         }))
     }
@@ -571,9 +580,17 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let request = request.into_inner();
         let id = required(request.container_id, "container_id")?;
+        let nested = self.nested(&id)?;
+        // The exit as the containerizer knows it (with the OOM killer's part), first:
+        // reading it may update the record.
+        let exit = self
+            .containerizer
+            .wait(&nested)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
         let container = self
             .containerizer
-            .container(&id)
+            .container(&nested.value)
             .map_err(|e| containerizer_status(&e))?;
         let mut info = HashMap::new();
         if request.verbose {
@@ -589,7 +606,7 @@ impl RuntimeService for CriRuntime {
             info.insert("info".to_string(), details.to_string());
         }
         Ok(Response::new(cri::ContainerStatusResponse {
-            status: Some(container_status(&container)),
+            status: Some(container_status(&container, exit)),
             info,
         }))
     }
@@ -634,14 +651,30 @@ impl RuntimeService for CriRuntime {
         Ok(Response::new(self.events.subscribe()))
     }
 
-    // ---- not implemented yet ----
-
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources"))
+        let request = request.into_inner();
+        let id = required(request.container_id, "container_id")?;
+        if request.windows.is_some() {
+            return Err(Status::invalid_argument(
+                "windows: Windows resources on a Linux runtime",
+            ));
+        }
+        let nested = self.nested(&id)?;
+        // No Linux resources: nothing to change.
+        let Some(linux) = request.linux else {
+            return Ok(Response::new(cri::UpdateContainerResourcesResponse {}));
+        };
+        self.containerizer
+            .update(&nested, &linux)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
+
+    // ---- not implemented yet ----
 
     async fn exec(
         &self,

@@ -158,6 +158,16 @@ pub struct ContainerPrep<'a> {
     pub peers: &'a [ContainerPeer],
 }
 
+/// What `update` sees of a container (UpdateContainerResources).
+#[derive(Debug)]
+pub struct ContainerUpdate<'a> {
+    pub id: &'a str,
+    pub cgroup: &'a Cgroup,
+    /// The resources to be in force: the request's set fields over what was in force
+    /// (the CRI's 0 and "" mean "unchanged" here, as they mean "unset" at create).
+    pub resources: &'a cri::LinuxContainerResources,
+}
+
 /// Another container, as `prepare` may see it.
 #[derive(Debug, Clone)]
 pub struct ContainerPeer {
@@ -205,12 +215,9 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Applies new resource requests/limits to a running container.
-    async fn update(
-        &self,
-        _container_id: &str,
-        _resources: &cri::LinuxContainerResources,
-    ) -> Result<(), IsolatorError> {
+    /// Applies new resource requests/limits to a running container: all of them or, on
+    /// an error, none.
+    async fn update(&self, _container: &ContainerUpdate<'_>) -> Result<(), IsolatorError> {
         Ok(())
     }
 

@@ -99,12 +99,12 @@ const CATALOG: &[Known] = &[
     Known {
         name: "cgroups/cpu",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "cgroups/cpuset",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "cgroups/devices",
@@ -114,12 +114,12 @@ const CATALOG: &[Known] = &[
     Known {
         name: "cgroups/hugetlb",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "cgroups/mem",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "cgroups/net_cls",
@@ -139,7 +139,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "cgroups/pids",
         stage: Stage::Runtime,
-        built: false,
+        built: true,
     },
     Known {
         name: "appc/runtime",
@@ -252,6 +252,19 @@ const CATALOG: &[Known] = &[
 const ALIASES: &[(&str, &[&str])] = &[
     ("process", &["posix/cpu", "posix/mem"]),
     ("cgroups", &["cgroups/cpu", "cgroups/mem"]),
+    // Mesos: every controller the host has; here every one the cgroups isolator builds
+    // (one the host lacks refuses the fields that need it).
+    (
+        "cgroups/all",
+        &[
+            "cgroups/cpu",
+            "cgroups/cpuset",
+            "cgroups/devices",
+            "cgroups/hugetlb",
+            "cgroups/mem",
+            "cgroups/pids",
+        ],
+    ),
     ("posix/disk", &["disk/du"]),
 ];
 
@@ -466,8 +479,27 @@ mod tests {
             Err(SelectionError::NotSupportedYet("gpu/nvidia".into()))
         );
         assert_eq!(
-            select("cgroups"),
-            Err(SelectionError::NotSupportedYet("cgroups/cpu".into()))
+            select("cgroups/blkio"),
+            Err(SelectionError::NotSupportedYet("cgroups/blkio".into()))
         );
+    }
+
+    #[test]
+    fn cgroups_aliases() {
+        assert_eq!(
+            names(&select("cgroups").unwrap())[1..3],
+            ["cgroups/cpu", "cgroups/devices"]
+        );
+        let all = select("cgroups/all").unwrap();
+        for n in [
+            "cgroups/cpu",
+            "cgroups/cpuset",
+            "cgroups/devices",
+            "cgroups/hugetlb",
+            "cgroups/mem",
+            "cgroups/pids",
+        ] {
+            assert!(names(&all).contains(&n), "{n}");
+        }
     }
 }

@@ -19,16 +19,26 @@ use super::posix::rlimits::PosixRlimits;
 use super::volume::host_path::HostPathVolume;
 
 /// What isolators may need from the agent to be created: its flags (`--runtime_dir` for
-/// volatile state, `--work_dir` for what survives a reboot, `--network_cni_*`).
+/// volatile state, `--work_dir` for what survives a reboot, `--network_cni_*`) and the
+/// cgroup hierarchies of this host.
 #[derive(Debug, Clone)]
 pub struct IsolatorContext {
     pub flags: Arc<crate::flags::Flags>,
+    pub hierarchies: crate::cgroups::Hierarchies,
 }
 
-/// The isolators of `chain`, in its order (the order of [`super::select`], which is Mesos's).
+/// The isolators of `chain`, in its order (the order of [`super::select`], which is
+/// Mesos's). Every `cgroups/*` name is one isolator, as in Mesos, placed at the first.
 pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isolator>> {
+    let mut cgroups_built = false;
     chain
         .iter()
+        .filter(|name| {
+            let cgroups = name.as_str().starts_with("cgroups/");
+            let skip = cgroups && cgroups_built;
+            cgroups_built |= cgroups;
+            !skip
+        })
         .map(|name| -> Box<dyn Isolator> {
             match name.as_str() {
                 "filesystem/linux" => Box::new(LinuxFilesystem),
@@ -38,7 +48,11 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "namespaces/ipc" => Box::new(IpcNamespace),
                 "network/cni" => Box::new(Cni::new(&ctx.flags)),
                 "linux/capabilities" => Box::new(LinuxCapabilities),
-                "cgroups/devices" => Box::new(Cgroups),
+                n if n.starts_with("cgroups/") => Box::new(Cgroups::new(
+                    chain,
+                    ctx.hierarchies.clone(),
+                    ctx.flags.cgroups_pids_limit,
+                )),
                 "linux/nnp" => Box::new(LinuxNnp),
                 "posix/rlimits" => Box::new(PosixRlimits {
                     limits: ctx
@@ -233,6 +247,12 @@ mod tests {
     fn ctx() -> IsolatorContext {
         IsolatorContext {
             flags: Arc::new(crate::flags::Flags::from_args(["cri-mesos"]).unwrap()),
+            hierarchies: crate::cgroups::Hierarchies {
+                v1: vec![],
+                v2: None,
+                pure_v2: false,
+                v2_controllers: vec![],
+            },
         }
     }
 
@@ -241,7 +261,18 @@ mod tests {
         let chain = select(crate::flags::DEFAULT_ISOLATION).unwrap();
         let built = build(&chain, &ctx());
         let names: Vec<IsolatorName> = built.iter().map(|i| i.name()).collect();
-        assert_eq!(names, chain);
+        // The cgroups/* names are one isolator, listed under the first of them.
+        let mut expected = chain.clone();
+        let first = expected
+            .iter()
+            .position(|n| n.as_str().starts_with("cgroups/"));
+        let mut i = 0;
+        expected.retain(|n| {
+            i += 1;
+            !n.as_str().starts_with("cgroups/") || Some(i - 1) == first
+        });
+        assert_eq!(names, expected);
+        assert_eq!(names[1].as_str(), "cgroups/cpu");
     }
 
     #[tokio::test]

@@ -88,7 +88,10 @@ pub struct MesosContainerizer {
     events: Arc<Events>,
     /// `None` outside a tokio runtime or without inotify: exits are then announced only
     /// when a stop or a removal finds them.
-    exits: Option<ExitWatcher>,
+    exits: Option<Arc<ExitWatcher>>,
+    /// Taken by writers that change one field of a record outside the pod's lock (the
+    /// OOM answer), so two of them never checkpoint stale copies over each other.
+    record_writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for MesosContainerizer {
@@ -162,6 +165,7 @@ impl MesosContainerizer {
         let hierarchies = Hierarchies::detect(&flags.cgroups_hierarchy)?;
         let context = IsolatorContext {
             flags: flags.clone(),
+            hierarchies: hierarchies.clone(),
         };
         let isolators = registry::build(&flags.isolation, &context);
         let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
@@ -192,6 +196,20 @@ impl MesosContainerizer {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
         }
         let events = Arc::new(Events::default());
+        let exit_watcher = tokio::runtime::Handle::try_current().ok().and_then(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            match ExitWatcher::start(tx) {
+                Ok(w) => Some((Arc::new(w), rx)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no exit watcher: stops announced late");
+                    None
+                }
+            }
+        });
+        let (exit_watcher, exited) = match exit_watcher {
+            Some((w, rx)) => (Some(w), Some(rx)),
+            None => (None, None),
+        };
         let containerizer = Arc::new(MesosContainerizer {
             flags,
             provisioner,
@@ -202,17 +220,24 @@ impl MesosContainerizer {
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
-            exits: tokio::runtime::Handle::try_current().ok().and_then(
-                |_| match ExitWatcher::start(events.clone()) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no exit watcher: stops announced late");
-                        None
-                    }
-                },
-            ),
+            exits: exit_watcher,
             events,
+            record_writes: tokio::sync::Mutex::new(()),
         });
+        if let Some(mut exited) = exited {
+            // The exit is announced once the OOM killer's part is known, so that the
+            // event's status already says OOMKilled.
+            let weak = Arc::downgrade(&containerizer);
+            tokio::spawn(async move {
+                while let Some(id) = exited.recv().await {
+                    let Some(this) = weak.upgrade() else { return };
+                    if let Err(e) = this.observe_exit(&id).await {
+                        tracing::debug!(container_id = %id, error = %e, "exit not observed");
+                    }
+                    this.events.stopped(&id);
+                }
+            });
+        }
         Ok(containerizer)
     }
 
@@ -296,7 +321,7 @@ impl MesosContainerizer {
     fn watch_exit(&self, id: &str) {
         if let Some(exits) = &self.exits {
             let dir = meta_dir(&self.flags).join("containers").join(id);
-            exits.watch(id, &dir, &self.events);
+            exits.watch(id, &dir);
         }
     }
 
@@ -425,6 +450,13 @@ impl super::Containerizer for MesosContainerizer {
         for isolator in &self.isolators {
             isolator.recover(&known).await?;
         }
+        // Exits that happened while the daemon was away: their OOM answer is read now,
+        // while their cgroups still hold it.
+        for id in &known {
+            if let Err(e) = self.observe_exit(id).await {
+                tracing::warn!(container_id = %id, error = %e, "exit not observed");
+            }
+        }
         Ok(())
     }
 
@@ -464,11 +496,7 @@ impl super::Containerizer for MesosContainerizer {
         id: &super::ContainerId,
         resources: &cri::LinuxContainerResources,
     ) -> Result<()> {
-        let record = self.find_container(&id.value)?;
-        for isolator in &self.isolators {
-            isolator.update(&record.id, resources).await?;
-        }
-        Ok(())
+        self.update_container(&id.value, resources).await
     }
 
     async fn usage(
@@ -537,7 +565,7 @@ impl super::Containerizer for MesosContainerizer {
         &self,
         id: &super::ContainerId,
     ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
-        Ok(self.find_container(&id.value)?.exit())
+        self.observe_exit(&id.value).await
     }
 
     async fn destroy(&self, id: &super::ContainerId, grace: Duration) -> Result<()> {

@@ -93,6 +93,8 @@ impl MesosContainerizer {
             process: ProcessSpec::default(),
             exit_file: container_dir.join("exit"),
             start_error: None,
+            resources: None,
+            oom_killed: None,
         };
         self.checkpoint_container(&record).await?;
         self.tables()
@@ -235,19 +237,27 @@ impl MesosContainerizer {
             .await
         {
             Ok(pid) => {
+                // A quick exit's watcher may be writing the OOM answer meanwhile: one
+                // writer at a time, each on the latest record.
+                let _writing = self.record_writes.lock().await;
+                record.oom_killed = self.find_container(id)?.oom_killed;
                 record.pid = pid;
                 record.started_at = now_ns();
                 record.mesos_state = MesosState::Running;
                 self.checkpoint_container(&record).await?;
-                self.events.started(&record.id);
-                self.tables().containers.insert(record.id.clone(), record);
+                let cid = record.id.clone();
+                self.tables().containers.insert(cid.clone(), record);
+                self.events.started(&cid);
                 Ok(())
             }
             Err(SupervisorError::Refused(message)) => {
+                let _writing = self.record_writes.lock().await;
+                record.oom_killed = self.find_container(id)?.oom_killed;
                 record.start_error = Some(message.clone());
                 self.checkpoint_container(&record).await?;
-                self.events.ended_unstarted(&record.id);
-                self.tables().containers.insert(record.id.clone(), record);
+                let cid = record.id.clone();
+                self.tables().containers.insert(cid.clone(), record);
+                self.events.ended_unstarted(&cid);
                 Err(ContainerizerError::FailedPrecondition(format!(
                     "failed to start container {id}: {message}"
                 )))
@@ -315,6 +325,9 @@ impl MesosContainerizer {
             return Ok(());
         };
         if record.exit().is_some() || record.start_error.is_some() || record.pid <= 0 {
+            if record.exit().is_some() {
+                self.observe_exit(&record.id).await?;
+            }
             self.announce_stop(&record);
             return Ok(());
         }
@@ -345,7 +358,80 @@ impl MesosContainerizer {
             };
             state::checkpoint_async(&record.exit_file, &exit).await?;
         }
+        // Before RemoveContainer takes the cgroup away with its OOM-kill count.
+        self.observe_exit(&record.id).await?;
         self.announce_stop(&record);
+        Ok(())
+    }
+
+    /// The exit status of a container once it ended, with whether the OOM killer took
+    /// one of its processes. That is read from the memory cgroup the first time the
+    /// exit is seen and checkpointed with the container, so a restart keeps it.
+    pub(super) async fn observe_exit(
+        &self,
+        id: &str,
+    ) -> Result<Option<cri_mesos_supervisor::protocol::ExitRecord>> {
+        let record = self.find_container(id)?;
+        let Some(exit) = record.exit() else {
+            return Ok(None);
+        };
+        if record.oom_killed.is_some() {
+            return Ok(Some(exit));
+        }
+        let (h, cgroup) = (self.hierarchies.clone(), record.cgroup.clone());
+        let kills = tokio::task::spawn_blocking(move || cgroup.oom_kills(&h))
+            .await
+            .map_err(|e| ContainerizerError::Internal(e.to_string()))?;
+        let oom = kills.unwrap_or(0) > 0;
+        let _writing = self.record_writes.lock().await;
+        let Ok(mut current) = self.find_container(&record.id) else {
+            return Ok(Some(exit));
+        };
+        current.oom_killed = Some(oom);
+        self.checkpoint_container(&current).await?;
+        self.tables().containers.insert(current.id.clone(), current);
+        if oom {
+            tracing::info!(container_id = %record.id, kills, "container was OOM-killed");
+        }
+        Ok(Some(cri_mesos_supervisor::protocol::ExitRecord {
+            oom_killed: exit.oom_killed || oom,
+            ..exit
+        }))
+    }
+
+    /// UpdateContainerResources: the isolators' `update` with the request over what is
+    /// in force, then the container's checkpoint, before the reply.
+    pub(super) async fn update_container(
+        &self,
+        id: &str,
+        request: &cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let record = self.find_container(id)?;
+        let lock = self.lock_of(&record.pod_id);
+        let _guard = lock.lock().await;
+        let mut record = self.find_container(id)?;
+        let exit = record.exit();
+        if record.cri_state(&exit) == cri::ContainerState::ContainerExited {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "container {} has exited; its resources cannot change",
+                record.id
+            )));
+        }
+        let current = record.resources_in_force().unwrap_or_default();
+        let resources = merge_resources(&current, request)?;
+        let update = crate::isolators::chain::ContainerUpdate {
+            id: &record.id,
+            cgroup: &record.cgroup,
+            resources: &resources,
+        };
+        for isolator in &self.isolators {
+            isolator.update(&update).await?;
+        }
+        let _writing = self.record_writes.lock().await;
+        record.oom_killed = self.find_container(id)?.oom_killed;
+        record.resources = Some(resources);
+        self.checkpoint_container(&record).await?;
+        self.tables().containers.insert(record.id.clone(), record);
         Ok(())
     }
 
@@ -383,6 +469,9 @@ impl MesosContainerizer {
             let _ = self.launcher.forget(&pod.supervisor_socket, id).await;
         }
         self.destroy_container_resources(&record).await;
+        // A writer outside the pod's lock (the exit watcher's OOM answer) must find the
+        // record gone, not checkpoint it back into a removed directory.
+        let _writing = self.record_writes.lock().await;
         let dir = meta_dir(&self.flags).join("containers").join(id);
         std::fs::remove_dir_all(&dir)
             .or_else(ignore_missing)
@@ -523,4 +612,85 @@ async fn check_log_path(directory: &str, log_path: &str) -> Result<()> {
         "config.log_path",
         &format!("{} {reason}", crate::quote::quote(log_path)),
     ))
+}
+
+/// An update's set fields over what is in force: 0 and "" leave a value as it is, as
+/// they mean "not specified" in the CRI.
+fn merge_resources(
+    current: &cri::LinuxContainerResources,
+    update: &cri::LinuxContainerResources,
+) -> Result<cri::LinuxContainerResources> {
+    // Written once, at the fork: a live change would have to reach every process.
+    if update.oom_score_adj != 0 && update.oom_score_adj != current.oom_score_adj {
+        return Err(invalid(
+            "linux.oom_score_adj",
+            "cannot change on a created container (it is set when the process starts)",
+        ));
+    }
+    let pick = |new: i64, old: i64| if new != 0 { new } else { old };
+    let pick_s = |new: &String, old: &String| {
+        if new.is_empty() {
+            old.clone()
+        } else {
+            new.clone()
+        }
+    };
+    let mut unified = current.unified.clone();
+    unified.extend(update.unified.clone());
+    Ok(cri::LinuxContainerResources {
+        cpu_period: pick(update.cpu_period, current.cpu_period),
+        cpu_quota: pick(update.cpu_quota, current.cpu_quota),
+        cpu_shares: pick(update.cpu_shares, current.cpu_shares),
+        memory_limit_in_bytes: pick(update.memory_limit_in_bytes, current.memory_limit_in_bytes),
+        oom_score_adj: current.oom_score_adj,
+        cpuset_cpus: pick_s(&update.cpuset_cpus, &current.cpuset_cpus),
+        cpuset_mems: pick_s(&update.cpuset_mems, &current.cpuset_mems),
+        hugepage_limits: if update.hugepage_limits.is_empty() {
+            current.hugepage_limits.clone()
+        } else {
+            update.hugepage_limits.clone()
+        },
+        unified,
+        memory_swap_limit_in_bytes: pick(
+            update.memory_swap_limit_in_bytes,
+            current.memory_swap_limit_in_bytes,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn unset_fields_keep_what_is_in_force() {
+        let current = cri::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 100,
+            oom_score_adj: 5,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let update = cri::LinuxContainerResources {
+            cpu_quota: 20_000,
+            memory_limit_in_bytes: 200,
+            ..Default::default()
+        };
+        let merged = merge_resources(&current, &update).unwrap();
+        assert_eq!(
+            (
+                merged.cpu_shares,
+                merged.cpu_quota,
+                merged.memory_limit_in_bytes,
+                merged.cpuset_cpus.as_str(),
+                merged.oom_score_adj
+            ),
+            (512, 20_000, 200, "0", 5)
+        );
+        let bad = cri::LinuxContainerResources {
+            oom_score_adj: 7,
+            ..Default::default()
+        };
+        assert!(merge_resources(&current, &bad).is_err());
+    }
 }

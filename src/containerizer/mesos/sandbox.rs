@@ -86,7 +86,15 @@ impl MesosContainerizer {
                 true,
             )
         } else {
-            let cgroup = Cgroup::at(&self.hierarchies, &cgroup_parent)
+            // kubelet's systemd driver names the pod's slice; systemd would put it at the
+            // path its name spells, and so does this.
+            let path = if self.flags.cgroup_driver == "systemd" {
+                crate::cgroups::systemd::expand_slice(&cgroup_parent)
+                    .map_err(|e| invalid("config.linux.cgroup_parent", &e.to_string()))?
+            } else {
+                cgroup_parent.clone()
+            };
+            let cgroup = Cgroup::at(&self.hierarchies, &path)
                 .map_err(|e| invalid("config.linux.cgroup_parent", &e.to_string()))?;
             (cgroup, false)
         };

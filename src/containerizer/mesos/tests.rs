@@ -383,6 +383,7 @@ impl Env {
             v1: vec![],
             v2: Some(dir.path().join("cgroup")),
             pure_v2: true,
+            v2_controllers: Vec::new(),
         };
         let containerizer = MesosContainerizer::with_parts(Parts {
             flags,
