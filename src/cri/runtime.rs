@@ -241,6 +241,10 @@ impl RuntimeService for CriRuntime {
                 "podCIDR".to_string(),
                 serde_json::to_string(&self.pod_cidr()).unwrap_or_default(),
             );
+            info.insert(
+                "isolators".to_string(),
+                serde_json::Value::Object(self.containerizer.isolator_status()).to_string(),
+            );
         }
         let handler_features = Some(cri::RuntimeHandlerFeatures {
             recursive_read_only_mounts: false,

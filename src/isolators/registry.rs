@@ -12,6 +12,7 @@ use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
 use super::linux::capabilities::LinuxCapabilities;
 use super::linux::nnp::LinuxNnp;
+use super::linux::seccomp::LinuxSeccomp;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
@@ -40,6 +41,9 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "linux/capabilities" => Box::new(LinuxCapabilities),
                 "cgroups/devices" => Box::new(Cgroups),
                 "linux/nnp" => Box::new(LinuxNnp),
+                "linux/seccomp" => {
+                    Box::new(LinuxSeccomp::new(ctx.flags.seccomp_default_when_empty))
+                }
                 "posix/rlimits" => Box::new(PosixRlimits {
                     limits: ctx
                         .flags

@@ -294,6 +294,44 @@ pub struct ProcessSpec {
     /// setrlimit(2) of each, before the user changes.
     #[serde(default)]
     pub rlimits: Vec<RlimitSpec>,
+    /// The seccomp filter the process runs under; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
+}
+
+/// A seccomp-BPF program the daemon compiled: the `struct sock_filter` array as the kernel
+/// takes it (8 bytes an instruction, host byte order), base64. The child installs it the
+/// way runc does: with `no_new_privileges`, as the last step before `execve`; without,
+/// before the user and capabilities change (loading a filter then needs CAP_SYS_ADMIN).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompProgram {
+    pub bpf_b64: String,
+    /// `seccomp(2)` flags (`SECCOMP_FILTER_FLAG_LOG`, `_SPEC_ALLOW`) the profile asked for.
+    #[serde(default)]
+    pub flags: u32,
+}
+
+impl SeccompProgram {
+    pub fn new(bpf: &[u8], flags: u32) -> SeccompProgram {
+        SeccompProgram {
+            bpf_b64: crate::b64::encode(bpf),
+            flags,
+        }
+    }
+
+    /// The instructions; `None` when the text is not base64 of whole instructions.
+    pub fn instructions(&self) -> Option<Vec<[u8; 8]>> {
+        let bytes = crate::b64::decode(&self.bpf_b64)?;
+        if bytes.is_empty() || bytes.len() % 8 != 0 {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| c.try_into().expect("8 bytes"))
+                .collect(),
+        )
+    }
 }
 
 /// One resource limit: `resource` is the `RLIMIT_*` number.
@@ -356,6 +394,9 @@ pub struct ExecInfo {
     /// The container's resource limits (`posix/rlimits`).
     #[serde(default)]
     pub rlimits: Vec<RlimitSpec>,
+    /// The container's seccomp filter.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
 }
 
 /// The outcome of an [`Request::Exec`]. Output is capped at 16 MiB per stream.
