@@ -486,3 +486,24 @@ pub fn parse_spawn_line(line: &str) -> Result<i32, String> {
     }
     Err(line.strip_prefix("error: ").unwrap_or(line).to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seccomp_programs_are_whole_instructions() {
+        let bpf: Vec<u8> = (0..16).collect();
+        let p = SeccompProgram::new(&bpf, 2);
+        let i = p.instructions().unwrap();
+        assert_eq!(
+            i,
+            [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15]]
+        );
+        assert_eq!(SeccompProgram::new(&bpf[..12], 0).instructions(), None);
+        assert_eq!(SeccompProgram::new(&[], 0).instructions(), None);
+        // Older daemons send no flags.
+        let p: SeccompProgram = serde_json::from_str(r#"{"bpf_b64": "AAAAAAAAAAA="}"#).unwrap();
+        assert_eq!(p.flags, 0);
+    }
+}
