@@ -504,10 +504,31 @@ async fn seccomp_runtime_default_is_mobys_profile() {
         "another capability set, another program"
     );
 
-    // The same profile and capabilities again: the cached program.
-    let config = with_seccomp("again", &image, SHOW_SECCOMP, Some(Default::default()), &[]);
-    let (_, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    // The same profile and capabilities again: the cached program, here installed last
+    // before exec (no_new_privs), in the container and in its exec sessions.
+    let mut config = with_seccomp("again", &image, SHOW_SECCOMP, Some(Default::default()), &[]);
+    common::container_security(&mut config).no_new_privs = true;
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
     assert_eq!(field(&text, "Seccomp"), "2", "{text}");
+    assert_eq!(field(&text, "NoNewPrivs"), "1", "{text}");
+    let out = env
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare -U true",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        field(&shown, "Seccomp") == "2" && field(&shown, "NoNewPrivs") == "1",
+        "{shown}"
+    );
+    assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
     assert_eq!(seccomp_compilations(&mut env).await, before + 2);
     env.stop_remove_pod(&pod_id).await;
 }
