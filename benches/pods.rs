@@ -15,13 +15,16 @@
 //! template: bridge + host-local + portmap + loopback. If cri-mesos cannot run a pod with a
 //! CNI config, it is measured without one, and the table says so. cri-mesos is measured a
 //! second time without any CNI config (comparable with the figures from before the
-//! network/cni isolator); containerd's CRI cannot run pods without CNI.
+//! network/cni isolator), and a third time so, with every container under seccomp's
+//! RuntimeDefault (`--seccomp_default_when_empty`) beside that Unconfined row; containerd's
+//! CRI cannot run pods without CNI.
 //!
 //! A containerd failure is printed in the table (with the reason and its log's tail) and
 //! does not fail the bench; a cri-mesos failure does.
 //!
 //! Run with `hack/bench.sh pods` (builds both release binaries and installs containerd).
-//! `CRI_BENCH_ONLY=cri-mesos|cri-mesos-nocni|containerd` measures a subset;
+//! `CRI_BENCH_ONLY=cri-mesos|cri-mesos-nocni|containerd` measures a subset (a prefix of the
+//! row names: `cri-mesos-nocni` gives Unconfined and RuntimeDefault side by side);
 //! `CRI_BENCH_RUNC=/path` gives containerd another runc.
 
 #[path = "pods/containerd.rs"]
@@ -541,11 +544,16 @@ async fn run_cri_mesos(
     image: &str,
     work: &Path,
     cni: MesosNet<'_>,
+    seccomp: bool,
 ) -> Row {
     let mut notes = Vec::new();
-    let builder = Daemon::builder(bin)
+    let mut builder = Daemon::builder(bin)
         .arg(format!("--insecure_registries={registry}"))
         .env("RUST_LOG", "warn");
+    // The bench's containers name no profile: the flag makes that RuntimeDefault.
+    if seccomp {
+        builder = builder.arg("--seccomp_default_when_empty");
+    }
     let net = match cni {
         MesosNet::Off => None,
         MesosNet::Cni(Some(s)) => Some(
@@ -554,6 +562,9 @@ async fn run_cri_mesos(
         MesosNet::Cni(None) => Some(Err("no free private /16 for the CNI bridge".to_string())),
     };
     let mut network = "no CNI config".to_string();
+    if seccomp {
+        network.push_str(", seccomp RuntimeDefault");
+    }
     let daemon = match &net {
         None => builder.start().await,
         Some(Ok(net)) => match start_cri_mesos_with_cni(builder.clone(), net).await {
@@ -849,17 +860,21 @@ async fn main() {
     let subnets = free_subnets(2);
     let load_before = loadavg();
 
-    // CRI_BENCH_ONLY=cri-mesos (both of its rows), cri-mesos-nocni or containerd.
+    // CRI_BENCH_ONLY=cri-mesos (its three rows), cri-mesos-nocni (Unconfined beside
+    // RuntimeDefault) or containerd.
     let only = std::env::var("CRI_BENCH_ONLY").unwrap_or_default();
     let wanted = |row: &str| only.is_empty() || row.starts_with(only.as_str());
     let mut rows = Vec::new();
-    for (row, cni) in [
-        ("cri-mesos", MesosNet::Cni(subnets.first())),
-        ("cri-mesos-nocni", MesosNet::Off),
+    for (row, cni, seccomp) in [
+        ("cri-mesos", MesosNet::Cni(subnets.first()), false),
+        ("cri-mesos-nocni", MesosNet::Off, false),
+        ("cri-mesos-nocni-seccomp", MesosNet::Off, true),
     ] {
         if wanted(row) {
             let addr = registry.addr();
-            rows.push(run_cri_mesos(bin, &supervisor, &addr, &busybox, work.path(), cni).await);
+            rows.push(
+                run_cri_mesos(bin, &supervisor, &addr, &busybox, work.path(), cni, seccomp).await,
+            );
         }
     }
     if wanted("containerd") {

@@ -5,7 +5,8 @@
 #           side by side (same CRI workload, registry and CNI conflist)
 # Pass bench names to run a subset: hack/bench.sh pods
 # Environment of the pods bench: CRI_BENCH_ONLY=cri-mesos|cri-mesos-nocni|containerd measures
-# a subset (cri-mesos: both of its rows);
+# a subset (cri-mesos: its three rows; cri-mesos-nocni: seccomp Unconfined beside
+# RuntimeDefault);
 # CRI_BENCH_RUNC=/path/to/runc makes containerd use another runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   protobuf-compiler            # protoc, for the k8s-cri bindings
+  libseccomp-dev               # the daemon compiles seccomp profiles (linked statically)
   containernetworking-plugins  # real CNI plugins (/usr/lib/cni)
   docker-registry              # the registry the pull tests talk to on 127.0.0.1
   busybox-static               # the test images are built from /bin/busybox

@@ -180,6 +180,15 @@ struct Cli {
         default_missing_value = "true"
     )]
     enforce_container_disk_quota: Option<String>,
+    /// Boolean; `--seccomp_default_when_empty` alone means true.
+    #[arg(
+        long = "seccomp_default_when_empty",
+        visible_alias = "seccomp-default-when-empty",
+        env = "CRI_MESOS_SECCOMP_DEFAULT_WHEN_EMPTY",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    seccomp_default_when_empty: Option<String>,
     #[arg(
         long = "cgroups_root",
         visible_alias = "cgroups-root",
@@ -275,6 +284,8 @@ struct FileConfig {
     container_disk_watch_interval: Option<Scalar>,
     #[serde(alias = "enforce-container-disk-quota")]
     enforce_container_disk_quota: Option<Scalar>,
+    #[serde(alias = "seccomp-default-when-empty")]
+    seccomp_default_when_empty: Option<Scalar>,
     #[serde(alias = "cgroups-root")]
     cgroups_root: Option<String>,
     #[serde(alias = "cgroups-hierarchy")]
@@ -478,6 +489,9 @@ pub struct Flags {
     #[serde(serialize_with = "serialize_duration")]
     pub container_disk_watch_interval: Duration,
     pub enforce_container_disk_quota: bool,
+    /// A container that names no seccomp profile gets RuntimeDefault (CRI-O's knob);
+    /// otherwise it runs Unconfined, as the CRI says.
+    pub seccomp_default_when_empty: bool,
     pub cgroups_root: String,
     pub cgroups_hierarchy: PathBuf,
     /// `cgroupfs` or `systemd`: how `cgroup_parent` is spelled (a path, or a slice name
@@ -783,6 +797,17 @@ impl Flags {
                 reason: "expected true or false".into(),
             })?;
 
+        let seccomp_text = cli
+            .seccomp_default_when_empty
+            .or(file.seccomp_default_when_empty.map(Scalar::into_text))
+            .unwrap_or_else(|| "false".into());
+        let seccomp_default_when_empty =
+            parse_bool(&seccomp_text).ok_or_else(|| FlagError::Invalid {
+                flag: "seccomp_default_when_empty",
+                value: seccomp_text.clone(),
+                reason: "expected true or false".into(),
+            })?;
+
         let cgroups_root = cli
             .cgroups_root
             .or(file.cgroups_root)
@@ -892,6 +917,7 @@ impl Flags {
             fetcher_cache_size,
             container_disk_watch_interval,
             enforce_container_disk_quota,
+            seccomp_default_when_empty,
             cgroups_root,
             cgroups_hierarchy,
             cgroup_driver,
@@ -1206,6 +1232,29 @@ mod tests {
         assert_eq!(
             (flags.cgroups_pids_limit, flags.cgroup_driver.as_str()),
             (64, "systemd")
+        );
+    }
+
+    #[test]
+    fn seccomp_default_when_empty_is_a_boolean() {
+        let parse = |args: &[&str]| {
+            Flags::from_args(std::iter::once("cri-mesos").chain(args.iter().copied()))
+        };
+        assert!(!parse(&[]).unwrap().seccomp_default_when_empty);
+        assert!(
+            parse(&["--seccomp_default_when_empty"])
+                .unwrap()
+                .seccomp_default_when_empty
+        );
+        assert!(
+            !parse(&["--seccomp-default-when-empty=false"])
+                .unwrap()
+                .seccomp_default_when_empty
+        );
+        let err = parse(&["--seccomp_default_when_empty=maybe"]).unwrap_err();
+        assert!(
+            err.to_string().contains("seccomp_default_when_empty"),
+            "{err}"
         );
     }
 

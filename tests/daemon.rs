@@ -101,7 +101,8 @@ async fn version_status_and_runtime_config() {
             "namespaces/ipc",
             "namespaces/pid",
             "network/cni",
-            "linux/capabilities"
+            "linux/capabilities",
+            "linux/seccomp"
         ])
     );
 }

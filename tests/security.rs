@@ -587,3 +587,359 @@ async fn readonly_rootfs_masked_and_readonly_paths_hold_inside() {
     }
     env.stop_remove_pod(&pod_id).await;
 }
+
+// ---- seccomp ----
+
+const SHOW_SECCOMP: &[&str] = &[
+    "sh",
+    "-c",
+    "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; sleep 1000",
+];
+
+fn seccomp(profile_type: cri::security_profile::ProfileType, path: &str) -> cri::SecurityProfile {
+    cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref: path.into(),
+    }
+}
+
+fn with_seccomp(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    profile: Option<cri::SecurityProfile>,
+    add: &[&str],
+) -> cri::ContainerConfig {
+    with_security(container(name, image, command), |sc| {
+        sc.seccomp = profile;
+        sc.capabilities = caps(add, &[], &[]);
+    })
+}
+
+async fn seccomp_compilations(env: &mut Env) -> u64 {
+    let info = env
+        .runtime
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let isolators: serde_json::Value = serde_json::from_str(&info["isolators"]).unwrap();
+    isolators["linux/seccomp"]["compilations"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no compilation count in {isolators}"))
+}
+
+fn stderr(out: &cri::ExecSyncResponse) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn seccomp_runtime_default_is_mobys_profile() {
+    use cri::security_profile::ProfileType;
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("seccomp-default");
+    let pod_id = env.run_pod(&pod).await;
+
+    // SecurityProfile{} is RuntimeDefault: filter mode 2, in the container and its exec
+    // sessions.
+    let before = seccomp_compilations(&mut env).await;
+    let config = with_seccomp(
+        "default",
+        &image,
+        SHOW_SECCOMP,
+        Some(Default::default()),
+        &[],
+    );
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "Seccomp"), "2", "{text}");
+    let out = env
+        .exec(&id, &["grep", "Seccomp:", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('2'),
+        "exec session: {out:?}"
+    );
+    // A new user namespace needs no capability, but the default profile allows unshare
+    // only with CAP_SYS_ADMIN.
+    let out = env.exec(&id, &["unshare", "-U", "true"], 10).await.unwrap();
+    assert_ne!(out.exit_code, 0, "{out:?}");
+    assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
+    // The rest works: files, processes, sockets.
+    let out = env
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "mkdir /tmp/d && echo x > /tmp/d/f && cat /tmp/d/f | wc -c",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(seccomp_compilations(&mut env).await, before + 1);
+
+    // The same capabilities Unconfined: the same call succeeds.
+    let config = with_seccomp(
+        "unconfined",
+        &image,
+        SHOW_SECCOMP,
+        Some(seccomp(ProfileType::Unconfined, "")),
+        &[],
+    );
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "Seccomp"), "0", "{text}");
+    let out = env.exec(&id, &["unshare", "-U", "true"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "unconfined unshare: {out:?}");
+
+    // No seccomp field at all is Unconfined (the CRI's nil profile).
+    let (_, text) = status_of(
+        &mut env,
+        &pod_id,
+        &pod,
+        container("nil", &image, SHOW_SECCOMP),
+    )
+    .await;
+    assert_eq!(field(&text, "Seccomp"), "0", "{text}");
+
+    // With CAP_SYS_ADMIN the default profile opens sethostname (and unshare).
+    let config = with_seccomp(
+        "admin",
+        &image,
+        SHOW_SECCOMP,
+        Some(Default::default()),
+        &["SYS_ADMIN"],
+    );
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "Seccomp"), "2", "{text}");
+    let out = env.exec(&id, &["hostname", "renamed"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "sethostname with CAP_SYS_ADMIN: {out:?}");
+    assert_eq!(
+        seccomp_compilations(&mut env).await,
+        before + 2,
+        "another capability set, another program"
+    );
+
+    // The same profile and capabilities again: the cached program, here installed last
+    // before exec (no_new_privs), in the container and in its exec sessions.
+    let mut config = with_seccomp("again", &image, SHOW_SECCOMP, Some(Default::default()), &[]);
+    common::container_security(&mut config).no_new_privs = true;
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "Seccomp"), "2", "{text}");
+    assert_eq!(field(&text, "NoNewPrivs"), "1", "{text}");
+    let out = env
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare -U true",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        field(&shown, "Seccomp") == "2" && field(&shown, "NoNewPrivs") == "1",
+        "{shown}"
+    );
+    assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
+    assert_eq!(seccomp_compilations(&mut env).await, before + 2);
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn seccomp_localhost_profiles_block_what_they_list_in_every_abi() {
+    use cri::security_profile::ProfileType;
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let mut pod = env.pod_config("seccomp-localhost");
+    common::pod_security(&mut pod).privileged = true;
+    let pod_id = env.run_pod(&pod).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::create_dir(&probe).unwrap();
+    let int80 = probe.join("int80");
+    std::fs::write(&int80, test_support::int80::i386_mkdir("/tmp/i386")).unwrap();
+    std::fs::set_permissions(&int80, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let profile = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let block_mkdir = |arches: &str| {
+        format!(
+            r#"{{"defaultAction": "SCMP_ACT_ALLOW", {arches}
+                "syscalls": [{{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}}]}}"#
+        )
+    };
+    let listed = profile(
+        "listed.json",
+        &block_mkdir(r#""architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],"#),
+    );
+    let native = profile("native.json", &block_mkdir(""));
+    let with_probe = |mut config: cri::ContainerConfig| {
+        config.mounts = vec![cri::Mount {
+            container_path: "/probe".into(),
+            host_path: probe.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        config
+    };
+    // What the i386 mkdir did: its exit status (the errno, or 128 + signal), and whether
+    // the directory is there.
+    let int80_script = &[
+        "sh",
+        "-c",
+        "/probe/int80; echo status=$?; test -d /tmp/i386 && echo made; true",
+    ];
+
+    // Unconfined, the probe makes its directory: the kernel takes 32-bit calls here.
+    let id = env
+        .run(
+            &pod_id,
+            &pod,
+            with_probe(with_seccomp(
+                "unconfined",
+                &image,
+                &["sleep", "1000"],
+                Some(seccomp(ProfileType::Unconfined, "")),
+                &[],
+            )),
+        )
+        .await;
+    let out = env.exec(&id, int80_script, 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines().any(|l| l == "status=0") && text.contains("made"),
+        "{text}"
+    );
+
+    // Blocking mkdir blocks it, and nothing else; the 32-bit mkdir too (the profile
+    // lists x86, so its mkdir is blocked as mkdir: EPERM).
+    let config = with_probe(with_seccomp(
+        "listed",
+        &image,
+        SHOW_SECCOMP,
+        Some(seccomp(ProfileType::Localhost, &listed)),
+        &[],
+    ));
+    let (id, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "Seccomp"), "2", "{text}");
+    let out = env.exec(&id, &["mkdir", "/tmp/x"], 10).await.unwrap();
+    assert_ne!(out.exit_code, 0, "{out:?}");
+    assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
+    let out = env
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "touch /tmp/f && ln -s f /tmp/l && mv /tmp/f /tmp/g && rm /tmp/g /tmp/l",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let out = env.exec(&id, int80_script, 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines().any(|l| l == format!("status={}", libc::EPERM)) && !text.contains("made"),
+        "{text}"
+    );
+
+    // A profile that lists no architecture has only x86-64's: a 32-bit call kills the
+    // process (SIGSYS) rather than passing as another call.
+    let config = with_probe(with_seccomp(
+        "native",
+        &image,
+        &["sleep", "1000"],
+        Some(seccomp(ProfileType::Localhost, &native)),
+        &[],
+    ));
+    let id = env.run(&pod_id, &pod, config).await;
+    let out = env.exec(&id, int80_script, 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l == format!("status={}", 128 + libc::SIGSYS))
+            && !text.contains("made"),
+        "{text}"
+    );
+
+    // critest's profile: sethostname blocked even with CAP_SYS_ADMIN ...
+    let hostname = profile(
+        "hostname.json",
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    );
+    let config = with_seccomp(
+        "hostname",
+        &image,
+        &["sleep", "1000"],
+        Some(seccomp(ProfileType::Localhost, &hostname)),
+        &["SYS_ADMIN"],
+    );
+    let id = env.run(&pod_id, &pod, config).await;
+    let out = env.exec(&id, &["hostname", "blocked"], 10).await.unwrap();
+    assert_ne!(out.exit_code, 0, "{out:?}");
+    assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
+    // ... and ignored by a privileged container.
+    let mut config = with_seccomp(
+        "privileged",
+        &image,
+        SHOW_SECCOMP,
+        Some(seccomp(ProfileType::Localhost, &hostname)),
+        &[],
+    );
+    common::container_security(&mut config).privileged = true;
+    let (_, text) = status_of(&mut env, &pod_id, &pod, config).await;
+    assert_eq!(field(&text, "Seccomp"), "0", "{text}");
+
+    // A missing, a malformed and a relative profile are refused naming what is wrong;
+    // nothing is left of them.
+    let malformed = profile("malformed.json", r#"{"defaultAction": "SCMP_ACT_ALLOW","#);
+    let missing = dir.path().join("missing.json").display().to_string();
+    let before = env.containers().await.len();
+    for (name, path, says) in [
+        ("missing", missing.as_str(), "No such file"),
+        ("malformed", malformed.as_str(), "EOF while parsing"),
+        ("relative", "profiles/p.json", "not an absolute path"),
+    ] {
+        let config = with_seccomp(
+            name,
+            &image,
+            &["true"],
+            Some(seccomp(ProfileType::Localhost, path)),
+            &[],
+        );
+        let err = env.create(&pod_id, &pod, config).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(
+            err.message()
+                .contains("config.linux.security_context.seccomp.localhost_ref")
+                && err.message().contains(path)
+                && err.message().contains(says),
+            "{name}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        env.containers().await.len(),
+        before,
+        "refused containers left nothing"
+    );
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -211,4 +211,7 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
     /// The node's pod CIDR as kubelet pushed it (UpdateRuntimeConfig).
     fn pod_cidr(&self) -> Option<String>;
     fn set_pod_cidr(&self, cidr: Option<String>);
+
+    /// The isolators' node-wide figures, by isolator name (verbose runtime status).
+    fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value>;
 }

@@ -269,6 +269,10 @@ impl RuntimeService for CriRuntime {
                 "containerEvents".to_string(),
                 serde_json::json!({"clients": clients, "cutOff": cut_off}).to_string(),
             );
+            info.insert(
+                "isolators".to_string(),
+                serde_json::Value::Object(self.containerizer.isolator_status()).to_string(),
+            );
         }
         let handler_features = Some(cri::RuntimeHandlerFeatures {
             recursive_read_only_mounts: false,

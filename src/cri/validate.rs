@@ -11,6 +11,7 @@ use std::path::{Component, Path};
 use k8s_cri::v1 as cri;
 use tonic::Status;
 
+use crate::isolators::linux::seccomp;
 use crate::launcher::sysctls::{self, SysctlError, SysctlNs};
 
 pub use crate::quote::{bounded, quote};
@@ -121,6 +122,17 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
         }
         if let Some(sc) = &linux.security_context {
             apparmor("config.linux.security_context", sc.apparmor.as_ref(), "")?;
+            // The pod's own profile would confine its pause process, which cri-mesos does
+            // not have; its fields must still mean something.
+            #[allow(deprecated)]
+            let deprecated = sc.seccomp_profile_path.as_str();
+            seccomp::choice(
+                "config.linux.security_context",
+                sc.seccomp.as_ref(),
+                deprecated,
+                false,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
     }
     let meta = config
@@ -248,6 +260,10 @@ pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
             deprecated,
         )?;
     }
+    // The shape of the seccomp fields; the profile file is read when the container is
+    // prepared.
+    seccomp::container_choice(config, false)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     if !config.cdi_devices.is_empty() {
         return Err(invalid(
             "config.CDI_devices",

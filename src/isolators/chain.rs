@@ -275,6 +275,12 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// This isolator's node-wide figures for the runtime's verbose status (e.g. how many
+    /// seccomp programs were compiled); `None`: it keeps none.
+    fn node_status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Keys this isolator adds to a pod's verbose status.
     async fn pod_status(
         &self,

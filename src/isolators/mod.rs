@@ -244,7 +244,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "linux/seccomp",
         stage: Stage::Misc,
-        built: false,
+        built: true,
     },
 ];
 
@@ -274,8 +274,8 @@ const IMPLIED_BY_FILESYSTEM_LINUX: &[&str] =
     &["volume/image", "volume/host_path", "volume/sandbox_path"];
 
 /// Isolators every chain has, named or not: they apply CRI fields that must never be
-/// silently ignored (devices, capabilities, privileged).
-const ALWAYS: &[&str] = &["cgroups/devices", "linux/capabilities"];
+/// silently ignored (devices, capabilities, privileged, seccomp).
+const ALWAYS: &[&str] = &["cgroups/devices", "linux/capabilities", "linux/seccomp"];
 
 /// A known Mesos isolator name (always one of [`CATALOG`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -427,7 +427,8 @@ mod tests {
                 "volume/host_path",
                 "namespaces/pid",
                 "network/cni",
-                "linux/capabilities"
+                "linux/capabilities",
+                "linux/seccomp"
             ]
         );
     }
@@ -441,7 +442,8 @@ mod tests {
                 "cgroups/devices",
                 "namespaces/pid",
                 "network/cni",
-                "linux/capabilities"
+                "linux/capabilities",
+                "linux/seccomp"
             ]
         );
         // Naming an implied isolator is allowed; it is not there twice.
@@ -452,7 +454,8 @@ mod tests {
                 "cgroups/devices",
                 "namespaces/pid",
                 "network/cni",
-                "linux/capabilities"
+                "linux/capabilities",
+                "linux/seccomp"
             ]
         );
     }

@@ -12,6 +12,7 @@ use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
 use super::linux::capabilities::LinuxCapabilities;
 use super::linux::nnp::LinuxNnp;
+use super::linux::seccomp::LinuxSeccomp;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
 use super::network::cni::Cni;
@@ -54,6 +55,9 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                     ctx.flags.cgroups_pids_limit,
                 )),
                 "linux/nnp" => Box::new(LinuxNnp),
+                "linux/seccomp" => {
+                    Box::new(LinuxSeccomp::new(ctx.flags.seccomp_default_when_empty))
+                }
                 "posix/rlimits" => Box::new(PosixRlimits {
                     limits: ctx
                         .flags

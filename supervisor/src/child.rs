@@ -5,7 +5,7 @@
 //! included) is fine; it must never return into the supervisor's loop: every path ends in
 //! `execve` or `_exit`.
 
-use crate::protocol::{CreateKind, LaunchInfo, MountSpec, NsKind};
+use crate::protocol::{CreateKind, LaunchInfo, MountSpec, NsKind, SeccompProgram};
 use crate::sys;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
@@ -714,6 +714,11 @@ fn setup(info: &LaunchInfo, fds: &ChildFds) -> Step<i32> {
         step("controlling tty", sys::set_controlling_tty(0))?;
     }
     let p = &info.process;
+    if !p.no_new_privileges
+        && let Some(filter) = seccomp_filter(p.seccomp.as_ref())?
+    {
+        step("seccomp", filter.install())?;
+    }
     crate::creds::become_user(
         p.uid,
         p.gid,
@@ -762,8 +767,36 @@ pub fn find_program(arg0: &str, env: &[String]) -> Result<CString, String> {
     ))
 }
 
-/// Resolves and execs `args` with `env`; returns the error message on failure.
-pub fn exec(args: &[String], env: &[String]) -> String {
+/// A seccomp program ready to install.
+pub struct Filter {
+    instructions: Vec<[u8; 8]>,
+    flags: u32,
+}
+
+impl Filter {
+    pub fn install(&self) -> io::Result<()> {
+        sys::seccomp_set_filter(&self.instructions, self.flags)
+    }
+}
+
+/// The seccomp program the daemon sent, decoded.
+pub fn seccomp_filter(program: Option<&SeccompProgram>) -> Step<Option<Filter>> {
+    program
+        .map(|p| {
+            p.instructions()
+                .map(|instructions| Filter {
+                    instructions,
+                    flags: p.flags,
+                })
+                .ok_or_else(|| "seccomp: the daemon sent a malformed program".to_string())
+        })
+        .transpose()
+}
+
+/// Resolves and execs `args` with `env`; returns the error message on failure. A
+/// `seccomp` filter goes on between the lookup and `execve`, so that only `execve` runs
+/// under it (runc's order with `no_new_privs`).
+pub fn exec(args: &[String], env: &[String], seccomp: Option<&Filter>) -> String {
     let arg0 = args.first().map(String::as_str).unwrap_or("");
     let path = match find_program(arg0, env) {
         Ok(p) => p,
@@ -775,6 +808,11 @@ pub fn exec(args: &[String], env: &[String]) -> String {
     let (Some(argv), Some(envp)) = (to_c(args), to_c(env)) else {
         return format!("exec: {arg0:?}: argument contains a NUL byte");
     };
+    if let Some(filter) = seccomp
+        && let Err(e) = filter.install()
+    {
+        return format!("seccomp: {}", errstr(&e));
+    }
     let e = sys::execve(&path, &argv, &envp);
     format!("exec: {arg0:?}: {}", errstr(&e))
 }
@@ -799,7 +837,11 @@ pub fn run(info: &LaunchInfo, fds: ChildFds) -> ! {
         Ok(1) => {}
         _ => sys::exit_now(128), // the supervisor went away or aborted the launch
     }
-    let msg = exec(&info.process.args, &info.process.env);
+    let last = match seccomp_filter(info.process.seccomp.as_ref()) {
+        Ok(f) => f.filter(|_| info.process.no_new_privileges),
+        Err(msg) => fail(fds.status, &msg, 127),
+    };
+    let msg = exec(&info.process.args, &info.process.env, last.as_ref());
     fail(fds.status, &msg, 127)
 }
 

@@ -111,6 +111,16 @@ fn grandchild(info: &ExecInfo, fds: &ExecFds) -> ! {
     {
         fail(st, &format!("no_new_privs: {}", errstr(&e)), 127);
     }
+    let filter = match child::seccomp_filter(info.seccomp.as_ref()) {
+        Ok(f) => f,
+        Err(msg) => fail(st, &msg, 127),
+    };
+    if !info.no_new_privileges
+        && let Some(f) = &filter
+        && let Err(e) = f.install()
+    {
+        fail(st, &format!("seccomp: {}", errstr(&e)), 127);
+    }
     if let Err(e) = crate::creds::become_user(
         info.uid,
         info.gid,
@@ -127,6 +137,7 @@ fn grandchild(info: &ExecInfo, fds: &ExecFds) -> ! {
             127,
         );
     }
-    let msg = child::exec(&info.args, &info.env);
+    let last = filter.filter(|_| info.no_new_privileges);
+    let msg = child::exec(&info.args, &info.env, last.as_ref());
     fail(st, &msg, 127)
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 /// of the other version would misread. Both sides refuse unknown fields, so a newer daemon
 /// cannot send an older supervisor a field (a security setting, say) that it would drop;
 /// the daemon compares versions before Launch, Exec and Attach.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// One request (JSON: `{"op": "<snake_case name>", ...fields}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +310,45 @@ pub struct ProcessSpec {
     /// setrlimit(2) of each, before the user changes.
     #[serde(default)]
     pub rlimits: Vec<RlimitSpec>,
+    /// The seccomp filter the process runs under; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
+}
+
+/// A seccomp-BPF program the daemon compiled: the `struct sock_filter` array as the kernel
+/// takes it (8 bytes an instruction, host byte order), base64. The child installs it the
+/// way runc does: with `no_new_privileges`, as the last step before `execve`; without,
+/// before the user and capabilities change (loading a filter then needs CAP_SYS_ADMIN).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeccompProgram {
+    pub bpf_b64: String,
+    /// `seccomp(2)` flags (`SECCOMP_FILTER_FLAG_LOG`, `_SPEC_ALLOW`) the profile asked for.
+    #[serde(default)]
+    pub flags: u32,
+}
+
+impl SeccompProgram {
+    pub fn new(bpf: &[u8], flags: u32) -> SeccompProgram {
+        SeccompProgram {
+            bpf_b64: crate::b64::encode(bpf),
+            flags,
+        }
+    }
+
+    /// The instructions; `None` when the text is not base64 of whole instructions.
+    pub fn instructions(&self) -> Option<Vec<[u8; 8]>> {
+        let bytes = crate::b64::decode(&self.bpf_b64)?;
+        if bytes.is_empty() || bytes.len() % 8 != 0 {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| c.try_into().expect("8 bytes"))
+                .collect(),
+        )
+    }
 }
 
 /// One resource limit: `resource` is the `RLIMIT_*` number.
@@ -375,6 +414,9 @@ pub struct ExecInfo {
     /// The container's resource limits (`posix/rlimits`).
     #[serde(default)]
     pub rlimits: Vec<RlimitSpec>,
+    /// The container's seccomp filter.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
 }
 
 /// The outcome of an [`Request::Exec`]. Output is capped at 16 MiB per stream.
@@ -512,5 +554,21 @@ mod tests {
             serde_json::from_str(r#"{"reply":"pong","pod_id":"p","pid":1,"version":"0.1.0"}"#)
                 .unwrap();
         assert!(matches!(pong, Response::Pong { protocol: 0, .. }));
+    }
+
+    #[test]
+    fn seccomp_programs_are_whole_instructions() {
+        let bpf: Vec<u8> = (0..16).collect();
+        let p = SeccompProgram::new(&bpf, 2);
+        let i = p.instructions().unwrap();
+        assert_eq!(
+            i,
+            [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15]]
+        );
+        assert_eq!(SeccompProgram::new(&bpf[..12], 0).instructions(), None);
+        assert_eq!(SeccompProgram::new(&[], 0).instructions(), None);
+        // Older daemons send no flags.
+        let p: SeccompProgram = serde_json::from_str(r#"{"bpf_b64": "AAAAAAAAAAA="}"#).unwrap();
+        assert_eq!(p.flags, 0);
     }
 }

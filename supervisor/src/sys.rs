@@ -347,6 +347,38 @@ pub fn set_no_new_privs() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) }).map(drop)
 }
 
+/// Installs a seccomp-BPF filter on the calling thread (the child is single-threaded), each
+/// instruction a `struct sock_filter` in host byte order. Needs `no_new_privs` or
+/// CAP_SYS_ADMIN, as the kernel requires.
+pub fn seccomp_set_filter(program: &[[u8; 8]], flags: u32) -> io::Result<()> {
+    let filter: Vec<libc::sock_filter> = program
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: u16::from_ne_bytes([i[0], i[1]]),
+            jt: i[2],
+            jf: i[3],
+            k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+        })
+        .collect();
+    let len =
+        u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `len` instructions that live until the call returns; the
+    // kernel copies the program.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+            libc::c_ulong::from(flags),
+            &prog as *const libc::sock_fprog,
+        )
+    })
+    .map(drop)
+}
+
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall; the process is single-threaded.
     cvt(unsafe { libc::unshare(flags) }).map(drop)

@@ -21,6 +21,7 @@
 pub mod daemon;
 pub mod image;
 pub mod images;
+pub mod int80;
 pub mod layer;
 pub mod registry;
 

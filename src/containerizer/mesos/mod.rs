@@ -629,4 +629,11 @@ impl super::Containerizer for MesosContainerizer {
             isolator.set_pod_cidr(cidr.as_deref());
         }
     }
+
+    fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.isolators
+            .iter()
+            .filter_map(|i| Some((i.name().to_string(), i.node_status()?)))
+            .collect()
+    }
 }

@@ -536,6 +536,7 @@ impl MesosContainerizer {
             capabilities: record.process.capabilities,
             no_new_privileges: record.process.no_new_privileges,
             rlimits: record.process.rlimits.clone(),
+            seccomp: record.process.seccomp.clone(),
         };
         // The supervisor enforces the timeout; ours only guards against a lost reply.
         let guard = if timeout > 0 {

@@ -1,6 +1,7 @@
 //! Linux isolators (Mesos's `linux/*`): what the kernel grants a container's processes.
 
 pub mod capabilities;
+pub mod seccomp;
 
 use k8s_cri::v1 as cri;
 
