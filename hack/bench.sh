@@ -3,6 +3,8 @@
 #   pull  - PullImage throughput of a ~300 MB image vs curl on the same blobs
 #   pods  - pod start/stop latency, memory and processes per pod, cri-mesos and containerd
 #           side by side (same CRI workload, registry and CNI conflist)
+#   soak  - 1000 pod cycles with a kill -9 and restart of the daemon every 100: the daemon's
+#           RSS and descriptors per stretch, then what was left (must be nothing)
 # Pass bench names to run a subset: hack/bench.sh pods
 # Environment of the pods bench: CRI_BENCH_ONLY=cri-mesos|cri-mesos-nocni|containerd measures
 # a subset (cri-mesos: its three rows; cri-mesos-nocni: seccomp Unconfined beside
@@ -39,5 +41,11 @@ cargo build --release --workspace --bins
 benches=("$@")
 [ "${#benches[@]}" -gt 0 ] || benches=(pull pods)
 for b in "${benches[@]}"; do
+  if [ "$b" = soak ]; then
+    # The test suite's soak at the bench's count (the tests run 300).
+    CRI_MESOS_SOAK_CYCLES=${CRI_MESOS_SOAK_CYCLES:-1000} cargo test --release --test network \
+      -- --include-ignored --exact a_soak_with_daemon_kills_leaks_nothing --nocapture
+    continue
+  fi
   cargo bench --bench "$b"
 done
