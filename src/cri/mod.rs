@@ -4,6 +4,7 @@
 pub mod events;
 pub mod image;
 pub mod runtime;
+pub mod stats;
 pub mod validate;
 
 use tonic::{Code, Status};

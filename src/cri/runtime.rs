@@ -11,6 +11,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use super::events::{EventHub, EventStream};
+use super::stats;
 use super::{containerizer_status, not_yet, validate};
 use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
@@ -25,6 +26,7 @@ pub struct CriRuntime {
     flags: Arc<Flags>,
     containerizer: Arc<dyn Containerizer>,
     events: Arc<EventHub>,
+    rates: stats::CpuRates,
 }
 
 impl CriRuntime {
@@ -34,6 +36,7 @@ impl CriRuntime {
             flags,
             events: EventHub::start(containerizer.clone()),
             containerizer,
+            rates: stats::CpuRates::default(),
         }
     }
 
@@ -53,6 +56,49 @@ impl CriRuntime {
             value: container.id,
             parent: Some(container.pod_id),
         })
+    }
+
+    async fn stats_of(&self, c: &ContainerRecord) -> Result<cri::ContainerStats, Status> {
+        let nested = ContainerId {
+            value: c.id.clone(),
+            parent: Some(c.pod_id.clone()),
+        };
+        let usage = self
+            .containerizer
+            .usage(&nested)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        Ok(stats::container_stats(c, &usage, &self.rates))
+    }
+
+    /// Each container's stats at once; one removed meanwhile is left out.
+    async fn stats_of_all(&self, containers: &[&ContainerRecord]) -> Vec<cri::ContainerStats> {
+        futures_util::future::join_all(containers.iter().map(|c| self.stats_of(c)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn pod_stats_of(&self, pod: &PodRecord) -> Result<cri::PodSandboxStats, Status> {
+        let sandbox = ContainerId {
+            value: pod.id().to_string(),
+            parent: None,
+        };
+        let usage = self
+            .containerizer
+            .usage(&sandbox)
+            .await
+            .map_err(|e| containerizer_status(&e))?;
+        let mine: Vec<ContainerRecord> = self
+            .containerizer
+            .containers()
+            .into_iter()
+            .filter(|c| c.pod_id == pod.id())
+            .collect();
+        let refs: Vec<&ContainerRecord> = mine.iter().collect();
+        let containers = self.stats_of_all(&refs).await;
+        Ok(stats::pod_stats(pod, &usage, containers, &self.rates))
     }
 
     fn conditions(&self) -> Vec<cri::RuntimeCondition> {
@@ -703,30 +749,85 @@ impl RuntimeService for CriRuntime {
 
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats"))
+        let id = required(request.into_inner().container_id, "container_id")?;
+        let nested = self.nested(&id)?;
+        let record = self
+            .containerizer
+            .container(&nested.value)
+            .map_err(|e| containerizer_status(&e))?;
+        let stats = self.stats_of(&record).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats"))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let all = self.containerizer.containers();
+        self.rates
+            .retain(|id| all.iter().any(|c| c.id == id) || self.containerizer.pod(id).is_ok());
+        let chosen: Vec<&ContainerRecord> = all
+            .iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
+            .collect();
+        let stats = self.stats_of_all(&chosen).await;
+        let reply = cri::ListContainerStatsResponse { stats };
+        validate::reply_size("ListContainerStats", &reply)?;
+        Ok(Response::new(reply))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats"))
+        let id = required(request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
+        let pod = self
+            .containerizer
+            .pod(&id)
+            .map_err(|e| containerizer_status(&e))?;
+        let stats = self.pod_stats_of(&pod).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats"))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        // As containerd: the pods that are ready (a stopped one has no network left).
+        let pods: Vec<PodRecord> = self
+            .containerizer
+            .pods()
+            .into_iter()
+            .filter(|p| p.ready)
+            .filter(|p| filter.id.is_empty() || p.id().starts_with(&filter.id))
+            .filter(|p| labels_match(&p.info.config.labels, &filter.label_selector))
+            .collect();
+        let mut stats = Vec::with_capacity(pods.len());
+        for result in
+            futures_util::future::join_all(pods.iter().map(|p| self.pod_stats_of(p))).await
+        {
+            match result {
+                Ok(s) => stats.push(s),
+                // Removed meanwhile: not listed, as if listed a moment later.
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let reply = cri::ListPodSandboxStatsResponse { stats };
+        validate::reply_size("ListPodSandboxStats", &reply)?;
+        Ok(Response::new(reply))
     }
 
     async fn checkpoint_container(

@@ -56,17 +56,33 @@ pub struct Limitation {
     pub message: String,
 }
 
-/// Usage figures, named after Mesos's `ResourceStatistics`; isolators fill what they know.
+/// Usage figures, named after Mesos's `ResourceStatistics`; isolators fill what they know
+/// (`None`: this host or chain cannot tell).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ResourceStatistics {
     pub timestamp_ns: i64,
     pub cpus_user_time_secs: Option<f64>,
     pub cpus_system_time_secs: Option<f64>,
+    /// Cumulative cpu time of every process, ns.
     pub cpu_usage_ns: Option<u64>,
+    pub cpus_nr_periods: Option<u64>,
+    pub cpus_nr_throttled: Option<u64>,
+    pub cpus_throttled_time_secs: Option<f64>,
+    /// What the memory cgroup charges now (v1 usage_in_bytes, v2 memory.current).
     pub mem_total_bytes: Option<u64>,
+    /// `mem_total_bytes` less the inactive file cache: what kubelet evicts on.
+    pub mem_working_set_bytes: Option<u64>,
     pub mem_rss_bytes: Option<u64>,
+    pub mem_anon_bytes: Option<u64>,
+    pub mem_cache_bytes: Option<u64>,
+    pub mem_file_bytes: Option<u64>,
+    pub mem_mapped_file_bytes: Option<u64>,
     pub mem_limit_bytes: Option<u64>,
+    pub mem_page_faults: Option<u64>,
+    pub mem_major_page_faults: Option<u64>,
     pub processes: Option<u64>,
+    /// The pod's network interfaces (pods only), counters as the kernel keeps them.
+    pub interfaces: Vec<super::network::cni::stats::InterfaceStats>,
 }
 
 /// Namespace sharing of a pod, from `NamespaceOption`.
@@ -221,10 +237,20 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Adds this isolator's figures to the container's statistics.
+    /// Adds this isolator's figures to the container's statistics (`cgroup`: its cgroup).
     async fn usage(
         &self,
         _container_id: &str,
+        _cgroup: &Cgroup,
+        _statistics: &mut ResourceStatistics,
+    ) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Adds this isolator's figures to a pod's statistics (the pod cgroup's, its network).
+    async fn usage_pod(
+        &self,
+        _pod: &PodInfo,
         _statistics: &mut ResourceStatistics,
     ) -> Result<(), IsolatorError> {
         Ok(())

@@ -503,14 +503,26 @@ impl super::Containerizer for MesosContainerizer {
         &self,
         id: &super::ContainerId,
     ) -> Result<crate::isolators::chain::ResourceStatistics> {
-        let record = self.find_container(&id.value)?;
         let mut statistics = crate::isolators::chain::ResourceStatistics {
             timestamp_ns: now_ns(),
             ..Default::default()
         };
         // As Mesos's await(): one isolator failing leaves the others' figures.
+        if id.parent.is_none() {
+            let pod = self.find_pod(&id.value)?;
+            for isolator in &self.isolators {
+                if let Err(e) = isolator.usage_pod(&pod.info, &mut statistics).await {
+                    tracing::debug!(isolator = %isolator.name(), error = %e, "pod usage");
+                }
+            }
+            return Ok(statistics);
+        }
+        let record = self.find_container(&id.value)?;
         for isolator in &self.isolators {
-            if let Err(e) = isolator.usage(&record.id, &mut statistics).await {
+            if let Err(e) = isolator
+                .usage(&record.id, &record.cgroup, &mut statistics)
+                .await
+            {
                 tracing::debug!(isolator = %isolator.name(), error = %e, "usage");
             }
         }

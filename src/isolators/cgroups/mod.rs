@@ -18,6 +18,7 @@ pub mod mem;
 pub mod pids;
 pub mod plan;
 pub mod unified;
+pub mod usage;
 
 use cri_mesos_supervisor::protocol::LaunchInfo;
 use k8s_cri::v1 as cri;
@@ -26,7 +27,7 @@ use crate::cgroups::{Cgroup, Hierarchies};
 use crate::isolators::IsolatorName;
 use crate::isolators::chain::{
     ContainerPrep, ContainerUpdate, Isolator, IsolatorError, PodInfo, PodIsolation, PodNamespaces,
-    PodPrep,
+    PodPrep, ResourceStatistics,
 };
 use plan::Plan;
 
@@ -259,6 +260,20 @@ impl Cgroups {
     }
 }
 
+/// The cgroup's files, read off the async threads.
+async fn read_usage(
+    h: &Hierarchies,
+    cgroup: &Cgroup,
+    mut statistics: ResourceStatistics,
+) -> Result<ResourceStatistics, IsolatorError> {
+    let (h, cgroup) = (h.clone(), cgroup.clone());
+    blocking(move || {
+        usage::read(&h, &cgroup, &mut statistics);
+        Ok(statistics)
+    })
+    .await
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IsolatorError> + Send + 'static,
 ) -> Result<T, IsolatorError> {
@@ -327,6 +342,26 @@ impl Isolator for Cgroups {
             devices::apply(&cgroup.dirs, &rules)
         })
         .await
+    }
+
+    async fn usage(
+        &self,
+        _container_id: &str,
+        cgroup: &Cgroup,
+        statistics: &mut ResourceStatistics,
+    ) -> Result<(), IsolatorError> {
+        *statistics = read_usage(&self.hierarchies, cgroup, statistics.clone()).await?;
+        Ok(())
+    }
+
+    /// The pod cgroup's figures: every container's and the supervisor's together.
+    async fn usage_pod(
+        &self,
+        pod: &PodInfo,
+        statistics: &mut ResourceStatistics,
+    ) -> Result<(), IsolatorError> {
+        *statistics = read_usage(&self.hierarchies, &pod.cgroup, statistics.clone()).await?;
+        Ok(())
     }
 
     /// UpdateContainerResources: `container.resources` is what is to be in force (the

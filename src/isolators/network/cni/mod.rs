@@ -24,6 +24,7 @@ use crate::flags::Flags;
 use crate::isolators::IsolatorName;
 use crate::isolators::chain::{
     ContainerPrep, Isolator, IsolatorError, PodInfo, PodIsolation, PodNamespaces, PodPrep,
+    ResourceStatistics,
 };
 use crate::launcher::namespaces;
 
@@ -145,6 +146,26 @@ impl Isolator for Cni {
             namespaces::unpin(netns);
         }
         self.manager.forget(&pod.id);
+        Ok(())
+    }
+
+    /// Interface counters inside the pod's network namespace (none for host-network pods:
+    /// the node's interfaces are not the pod's).
+    async fn usage_pod(
+        &self,
+        pod: &PodInfo,
+        statistics: &mut ResourceStatistics,
+    ) -> Result<(), IsolatorError> {
+        if pod.net_ns.is_none() {
+            return Ok(());
+        }
+        let (manager, id) = (self.manager.clone(), pod.id.clone());
+        statistics.interfaces = tokio::task::spawn_blocking(move || manager.statistics(&id))
+            .await
+            .map_err(|e| IsolatorError::Other {
+                isolator: "network/cni",
+                reason: e.to_string(),
+            })??;
         Ok(())
     }
 

@@ -1,0 +1,220 @@
+//! CRI stats through the socket, checked against the cgroup files the kernel keeps: a
+//! container that burns cpu and one that holds memory, the filters, and pod stats.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Env, container};
+use k8s_cri::v1 as cri;
+use tonic::Code;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A cgroup file of the container (verbose status names its cgroup), on this host's v1
+/// controller mount or the cgroup2 one.
+async fn cgroup_file(env: &mut Env, id: &str, v1: &str, v2: &str) -> u64 {
+    let status = env
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let relative = PathBuf::from(info["cgroup"].as_str().unwrap());
+    let (dir, file) = v1.split_once('/').unwrap();
+    let v1_path = PathBuf::from("/sys/fs/cgroup")
+        .join(dir)
+        .join(&relative)
+        .join(file);
+    let path = if v1_path.exists() {
+        v1_path
+    } else {
+        PathBuf::from("/sys/fs/cgroup/unified")
+            .join(&relative)
+            .join(v2)
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    // cpu.stat's usage_usec on v2, a plain number on v1.
+    match text.lines().find_map(|l| l.strip_prefix("usage_usec ")) {
+        Some(us) => us.trim().parse::<u64>().unwrap() * 1000,
+        None => text.trim().parse().unwrap(),
+    }
+}
+
+async fn stats(env: &mut Env, id: &str) -> cri::ContainerStats {
+    env.runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+}
+
+async fn list(env: &mut Env, filter: cri::ContainerStatsFilter) -> Vec<String> {
+    let mut ids: Vec<String> = env
+        .runtime
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(filter),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .into_iter()
+        .map(|s| s.attributes.unwrap().id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn stats_agree_with_the_cgroup_files() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("stats");
+    let pod_id = env.run_pod(&pod).await;
+    let mut burner = container("burner", &image, &["sh", "-c", "while :; do :; done"]);
+    burner.labels.insert("role".into(), "burn".into());
+    let burner = env.run(&pod_id, &pod, burner).await;
+    // 48 MiB of the pod's /dev/shm tmpfs, charged to the writer's memory cgroup.
+    let mut holder = container(
+        "holder",
+        &image,
+        &[
+            "sh",
+            "-c",
+            "head -c 50331648 /dev/zero > /dev/shm/fill && echo full && sleep 1000",
+        ],
+    );
+    holder.labels.insert("role".into(), "hold".into());
+    let holder = env.run(&pod_id, &pod, holder).await;
+    let log = common::log_path(&env.status(&holder).await);
+    common::wait_for_log(&log, Duration::from_secs(30), |t| t.contains("full")).await;
+
+    // Memory: the figure is the cgroup's, and holds the 48 MiB.
+    let s = stats(&mut env, &holder).await;
+    let attributes = s.attributes.as_ref().unwrap();
+    assert_eq!(attributes.id, holder);
+    assert_eq!(attributes.metadata.as_ref().unwrap().name, "holder");
+    let memory = s.memory.unwrap();
+    assert!(memory.timestamp > 0);
+    let usage = memory.usage_bytes.unwrap().value;
+    let file = cgroup_file(
+        &mut env,
+        &holder,
+        "memory/memory.usage_in_bytes",
+        "memory.current",
+    )
+    .await;
+    assert!(usage >= 48 * MIB, "{usage}");
+    assert!(
+        usage.abs_diff(file) < 4 * MIB,
+        "reported {usage}, file {file}"
+    );
+    // tmpfs pages are not inactive file cache: they are in the working set.
+    let working_set = memory.working_set_bytes.unwrap().value;
+    assert!(
+        working_set >= 48 * MIB && working_set <= usage,
+        "{working_set}"
+    );
+    assert!(memory.rss_bytes.is_some() && memory.page_faults.is_some());
+
+    // Cpu: the cumulative figure is the cgroup's; the rate appears with a second sample
+    // and is about one core's worth for a busy loop (bounded by the machine's cores).
+    let first = stats(&mut env, &burner).await.cpu.unwrap();
+    assert!(first.timestamp > 0);
+    let used = first.usage_core_nano_seconds.unwrap().value;
+    let file = cgroup_file(&mut env, &burner, "cpuacct/cpuacct.usage", "cpu.stat").await;
+    assert!(
+        used > 0 && used <= file,
+        "reported {used}, file then {file}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = stats(&mut env, &burner).await.cpu.unwrap();
+    let later = second.usage_core_nano_seconds.unwrap().value;
+    let elapsed = (second.timestamp - first.timestamp) as u64;
+    assert!(later > used, "{used} then {later}");
+    let cores = second
+        .usage_nano_cores
+        .expect("a rate from the second sample")
+        .value;
+    let ncpu = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(cores, (later - used) * 1_000_000_000 / elapsed);
+    assert!(
+        cores > 100_000_000 && cores <= ncpu * 1_000_000_000 + 50_000_000,
+        "{cores} nanocores"
+    );
+
+    // Filters: by id (a prefix will do), pod, labels.
+    let mut both = vec![burner.clone(), holder.clone()];
+    both.sort();
+    assert_eq!(list(&mut env, Default::default()).await, both);
+    let by_id = cri::ContainerStatsFilter {
+        id: burner[..12].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut env, by_id).await, vec![burner.clone()]);
+    let by_label = cri::ContainerStatsFilter {
+        label_selector: [("role".to_string(), "hold".to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut env, by_label).await, vec![holder.clone()]);
+    let other_pod = cri::ContainerStatsFilter {
+        pod_sandbox_id: "ffffffff".into(),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut env, other_pod).await, Vec::<String>::new());
+
+    // The pod: its cgroup holds both containers and the supervisor.
+    let pod_stats = env
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(pod_stats.attributes.unwrap().id, pod_id);
+    let linux = pod_stats.linux.unwrap();
+    assert!(linux.memory.unwrap().usage_bytes.unwrap().value >= usage);
+    assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value >= later);
+    // Supervisor, burner, holder's shell and its sleep.
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 3);
+    let mut in_pod: Vec<String> = linux
+        .containers
+        .iter()
+        .map(|c| c.attributes.as_ref().unwrap().id.clone())
+        .collect();
+    in_pod.sort();
+    assert_eq!(in_pod, both);
+    let listed = env
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+
+    let err = env
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "nosuchcontainer".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    env.stop_remove_pod(&pod_id).await;
+}
