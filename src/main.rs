@@ -56,7 +56,15 @@ fn main() -> ExitCode {
         }
     };
     let (containerizer, provisioner) = containerizer;
-    match runtime.block_on(run(flags, containerizer, provisioner)) {
+    // Before the CRI socket: a taken port is a configuration error like a bad flag.
+    let http = match cri_mesos::http::bind(flags.http_address) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cri-mesos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(flags, containerizer, provisioner, http)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cri-mesos: {e:#}");
@@ -83,6 +91,7 @@ async fn run(
     flags: Arc<Flags>,
     containerizer: Arc<dyn Containerizer>,
     provisioner: Arc<Provisioner>,
+    http: std::net::TcpListener,
 ) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -108,6 +117,26 @@ async fn run(
             _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
         }
     };
-    cri_mesos::server::serve(flags, containerizer, provisioner, listener, shutdown).await?;
+    let http_address = http
+        .local_addr()
+        .context("the HTTP listener has no address")?;
+    tracing::info!(address = %http_address, "serving HTTP (/monitor/statistics, /containers, /metrics, /health)");
+    let http_containerizer = containerizer.clone();
+    tokio::spawn(async move {
+        if let Err(e) =
+            cri_mesos::http::serve(http, http_containerizer, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    cri_mesos::server::serve(
+        flags,
+        containerizer,
+        provisioner,
+        listener,
+        http_address,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -77,17 +77,21 @@ pub async fn serve(
     containerizer: Arc<dyn Containerizer>,
     provisioner: Arc<Provisioner>,
     listener: UnixListener,
+    http_address: std::net::SocketAddr,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let runtime = RuntimeServiceServer::new(CriRuntime::new(flags.clone(), containerizer))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let runtime = RuntimeServiceServer::new(
+        CriRuntime::new(flags.clone(), containerizer).with_http_address(http_address),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let images = ImageServiceServer::new(CriImages::new(provisioner))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tracing::info!(socket = %flags.listen.display(), "serving CRI v1");
     let result = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("cri", method = %request.uri().path()))
+        .layer(crate::http::rpc_metrics::RpcMetricsLayer)
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

@@ -259,7 +259,11 @@ fn bad_flags_exit_2_naming_the_value() {
     );
     let rlimit_soft = rlimit_file("soft.yaml", "NOFILE: {soft: 2048, hard: 1024}");
     let rlimit_name = rlimit_file("name.yaml", "NOFILES: {soft: 1, hard: 1}");
+    // A port someone else holds: exit 2 naming it, before the CRI socket is opened.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_arg = format!("--http_address={}", taken.local_addr().unwrap());
     let cases: &[(&[&str], &str)] = &[
+        (&[taken_arg.as_str()], taken_arg.as_str()),
         (&["--isolation=bogus/thing"], "bogus/thing"),
         (
             &["--isolation=namespaces/pid,namespaces/pid"],

@@ -27,6 +27,8 @@ pub struct CriRuntime {
     containerizer: Arc<dyn Containerizer>,
     events: Arc<EventHub>,
     rates: stats::CpuRates,
+    /// Where the HTTP endpoints listen (verbose Status), once bound.
+    http_address: Option<std::net::SocketAddr>,
 }
 
 impl CriRuntime {
@@ -37,7 +39,13 @@ impl CriRuntime {
             events: EventHub::start(containerizer.clone()),
             containerizer,
             rates: stats::CpuRates::default(),
+            http_address: None,
         }
+    }
+
+    pub fn with_http_address(mut self, address: std::net::SocketAddr) -> Self {
+        self.http_address = Some(address);
+        self
     }
 
     /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); kept by the
@@ -310,6 +318,9 @@ impl RuntimeService for CriRuntime {
                 "podCIDR".to_string(),
                 serde_json::to_string(&self.pod_cidr()).unwrap_or_default(),
             );
+            if let Some(address) = self.http_address {
+                info.insert("httpAddress".to_string(), address.to_string());
+            }
             let (clients, cut_off) = self.events.counts();
             info.insert(
                 "containerEvents".to_string(),

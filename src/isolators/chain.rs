@@ -81,6 +81,7 @@ pub struct ResourceStatistics {
     pub mem_page_faults: Option<u64>,
     pub mem_major_page_faults: Option<u64>,
     pub processes: Option<u64>,
+    pub threads: Option<u64>,
     /// The pod's network interfaces (pods only), counters as the kernel keeps them.
     pub interfaces: Vec<super::network::cni::stats::InterfaceStats>,
 }

@@ -391,6 +391,9 @@ impl MesosContainerizer {
         self.checkpoint_container(&current).await?;
         self.tables().containers.insert(current.id.clone(), current);
         if oom {
+            crate::metrics::METRICS
+                .oom_kills
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(container_id = %record.id, kills, "container was OOM-killed");
         }
         Ok(Some(cri_mesos_supervisor::protocol::ExitRecord {

@@ -42,6 +42,14 @@ pub fn read(h: &Hierarchies, cgroup: &Cgroup, stats: &mut ResourceStatistics) {
     memory(h, cgroup, stats);
     if let Some(dir) = cgroup.controller_dir(h, "pids") {
         stats.processes = read_u64(&dir.path.join("pids.current"));
+        // Every thread is a task: v1 lists them in `tasks`, v2 in `cgroup.threads`.
+        let threads = match dir.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.threads",
+        };
+        stats.threads = fs::read_to_string(dir.path.join(threads))
+            .ok()
+            .map(|t| t.lines().count() as u64);
     }
 }
 

@@ -1055,6 +1055,9 @@ impl RegistryProvider {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ProviderError::from_reqwest(&ep.authority, &url, e))?;
+            crate::metrics::METRICS
+                .image_bytes_pulled
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             writer.write(&chunk).await?;
         }
         writer.finish().await

@@ -385,6 +385,7 @@ impl Invoker {
                 });
             }
         };
+        crate::metrics::METRICS.cni_plugin(name, command.as_str(), started.elapsed());
         tracing::debug!(
             network = %list.name,
             plugin = name,
