@@ -512,7 +512,7 @@ fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok,
 pub const DEFAULT_LISTEN: &str = "/run/cri-mesos/cri-mesos.sock";
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/cri-mesos";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/cri-mesos";
-pub const DEFAULT_ISOLATION: &str = "filesystem/linux,docker/runtime,namespaces/pid,namespaces/ipc,volume/host_path,network/cni,cgroups/cpu,cgroups/mem,cgroups/pids,cgroups/cpuset,cgroups/hugetlb";
+pub const DEFAULT_ISOLATION: &str = "filesystem/linux,docker/runtime,namespaces/pid,namespaces/ipc,volume/host_path,network/cni,cgroups/cpu,cgroups/mem,cgroups/pids,cgroups/cpuset,cgroups/hugetlb,disk/du";
 
 impl Flags {
     /// Resolves the flags of this process (its arguments and environment).

@@ -98,6 +98,7 @@ async fn version_status_and_runtime_config() {
             "cgroups/pids",
             "docker/runtime",
             "volume/host_path",
+            "disk/du",
             "namespaces/ipc",
             "namespaces/pid",
             "network/cni",

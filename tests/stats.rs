@@ -218,3 +218,121 @@ async fn stats_agree_with_the_cgroup_files() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     env.stop_remove_pod(&pod_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn disk_use_is_measured_and_a_quota_is_enforced() {
+    let mut env = Env::start(&[
+        "--container_disk_watch_interval=1secs",
+        "--enforce_container_disk_quota",
+    ])
+    .await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("disk");
+    let pod_id = env.run_pod(&pod).await;
+
+    // 8 MiB written into the rootfs land in the writable layer.
+    let writer = env
+        .run(
+            &pod_id,
+            &pod,
+            container(
+                "writer",
+                &image,
+                &[
+                    "sh",
+                    "-c",
+                    "head -c 8388608 /dev/zero > /data && sleep 1000",
+                ],
+            ),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let used = loop {
+        let s = stats(&mut env, &writer).await;
+        if let Some(layer) = s.writable_layer.clone()
+            && layer.used_bytes.as_ref().unwrap().value >= 8 * MIB
+        {
+            assert!(layer.inodes_used.unwrap().value >= 1);
+            assert!(!layer.fs_id.unwrap().mountpoint.is_empty());
+            break layer.used_bytes.unwrap().value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 8 MiB measured: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(used < 16 * MIB, "{used}");
+
+    // Past its quota: killed, and the status names the quota.
+    let mut hog = container(
+        "hog",
+        &image,
+        &[
+            "sh",
+            "-c",
+            "head -c 20971520 /dev/zero > /data && sleep 1000",
+        ],
+    );
+    hog.annotations
+        .insert("cri-mesos.io/disk-limit".into(), "10Mi".into());
+    let hog = env.run(&pod_id, &pod, hog).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = env.status(&hog).await;
+        if status.state == cri::ContainerState::ContainerExited as i32 {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.reason, "DiskQuotaExceeded", "{status:?}");
+    assert!(
+        status.message.contains("10485760") && status.message.contains("disk-limit"),
+        "{}",
+        status.message
+    );
+    assert_eq!(status.exit_code, 137);
+    // The one within its means runs on.
+    assert_eq!(
+        env.status(&writer).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+
+    let mut bad = container("bad", &image, &["true"]);
+    bad.annotations
+        .insert("cri-mesos.io/disk-limit".into(), "lots".into());
+    let err = env.create(&pod_id, &pod, bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("config.annotations[cri-mesos.io/disk-limit]"),
+        "{}",
+        err.message()
+    );
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_disk_limit_without_enforcement_is_refused() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("no-enforce");
+    let pod_id = env.run_pod(&pod).await;
+    let mut c = container("c", &image, &["true"]);
+    c.annotations
+        .insert("cri-mesos.io/disk-limit".into(), "1Gi".into());
+    let err = env.create(&pod_id, &pod, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("--enforce_container_disk_quota"),
+        "{}",
+        err.message()
+    );
+    assert!(env.containers().await.is_empty());
+    env.stop_remove_pod(&pod_id).await;
+}

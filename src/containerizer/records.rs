@@ -82,6 +82,9 @@ pub struct ContainerRecord {
     /// answer stays here). `None`: not looked at yet.
     #[serde(default)]
     pub oom_killed: Option<bool>,
+    /// The limit an isolator found it past (a disk quota), for which it was killed.
+    #[serde(default)]
+    pub limitation: Option<crate::isolators::chain::Limitation>,
 }
 
 impl ContainerRecord {

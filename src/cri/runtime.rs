@@ -76,7 +76,13 @@ impl CriRuntime {
             .usage(&nested)
             .await
             .map_err(|e| containerizer_status(&e))?;
-        Ok(stats::container_stats(c, &usage, &self.rates))
+        let writable_fs = self.flags.work_dir.join("provisioner").join("containers");
+        Ok(stats::container_stats(
+            c,
+            &usage,
+            &self.rates,
+            &writable_fs.display().to_string(),
+        ))
     }
 
     /// Each container's stats at once; one removed meanwhile is left out.
@@ -217,6 +223,15 @@ fn container_status(
             "StartError",
             error.clone(),
         ),
+        (Some(e), None) if c.limitation.is_some() => {
+            let l = c.limitation.as_ref().expect("matched");
+            (
+                e.exit_code,
+                e.finished_at_ns,
+                l.reason.as_str(),
+                l.message.clone(),
+            )
+        }
         (Some(e), None) if e.oom_killed => {
             (e.exit_code, e.finished_at_ns, "OOMKilled", String::new())
         }

@@ -69,10 +69,13 @@ fn memory(s: &ResourceStatistics) -> cri::MemoryUsage {
     }
 }
 
+/// `writable_fs`: the directory the container rootfses live under, as the writable
+/// layer's filesystem id.
 pub fn container_stats(
     c: &ContainerRecord,
     s: &ResourceStatistics,
     rates: &CpuRates,
+    writable_fs: &str,
 ) -> cri::ContainerStats {
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -83,9 +86,16 @@ pub fn container_stats(
         }),
         cpu: Some(cpu(&c.id, s, rates)),
         memory: Some(memory(s)),
-        // Not measured yet: disk/du is not built (kubelet then reads no writable-layer
-        // figure, as for a runtime that reports none).
-        writable_layer: None,
+        // disk/du's last measure (the writable layer and the log); none before the first
+        // or without the isolator.
+        writable_layer: s.disk_used_bytes.map(|bytes| cri::FilesystemUsage {
+            timestamp: s.timestamp_ns,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: writable_fs.to_string(),
+            }),
+            used_bytes: value(Some(bytes)),
+            inodes_used: value(s.disk_inodes_used),
+        }),
         swap: None,
     }
 }

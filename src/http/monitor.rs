@@ -11,7 +11,7 @@ use crate::containerizer::{ContainerId, Containerizer};
 use crate::isolators::chain::ResourceStatistics;
 
 /// Mesos's `ResourceStatistics` JSON: every field named, `null` where this host or chain
-/// cannot tell (disk figures: `disk/du` is not built).
+/// cannot tell (disk figures without `disk/du`, or before its first measure).
 fn statistics(s: &ResourceStatistics, c: &ContainerRecord, pod: &ResourceStatistics) -> Value {
     let cpus_limit = c
         .resources_in_force()
@@ -42,8 +42,8 @@ fn statistics(s: &ResourceStatistics, c: &ContainerRecord, pod: &ResourceStatist
         "mem_anon_bytes": s.mem_anon_bytes,
         "mem_file_bytes": s.mem_file_bytes,
         "mem_mapped_file_bytes": s.mem_mapped_file_bytes,
-        "disk_used_bytes": Value::Null,
-        "disk_limit_bytes": Value::Null,
+        "disk_used_bytes": s.disk_used_bytes,
+        "disk_limit_bytes": s.disk_limit_bytes,
         "net_rx_bytes": net(|i| i.rx_bytes),
         "net_rx_packets": net(|i| i.rx_packets),
         "net_rx_errors": net(|i| i.rx_errors),

@@ -49,7 +49,7 @@ pub enum IsolatorError {
 }
 
 /// A limit a container reached (Mesos's `ContainerLimitation`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limitation {
     /// CRI-style reason, e.g. `OOMKilled`.
     pub reason: String,
@@ -82,6 +82,10 @@ pub struct ResourceStatistics {
     pub mem_major_page_faults: Option<u64>,
     pub processes: Option<u64>,
     pub threads: Option<u64>,
+    /// `disk/du`: the writable layer and the log, and the container's disk limit.
+    pub disk_used_bytes: Option<u64>,
+    pub disk_inodes_used: Option<u64>,
+    pub disk_limit_bytes: Option<u64>,
     /// The pod's network interfaces (pods only), counters as the kernel keeps them.
     pub interfaces: Vec<super::network::cni::stats::InterfaceStats>,
 }
@@ -168,6 +172,8 @@ pub struct ContainerPrep<'a> {
     pub image: &'a ImageRecord,
     /// The provisioned rootfs, mounted on the host.
     pub rootfs: &'a Path,
+    /// Where the container's own writes land on the host (`None`: a read-only backend).
+    pub writable: Option<&'a Path>,
     /// The container's cgroup (already created).
     pub cgroup: &'a Cgroup,
     /// Every other container the containerizer knows, in any pod: what a container may

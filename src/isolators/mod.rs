@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 pub mod chain;
+pub mod disk;
 pub mod docker;
 pub mod filesystem;
 pub mod linux;
@@ -184,7 +185,7 @@ const CATALOG: &[Known] = &[
     Known {
         name: "disk/du",
         stage: Stage::Disk,
-        built: false,
+        built: true,
     },
     Known {
         name: "disk/xfs",

@@ -8,6 +8,7 @@ use cri_mesos_supervisor::protocol::{LaunchInfo, RlimitSpec};
 use super::IsolatorName;
 use super::cgroups::Cgroups;
 use super::chain::{ContainerPrep, Isolator, IsolatorError};
+use super::disk::du::DiskDu;
 use super::docker::runtime::DockerRuntime;
 use super::filesystem::linux::LinuxFilesystem;
 use super::linux::capabilities::LinuxCapabilities;
@@ -55,6 +56,10 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                     ctx.flags.cgroups_pids_limit,
                 )),
                 "linux/nnp" => Box::new(LinuxNnp),
+                "disk/du" => Box::new(DiskDu::new(
+                    ctx.flags.container_disk_watch_interval,
+                    ctx.flags.enforce_container_disk_quota,
+                )),
                 "linux/seccomp" => {
                     Box::new(LinuxSeccomp::new(ctx.flags.seccomp_default_when_empty))
                 }
@@ -234,6 +239,7 @@ nogroup:x:65534:
                 config: &self.config,
                 image: &self.image,
                 rootfs: &rootfs,
+                writable: Some(&rootfs),
                 cgroup: &self.cgroup,
                 peers: &self.peers,
             };

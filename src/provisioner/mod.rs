@@ -102,6 +102,8 @@ struct ContainerRootfs {
 #[derive(Debug, Clone)]
 pub struct ProvisionInfo {
     pub rootfs: PathBuf,
+    /// Where the container's writes land (see [`backends::Backend::writable`]).
+    pub writable: Option<PathBuf>,
     pub backend: &'static str,
     pub image: ImageRecord,
 }
@@ -579,6 +581,7 @@ impl Provisioner {
             return Err(e);
         }
         Ok(ProvisionInfo {
+            writable: backend.writable(&rootfs, &scratch),
             rootfs,
             backend: backend.name(),
             image: record,

@@ -31,8 +31,8 @@ use crate::cgroups::{Cgroup, Hierarchies};
 use crate::flags::Flags;
 use crate::inflight::Inflight;
 use crate::isolators::chain::{
-    ContainerPeer, ContainerPrep, Isolator, NsMode, PodInfo, PodIsolation, PodNamespaces,
-    PodNetwork, PodPrep,
+    ContainerPeer, ContainerPrep, Isolator, Limitation, NsMode, PodInfo, PodIsolation,
+    PodNamespaces, PodNetwork, PodPrep,
 };
 use crate::isolators::registry::{self, IsolatorContext};
 use crate::launcher::linux::{LinuxLauncher, LinuxPodHost};
@@ -92,6 +92,8 @@ pub struct MesosContainerizer {
     /// Taken by writers that change one field of a record outside the pod's lock (the
     /// OOM answer), so two of them never checkpoint stale copies over each other.
     record_writes: tokio::sync::Mutex<()>,
+    /// Itself, for the tasks it starts (an isolator's `watch` of a running container).
+    me: std::sync::Weak<MesosContainerizer>,
 }
 
 impl std::fmt::Debug for MesosContainerizer {
@@ -210,7 +212,8 @@ impl MesosContainerizer {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
-        let containerizer = Arc::new(MesosContainerizer {
+        let containerizer = Arc::new_cyclic(|me| MesosContainerizer {
+            me: me.clone(),
             flags,
             provisioner,
             isolators,

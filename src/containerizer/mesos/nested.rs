@@ -95,6 +95,7 @@ impl MesosContainerizer {
             start_error: None,
             resources: None,
             oom_killed: None,
+            limitation: None,
         };
         self.checkpoint_container(&record).await?;
         self.tables()
@@ -153,6 +154,7 @@ impl MesosContainerizer {
             config: &record.config,
             image: &provisioned.image,
             rootfs: &provisioned.rootfs,
+            writable: provisioned.writable.as_deref(),
             cgroup: &record.cgroup,
             peers: &peers,
         };
@@ -248,6 +250,8 @@ impl MesosContainerizer {
                 let cid = record.id.clone();
                 self.tables().containers.insert(cid.clone(), record);
                 self.events.started(&cid);
+                drop(_writing);
+                self.watch_limits(&cid);
                 Ok(())
             }
             Err(SupervisorError::Refused(message)) => {
@@ -436,6 +440,50 @@ impl MesosContainerizer {
         self.checkpoint_container(&record).await?;
         self.tables().containers.insert(record.id.clone(), record);
         Ok(())
+    }
+
+    /// Mesos's `watch`: each isolator that enforces a limit (a disk quota) is awaited
+    /// while the container runs; the first limit reached kills the container, and its
+    /// status says which.
+    fn watch_limits(&self, id: &str) {
+        let Some(this) = self.me.upgrade() else {
+            return;
+        };
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let watches = this.isolators.iter().map(|i| Box::pin(i.watch(&id)));
+            // Each resolves with a limit, or with None once its isolator forgets the
+            // container; the first limit wins.
+            let mut pending: Vec<_> = watches.collect();
+            while !pending.is_empty() {
+                let (reached, _, rest) = futures_util::future::select_all(pending).await;
+                if let Some(limitation) = reached {
+                    if let Err(e) = this.limit_reached(&id, limitation).await {
+                        tracing::warn!(container_id = %id, error = %e, "limit not enforced");
+                    }
+                    return;
+                }
+                pending = rest;
+            }
+        });
+    }
+
+    async fn limit_reached(&self, id: &str, limitation: Limitation) -> Result<()> {
+        let record = self.find_container(id)?;
+        let lock = self.lock_of(&record.pod_id);
+        let _guard = lock.lock().await;
+        {
+            let _writing = self.record_writes.lock().await;
+            let mut current = self.find_container(id)?;
+            if current.exit().is_some() {
+                return Ok(());
+            }
+            tracing::warn!(container_id = %id, reason = %limitation.reason, message = %limitation.message, "limit reached: killing the container");
+            current.limitation = Some(limitation);
+            self.checkpoint_container(&current).await?;
+            self.tables().containers.insert(current.id.clone(), current);
+        }
+        self.stop_container_locked(id).await
     }
 
     /// A stop or removal under the pod's lock found the container ended: say so before

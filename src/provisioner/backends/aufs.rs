@@ -38,6 +38,10 @@ impl Backend for AufsBackend {
         NAME
     }
 
+    fn writable(&self, _rootfs: &Path, scratch: &Path) -> Option<std::path::PathBuf> {
+        Some(scratch.join("workdir"))
+    }
+
     fn provision(
         &self,
         layers: &[LayerRef],

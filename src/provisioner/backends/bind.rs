@@ -31,6 +31,11 @@ impl Backend for BindBackend {
         NAME
     }
 
+    /// Read-only: the container writes nothing of its own.
+    fn writable(&self, _rootfs: &Path, _scratch: &Path) -> Option<std::path::PathBuf> {
+        None
+    }
+
     fn provision(
         &self,
         layers: &[LayerRef],

@@ -38,6 +38,11 @@ impl Backend for CopyBackend {
         NAME
     }
 
+    /// The copy is the container's to change, image files included.
+    fn writable(&self, rootfs: &Path, _scratch: &Path) -> Option<std::path::PathBuf> {
+        Some(rootfs.to_path_buf())
+    }
+
     fn provision(
         &self,
         layers: &[LayerRef],

@@ -51,6 +51,10 @@ pub trait Backend: Send + Sync {
     /// Unmounts (lazily) and removes `rootfs` and `scratch`. Idempotent: missing
     /// directories and a rootfs that is not mounted are fine.
     fn destroy(&self, rootfs: &Path, scratch: &Path) -> Result<(), BackendError>;
+
+    /// Where the container's own writes land (what `disk/du` measures): overlay's upper
+    /// dir, aufs's rw branch, the copy itself; `None` when nothing can be written (bind).
+    fn writable(&self, rootfs: &Path, scratch: &Path) -> Option<std::path::PathBuf>;
 }
 
 #[derive(Debug, thiserror::Error)]

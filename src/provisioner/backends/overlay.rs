@@ -71,6 +71,10 @@ impl Backend for OverlayBackend {
         NAME
     }
 
+    fn writable(&self, _rootfs: &Path, scratch: &Path) -> Option<std::path::PathBuf> {
+        Some(scratch.join("upper"))
+    }
+
     fn provision(
         &self,
         layers: &[LayerRef],
