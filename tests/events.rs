@@ -263,13 +263,8 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_others_keep_receiving() 
     };
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(buffered < received, "{buffered} of {received}");
-    let status = env
-        .runtime
-        .status(cri::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    let counts: serde_json::Value = serde_json::from_str(&status.info["containerEvents"]).unwrap();
+    let info = env.runtime_info().await;
+    let counts: serde_json::Value = serde_json::from_str(&info["containerEvents"]).unwrap();
     assert_eq!(counts["cutOff"], 1, "{counts}");
     assert_eq!(counts["clients"], 1, "{counts}");
     env.stop_remove_pod(&pod_id).await;

@@ -8,13 +8,7 @@ use k8s_cri::v1 as cri;
 use serde_json::Value;
 
 async fn http_address(env: &mut Env) -> String {
-    let status = env
-        .runtime
-        .status(cri::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    status.info["httpAddress"].clone()
+    env.runtime_info().await["httpAddress"].clone()
 }
 
 async fn get(address: &str, path: &str) -> (u16, String) {

@@ -23,27 +23,10 @@ fn hierarchies() -> Hierarchies {
 /// The cgroup (relative path) of a container or pod, from its verbose status.
 async fn cgroup_of(env: &mut Env, id: &str, pod: bool) -> Cgroup {
     let info = if pod {
-        env.runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info
+        env.pod_verbose_info(id).await
     } else {
-        env.runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info
+        env.verbose_info(id).await
     };
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
     Cgroup::at(&hierarchies(), info["cgroup"].as_str().unwrap()).unwrap()
 }
 

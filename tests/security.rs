@@ -617,13 +617,7 @@ fn with_seccomp(
 }
 
 async fn seccomp_compilations(env: &mut Env) -> u64 {
-    let info = env
-        .runtime
-        .status(cri::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
+    let info = env.runtime_info().await;
     let isolators: serde_json::Value = serde_json::from_str(&info["isolators"]).unwrap();
     isolators["linux/seccomp"]["compilations"]
         .as_u64()

@@ -15,16 +15,7 @@ const MIB: u64 = 1024 * 1024;
 /// A cgroup file of the container (verbose status names its cgroup), on this host's v1
 /// controller mount or the cgroup2 one.
 async fn cgroup_file(env: &mut Env, id: &str, v1: &str, v2: &str) -> u64 {
-    let status = env
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = env.verbose_info(id).await;
     let relative = PathBuf::from(info["cgroup"].as_str().unwrap());
     let (dir, file) = v1.split_once('/').unwrap();
     let v1_path = PathBuf::from("/sys/fs/cgroup")

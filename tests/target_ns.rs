@@ -63,19 +63,6 @@ async fn ps(env: &mut Env, id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn verbose_info(env: &mut Env, id: &str) -> serde_json::Value {
-    let reply = env
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_str(&reply.info["info"]).unwrap()
-}
-
 async fn container_ids(env: &mut Env) -> BTreeSet<String> {
     env.runtime
         .list_containers(cri::ListContainersRequest::default())
@@ -163,7 +150,7 @@ async fn a_target_container_is_in_the_pid_namespace_of_its_target() {
         assert!(text.contains("sleep 4444"), "{text}");
         assert!(!text.contains("sleep 4343"), "{text}");
     }
-    let info = verbose_info(&mut env, &debugger).await;
+    let info = env.verbose_info(&debugger).await;
     assert_eq!(info["mesosState"], "RUNNING");
     let debugger_pid = info["pid"].as_i64().unwrap() as i32;
     assert!(common::process_alive(debugger_pid));
@@ -182,11 +169,7 @@ async fn a_target_container_is_in_the_pid_namespace_of_its_target() {
         .unwrap();
     let status = env.wait_exited(&debugger, T).await;
     assert_eq!(status.exit_code, 128 + libc::SIGKILL, "{status:?}");
-    assert!(
-        verbose_info(&mut env, &debugger).await["pid"]
-            .as_i64()
-            .is_some()
-    );
+    assert!(env.verbose_info(&debugger).await["pid"].as_i64().is_some());
 
     env.stop_remove_pod(&pod_id).await;
     assert!(!common::process_alive(debugger_pid));

@@ -214,6 +214,44 @@ impl Env {
             .containers
     }
 
+    /// A container's verbose status details (the `info` key, JSON).
+    pub async fn verbose_info(&mut self, id: &str) -> serde_json::Value {
+        let reply = self
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        serde_json::from_str(&reply.info["info"]).unwrap()
+    }
+
+    /// A pod's verbose status details (the `info` key, JSON).
+    pub async fn pod_verbose_info(&mut self, id: &str) -> serde_json::Value {
+        let reply = self
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        serde_json::from_str(&reply.info["info"]).unwrap()
+    }
+
+    /// The runtime's verbose Status info (each value as the daemon wrote it).
+    pub async fn runtime_info(&mut self) -> HashMap<String, String> {
+        self.runtime
+            .status(cri::StatusRequest { verbose: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+    }
+
     pub async fn stop_remove_pod(&mut self, pod_id: &str) {
         self.runtime
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
