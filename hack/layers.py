@@ -4,10 +4,11 @@
 Layers, top down (a module may use its own layer's siblings only where no cycle
 results, and any layer below it):
 
-    main, server  ->  cri  ->  containerizer  ->  isolators, provisioner, launcher
+    main, server, http  ->  cri  ->  containerizer  ->  isolators, provisioner, launcher
                   ->  cgroups, state (and the supervisor crate's protocol)
 
-`flags`, `quote` and `inflight` are helpers outside the layers (the cycles through
+`flags`, `quote`, `inflight` and `metrics` (the process-wide counters every layer
+bumps) are helpers outside the layers (the cycles through
 `flags` are the next issue's). Exits 1 naming each upward use or same-layer cycle.
 """
 import pathlib
@@ -15,13 +16,13 @@ import re
 import sys
 
 LAYER = {
-    "main": 0, "server": 0,
+    "main": 0, "server": 0, "http": 0,
     "cri": 1,
     "containerizer": 2,
     "isolators": 3, "provisioner": 3, "launcher": 3,
     "cgroups": 4, "state": 4,
 }
-HELPERS = {"flags", "quote", "inflight", "stream", "http", "fetcher"}
+HELPERS = {"flags", "quote", "inflight", "metrics", "stream", "fetcher"}
 PATH = re.compile(r"\bcrate::(\w+)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)
