@@ -5,7 +5,9 @@
 //! with one JSON object ([`Response`]) followed by `\n` and closes the connection. Replies to
 //! `launch`, `start`, `exec` and `shutdown` are deferred until the work is done (other
 //! connections are served meanwhile), so clients must not use a short read timeout for them.
-//! [`Request::Attach`] is the only reply that carries a file descriptor (SCM_RIGHTS).
+//! [`Request::Attach`] and [`Request::ExecStream`] are the replies that carry file
+//! descriptors (SCM_RIGHTS); an exec stream's connection also stays open for a second
+//! reply.
 //!
 //! Pids in replies are *host* pids (as seen by the daemon's `/proc`), even when the supervisor
 //! holds its own pod pid namespace.
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 /// of the other version would misread. Both sides refuse unknown fields, so a newer daemon
 /// cannot send an older supervisor a field (a security setting, say) that it would drop;
 /// the daemon compares versions before Launch, Exec and Attach.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// One request (JSON: `{"op": "<snake_case name>", ...fields}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +47,19 @@ pub enum Request {
     /// -> [`Response::ExecResult`] when it ends (or times out), or [`Response::Error`] if it
     /// could not be started (e.g. command not found).
     Exec(Box<ExecInfo>),
+    /// Start a process inside a running container for a streaming session (CRI Exec)
+    /// -> [`Response::ExecStarted`] carrying (SCM_RIGHTS) the pty master for a tty, else
+    /// the write end of its stdin pipe (if `stdin`), the read ends of its stdout (if
+    /// `stdout`) and stderr (if `stderr`) pipes, in that order; streams not asked for are
+    /// /dev/null. The connection stays open: [`Response::ExecExited`] follows when the
+    /// process ends. The client closing the connection first kills the whole session.
+    /// `exec.timeout_ms` and `exec.stdin_b64` must be absent.
+    ExecStream {
+        exec: Box<ExecInfo>,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
     /// Close and reopen the container's log file by path (kubelet rotated it)
     /// -> [`Response::Ok`] / [`Response::Error`].
     ReopenLog { container_id: String },
@@ -99,6 +114,17 @@ pub enum Response {
     /// A descriptor accompanies this reply (see [`Request::Attach`]).
     Attached {
         tty: bool,
+    },
+    /// An [`Request::ExecStream`] session runs; its descriptors accompany this reply.
+    ExecStarted {
+        tty: bool,
+    },
+    /// The session's process ended: its exit code (128 + signal), or why it never ran
+    /// (`error`, e.g. the executable was not found).
+    ExecExited {
+        exit_code: i32,
+        #[serde(default)]
+        error: Option<String>,
     },
     Error {
         message: String,
