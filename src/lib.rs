@@ -11,3 +11,4 @@ pub mod provisioner;
 pub mod quote;
 pub mod server;
 pub mod state;
+pub mod stream;

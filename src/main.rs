@@ -100,6 +100,18 @@ async fn run(
             tracing::warn!(dir = %dir.display(), error = %e, "cannot make a shared mount; bidirectional volumes under it will be refused");
         }
     }
+    let (streaming, streaming_listener) = cri_mesos::stream::StreamServer::bind(
+        flags.streaming_address,
+        containerizer.clone(),
+        flags.streaming_idle_timeout,
+    )
+    .await?;
+    let stop_streaming = tokio_util::sync::CancellationToken::new();
+    let streaming_task = tokio::spawn(
+        streaming
+            .clone()
+            .serve(streaming_listener, stop_streaming.clone().cancelled_owned()),
+    );
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {
@@ -108,6 +120,11 @@ async fn run(
             _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
         }
     };
-    cri_mesos::server::serve(flags, containerizer, provisioner, listener, shutdown).await?;
+    let served =
+        cri_mesos::server::serve(flags, containerizer, provisioner, streaming, listener, shutdown)
+            .await;
+    stop_streaming.cancel();
+    let _ = streaming_task.await;
+    served?;
     Ok(())
 }

@@ -189,6 +189,15 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<cri_mesos_supervisor::protocol::ExecResult>;
+    /// Exec: a streaming session of `cmd` in the container (same security as ExecSync);
+    /// `want`: stdin, stdout, stderr. Dropping the result kills the session.
+    async fn exec_stream(
+        &self,
+        id: &ContainerId,
+        cmd: Vec<String>,
+        tty: bool,
+        want: [bool; 3],
+    ) -> Result<crate::launcher::supervisor::ExecStream>;
     /// ReopenContainerLog.
     async fn reopen_log(&self, id: &ContainerId) -> Result<()>;
 

@@ -81,6 +81,17 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
         exec: ExecInfo,
         timeout: Duration,
     ) -> Result<ExecResult, SupervisorError>;
+    /// Starts a streaming exec session (CRI Exec); `want`: stdin, stdout, stderr.
+    async fn exec_stream(
+        &self,
+        _socket: &Path,
+        _exec: ExecInfo,
+        _want: [bool; 3],
+    ) -> Result<supervisor::ExecStream, SupervisorError> {
+        Err(SupervisorError::Refused(
+            "this launcher has no streaming exec".into(),
+        ))
+    }
     /// Reopens the container's log file by path (ReopenContainerLog).
     async fn reopen_log(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError>;
 }

@@ -3,12 +3,13 @@
 //! The daemon (multi-threaded, tokio) never forks workloads; it spawns one supervisor per
 //! pod with a plain spawn and sends it requests over its unix socket, one per connection.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use cri_mesos_supervisor::protocol::{self, Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -161,5 +162,134 @@ impl SupervisorClient {
             socket: self.socket.clone(),
             reason: format!("{e}: {}", reply.trim()),
         })
+    }
+}
+
+/// A running exec stream session ([`Request::ExecStream`]): the process's descriptors
+/// and the open connection on which its exit comes. Dropping it (or its connection)
+/// makes the supervisor kill the session's processes.
+#[derive(Debug)]
+pub struct ExecStream {
+    pub tty: bool,
+    /// The pty master (tty), else stdin's write end, stdout's and stderr's read ends, each
+    /// only if asked for, in that order.
+    pub fds: Vec<OwnedFd>,
+    pub waiter: ExecWaiter,
+}
+
+/// The open connection of an exec stream session, on which its exit status comes.
+#[derive(Debug)]
+pub struct ExecWaiter {
+    conn: UnixStream,
+    /// Bytes read past the first reply.
+    pending: Vec<u8>,
+    socket: PathBuf,
+}
+
+impl ExecWaiter {
+    /// Waits until the process ends: its exit code, or why it never ran.
+    pub async fn wait(mut self) -> Result<(i32, Option<String>), SupervisorError> {
+        let unreachable = |source| SupervisorError::Unreachable {
+            socket: self.socket.clone(),
+            source,
+        };
+        while !self.pending.contains(&b'\n') {
+            let mut buf = [0u8; 1024];
+            let n = self.conn.read(&mut buf).await.map_err(unreachable)?;
+            if n == 0 {
+                return Err(SupervisorError::Protocol {
+                    socket: self.socket.clone(),
+                    reason: "exec session closed without an exit status".into(),
+                });
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+        let end = self.pending.iter().position(|&b| b == b'\n').unwrap_or(0);
+        match parse_reply(&self.socket, &self.pending[..end])? {
+            Response::ExecExited { exit_code, error } => Ok((exit_code, error)),
+            Response::Error { message } => Err(SupervisorError::Refused(message)),
+            other => Err(SupervisorError::Protocol {
+                socket: self.socket.clone(),
+                reason: format!("unexpected reply: {other:?}"),
+            }),
+        }
+    }
+}
+
+fn parse_reply(socket: &Path, line: &[u8]) -> Result<Response, SupervisorError> {
+    serde_json::from_slice(line).map_err(|e| SupervisorError::Protocol {
+        socket: socket.to_path_buf(),
+        reason: format!("{e}: {}", String::from_utf8_lossy(line).trim()),
+    })
+}
+
+impl SupervisorClient {
+    /// Starts an exec stream session: sends the request, receives the first reply with
+    /// its descriptors (SCM_RIGHTS, read without blocking a runtime thread), and keeps
+    /// the connection for the exit status.
+    pub async fn exec_stream(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<ExecStream, SupervisorError> {
+        tokio::time::timeout(timeout, self.open_stream(request))
+            .await
+            .map_err(|_| SupervisorError::Timeout {
+                socket: self.socket.clone(),
+                timeout,
+            })?
+    }
+
+    async fn open_stream(&self, request: &Request) -> Result<ExecStream, SupervisorError> {
+        let unreachable = |source| SupervisorError::Unreachable {
+            socket: self.socket.clone(),
+            source,
+        };
+        let mut conn = UnixStream::connect(&self.socket)
+            .await
+            .map_err(unreachable)?;
+        let mut line = serde_json::to_vec(request).map_err(|e| SupervisorError::Protocol {
+            socket: self.socket.clone(),
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        conn.write_all(&line).await.map_err(unreachable)?;
+        let mut got = Vec::new();
+        let mut fds = Vec::new();
+        while !got.contains(&b'\n') {
+            let mut buf = [0u8; 4096];
+            let (n, more) = conn
+                .async_io(Interest::READABLE, || {
+                    cri_mesos_supervisor::client::recv_fds(conn.as_raw_fd(), &mut buf)
+                })
+                .await
+                .map_err(unreachable)?;
+            fds.extend(more);
+            if n == 0 {
+                return Err(SupervisorError::Protocol {
+                    socket: self.socket.clone(),
+                    reason: "connection closed without a reply".into(),
+                });
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let end = got.iter().position(|&b| b == b'\n').unwrap_or(0);
+        let pending = got[end + 1..].to_vec();
+        match parse_reply(&self.socket, &got[..end])? {
+            Response::ExecStarted { tty } => Ok(ExecStream {
+                tty,
+                fds,
+                waiter: ExecWaiter {
+                    conn,
+                    pending,
+                    socket: self.socket.clone(),
+                },
+            }),
+            Response::Error { message } => Err(SupervisorError::Refused(message)),
+            other => Err(SupervisorError::Protocol {
+                socket: self.socket.clone(),
+                reason: format!("unexpected reply: {other:?}"),
+            }),
+        }
     }
 }

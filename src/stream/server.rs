@@ -1,0 +1,282 @@
+//! The streaming HTTP server: `GET|POST /exec/<token>`, `/attach/<token>`,
+//! `/portforward/<token>`, each upgraded to SPDY/3.1 (the protocol negotiated with
+//! `X-Stream-Protocol-Version`). Tokens come from the Exec, Attach and PortForward RPCs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::remotecommand::{self, Options};
+use super::session;
+use super::spdy;
+use super::token::{Pending, Tokens, TooManyPending};
+use super::portforward;
+use crate::containerizer::{ContainerId, Containerizer};
+
+/// Concurrent sessions (upgraded connections); more are refused with 503.
+pub const MAX_SESSIONS: usize = 256;
+
+const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamServerError {
+    #[error("cannot listen on --streaming_address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The server's state, shared with the RPC layer (which mints tokens).
+#[derive(Debug)]
+pub struct StreamServer {
+    tokens: Tokens,
+    base_url: String,
+    addr: SocketAddr,
+    containerizer: Arc<dyn Containerizer>,
+    idle_timeout: Duration,
+    sessions: Arc<Semaphore>,
+}
+
+impl StreamServer {
+    /// Binds `addr` (port 0 picks one; URLs name the bound port).
+    pub async fn bind(
+        addr: SocketAddr,
+        containerizer: Arc<dyn Containerizer>,
+        idle_timeout: Duration,
+    ) -> Result<(Arc<StreamServer>, TcpListener), StreamServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StreamServerError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StreamServerError::Bind { addr, source })?;
+        let server = StreamServer {
+            tokens: Tokens::default(),
+            base_url: format!("http://{bound}"),
+            addr: bound,
+            containerizer,
+            idle_timeout,
+            sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+        };
+        Ok((Arc::new(server), listener))
+    }
+
+    /// The bound address (for verbose Status).
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A single-use URL for `request`.
+    pub fn url_for(&self, request: Pending) -> Result<String, TooManyPending> {
+        let route = request.route();
+        let token = self.tokens.insert(request)?;
+        Ok(format!("{}/{route}/{token}", self.base_url))
+    }
+
+    /// Accepts connections until `shutdown` completes. Each connection is served on its
+    /// own task; sessions outlive nothing but their connection.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tracing::info!(address = %self.addr, "streaming server listening");
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "streaming accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let server = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, std::convert::Infallible>(server.handle(req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "streaming connection ended");
+                }
+            });
+        }
+    }
+
+    fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only");
+        }
+        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+        let (route, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if !matches!(route, "exec" | "attach" | "portforward") || token.is_empty() {
+            return plain(StatusCode::NOT_FOUND, "404 page not found");
+        }
+        // Consumed whatever happens next: a token is good for one request only.
+        let Some(pending) = self.tokens.consume(token).filter(|p| p.route() == route) else {
+            return plain(StatusCode::NOT_FOUND, "404 page not found");
+        };
+        let upgrade = header(&req, UPGRADE.as_str());
+        if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "unable to upgrade: missing upgrade headers in request (Upgrade: SPDY/3.1)",
+            );
+        }
+        let ours: &[&str] = match pending {
+            Pending::PortForward(_) => &[portforward::PROTOCOL],
+            _ => &remotecommand::PROTOCOLS,
+        };
+        let theirs = header(&req, PROTOCOL_HEADER);
+        // The server's preference decides, as in kubelet's handshake; a client naming
+        // none gets the oldest protocol.
+        let protocol = if theirs.is_empty() {
+            None
+        } else {
+            match ours.iter().find(|p| theirs.iter().any(|t| t == *p)) {
+                Some(p) => Some(*p),
+                None => {
+                    return plain(
+                        StatusCode::FORBIDDEN,
+                        &format!(
+                            "unable to upgrade: unable to negotiate protocol: client supports {theirs:?}, server supports {ours:?}"
+                        ),
+                    );
+                }
+            }
+        };
+        let Ok(permit) = self.sessions.clone().try_acquire_owned() else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many streaming sessions; try again later",
+            );
+        };
+        let server = self.clone();
+        let upgrading = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let io = match upgrading.await {
+                Ok(io) => TokioIo::new(io),
+                Err(e) => {
+                    tracing::debug!(error = %e, "streaming upgrade failed");
+                    return;
+                }
+            };
+            let (r, w) = tokio::io::split(io);
+            let conn = spdy::conn::serve(r, w, server.idle_timeout);
+            server
+                .session(conn, pending, protocol.unwrap_or(ours[ours.len() - 1]))
+                .await;
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        if let Some(p) = protocol {
+            h.insert(PROTOCOL_HEADER, HeaderValue::from_static(p));
+        }
+        resp
+    }
+
+    async fn session(&self, mut conn: spdy::conn::Connection, pending: Pending, protocol: &str) {
+        match pending {
+            Pending::Exec(req) => {
+                let opts = Options {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    tty: req.tty,
+                };
+                let Some(streams) = remotecommand::wait_for_streams(&mut conn, protocol, opts).await
+                else {
+                    conn.close().await;
+                    return;
+                };
+                let (io, tasks, error) = remotecommand::wire(streams, opts);
+                let id = match self.containerizer.container(&req.container_id) {
+                    Ok(c) => ContainerId {
+                        value: c.id,
+                        parent: Some(c.pod_id),
+                    },
+                    Err(e) => {
+                        let outcome = Some(session::Outcome::Failed(e.to_string()));
+                        drop(io);
+                        remotecommand::finish(conn, protocol, outcome, tasks, error).await;
+                        return;
+                    }
+                };
+                let closed = conn.closed.clone();
+                let outcome = session::run_exec(
+                    self.containerizer.clone(),
+                    id,
+                    req.cmd,
+                    req.tty,
+                    io,
+                    closed,
+                )
+                .await;
+                remotecommand::finish(conn, protocol, outcome, tasks, error).await;
+            }
+            Pending::Attach(_) => {
+                tracing::warn!("attach streams are not built yet");
+                conn.close().await;
+            }
+            Pending::PortForward(req) => {
+                let net_ns = match self.containerizer.pod(&req.pod_sandbox_id) {
+                    Ok(p) => p.info.net_ns,
+                    Err(_) => {
+                        conn.close().await;
+                        return;
+                    }
+                };
+                let target = portforward::Target {
+                    pod_id: req.pod_sandbox_id,
+                    net_ns,
+                    ports: req.port,
+                };
+                portforward::serve(conn, target).await;
+            }
+        }
+    }
+}
+
+/// Every value of header `name`, comma lists split.
+fn header(req: &Request<Incoming>, name: &str) -> Vec<String> {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
