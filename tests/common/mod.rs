@@ -2,6 +2,8 @@
 //! that pulls from it, and builders for CRI configs.
 #![allow(dead_code)]
 
+pub mod spdy;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,0 +1,326 @@
+//! Exec, Attach and PortForward through the CRI socket and the streaming server, with
+//! a SPDY client written here (tests/common/spdy.rs) against real containers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::spdy::{self, Collected};
+use common::{Env, container};
+use k8s_cri::v1 as cri;
+use tonic::Code;
+
+const V4: &str = "v4.channel.k8s.io";
+
+async fn exec_url(env: &mut Env, req: cri::ExecRequest) -> Result<String, tonic::Status> {
+    env.runtime.exec(req).await.map(|r| r.into_inner().url)
+}
+
+fn exec_req(id: &str, cmd: &[&str], stdin: bool, stdout: bool, stderr: bool, tty: bool) -> cri::ExecRequest {
+    cri::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout,
+        stderr,
+    }
+}
+
+/// Opens the v4 streams kubectl opens (error first), returning their ids:
+/// [error, stdin, stdout, stderr, resize] (0 when not opened).
+async fn open_exec_streams(w: &mut spdy::Writer, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> [u32; 5] {
+    let mut ids = [0; 5];
+    ids[0] = w.open(&[("streamtype", "error")]).await;
+    if stdin {
+        ids[1] = w.open(&[("streamtype", "stdin")]).await;
+    }
+    if stdout {
+        ids[2] = w.open(&[("streamtype", "stdout")]).await;
+    }
+    if stderr {
+        ids[3] = w.open(&[("streamtype", "stderr")]).await;
+    }
+    if tty {
+        ids[4] = w.open(&[("streamtype", "resize")]).await;
+    }
+    ids
+}
+
+fn status_of(c: &Collected, error_id: u32) -> serde_json::Value {
+    serde_json::from_slice(c.data.get(&error_id).expect("a status on the error stream"))
+        .expect("JSON status")
+}
+
+/// One sleeping container and its pod.
+async fn setup(env: &mut Env, name: &str) -> (String, String, cri::PodSandboxConfig) {
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config(name);
+    let pod_id = env.run_pod(&pod).await;
+    let id = env
+        .run(&pod_id, &pod, container("main", &image, &["sleep", "100000"]))
+        .await;
+    (pod_id, id, pod)
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn exec_echo_exit_codes_big_stdin_and_single_use_tokens() {
+    let mut env = Env::start(&[]).await;
+    let (pod_id, id, _) = setup(&mut env, "exec").await;
+
+    // echo: stdout, and Success on the error stream.
+    let url = exec_url(&mut env, exec_req(&id, &["echo", "hello"], false, true, true, false))
+        .await
+        .unwrap();
+    let (mut w, mut r, proto) = spdy::upgrade(&url, &[V4, "v3.channel.k8s.io"]).await.unwrap();
+    assert_eq!(proto.as_deref(), Some(V4));
+    let ids = open_exec_streams(&mut w, false, true, true, false).await;
+    let c = r.collect().await;
+    assert_eq!(c.text(ids[2]), "hello\n");
+    assert_eq!(c.text(ids[3]), "");
+    assert_eq!(status_of(&c, ids[0])["status"], "Success");
+    assert!(c.fin.contains(&ids[2]) && c.goaway, "{c:?}");
+
+    // The same token again, and one never issued: 404.
+    let (status, _) = spdy::upgrade(&url, &[V4]).await.err().expect("reused token refused");
+    assert_eq!(status, 404);
+    let bogus = format!("{}/exec/AAAAAAAAAAAAAAAAAAAAAA", url.split("/exec/").next().unwrap());
+    assert_eq!(spdy::upgrade(&bogus, &[V4]).await.err().unwrap().0, 404);
+
+    // A non-zero exit code, stdout and stderr kept apart.
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], false, true, true, false),
+    )
+    .await
+    .unwrap();
+    let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    let ids = open_exec_streams(&mut w, false, true, true, false).await;
+    let c = r.collect().await;
+    assert_eq!((c.text(ids[2]).as_str(), c.text(ids[3]).as_str()), ("out\n", "err\n"));
+    let st = status_of(&c, ids[0]);
+    assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
+    assert_eq!(st["details"]["causes"][0]["message"], "3", "{st}");
+
+    // An unknown command: a failure status naming it.
+    let url = exec_url(&mut env, exec_req(&id, &["no-such-cmd"], false, true, true, false))
+        .await
+        .unwrap();
+    let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    let ids = open_exec_streams(&mut w, false, true, true, false).await;
+    let c = r.collect().await;
+    let st = status_of(&c, ids[0]);
+    assert_eq!(st["status"], "Failure");
+    assert!(st["message"].as_str().unwrap().contains("no-such-cmd"), "{st}");
+
+    // cat: 10 MiB through stdin come back intact (no WINDOW_UPDATE is ever sent).
+    let url = exec_url(&mut env, exec_req(&id, &["cat"], true, true, false, false))
+        .await
+        .unwrap();
+    let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    let ids = open_exec_streams(&mut w, true, true, false, false).await;
+    let payload: Vec<u8> = (0..10u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(32 << 10) {
+            w.data(ids[1], chunk, false).await;
+        }
+        w.data(ids[1], &[], true).await;
+        w
+    });
+    let c = r.collect().await;
+    let _w = writer.await.unwrap();
+    let got = c.data.get(&ids[2]).cloned().unwrap_or_default();
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "stdout differs from stdin");
+    assert_eq!(status_of(&c, ids[0])["status"], "Success");
+
+    // Older protocols: v2 has no resize and no JSON status.
+    let url = exec_url(&mut env, exec_req(&id, &["sh", "-c", "exit 2"], false, true, false, false))
+        .await
+        .unwrap();
+    let (mut w, mut r, proto) = spdy::upgrade(&url, &["v2.channel.k8s.io"]).await.unwrap();
+    assert_eq!(proto.as_deref(), Some("v2.channel.k8s.io"));
+    let ids = open_exec_streams(&mut w, false, true, false, false).await;
+    let c = r.collect().await;
+    assert!(c.text(ids[0]).contains("exit code"), "{c:?}");
+
+    // An unknown subprotocol is refused.
+    let url = exec_url(&mut env, exec_req(&id, &["true"], false, true, false, false))
+        .await
+        .unwrap();
+    assert_eq!(spdy::upgrade(&url, &["v9.channel.k8s.io"]).await.err().unwrap().0, 403);
+
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn exec_requests_are_validated() {
+    let mut env = Env::start(&[]).await;
+    let (pod_id, id, pod) = setup(&mut env, "validate").await;
+    let cases = [
+        (exec_req(&id, &["true"], false, false, false, false), Code::InvalidArgument, "stdin"),
+        (exec_req(&id, &["true"], false, true, true, true), Code::InvalidArgument, "stderr"),
+        (exec_req(&id, &[], false, true, false, false), Code::InvalidArgument, "cmd"),
+        (exec_req("", &["true"], false, true, false, false), Code::InvalidArgument, "container_id"),
+        (exec_req("nope", &["true"], false, true, false, false), Code::NotFound, "nope"),
+    ];
+    for (req, code, word) in cases {
+        let err = exec_url(&mut env, req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(word), "{err:?}");
+    }
+    // A container that is not running.
+    let image = env.images.busybox.reference();
+    let done = env.run(&pod_id, &pod, container("done", &image, &["true"])).await;
+    env.wait_exited(&done, Duration::from_secs(20)).await;
+    let err = exec_url(&mut env, exec_req(&done, &["true"], false, true, false, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = env
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            stdin: false,
+            tty: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = env
+        .runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = env
+        .runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![70000],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Verbose Status names the streaming server's bound address.
+    let info = env
+        .runtime
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let streaming: serde_json::Value = serde_json::from_str(&info["streaming"]).unwrap();
+    let addr: std::net::SocketAddr = streaming["address"].as_str().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 0);
+    env.stop_remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn exec_with_a_tty_sees_its_resize() {
+    let mut env = Env::start(&[]).await;
+    let (pod_id, id, _) = setup(&mut env, "tty").await;
+    // Prints the size once it is the one sent (a read per line from the client), then
+    // exits 5: the tty session reports its exit code too.
+    let script = "while :; do s=$(stty size); [ \"$s\" = \"45 123\" ] && break; read x; done; echo size=$s; exit 5";
+    let url = exec_url(&mut env, exec_req(&id, &["sh", "-c", script], true, true, false, true))
+        .await
+        .unwrap();
+    let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    let ids = open_exec_streams(&mut w, true, true, false, true).await;
+    w.data(ids[4], br#"{"Width":123,"Height":45}"#, false).await;
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = Collected::default();
+    while !out.contains("size=45 123") {
+        assert!(Instant::now() < deadline, "no size=45 123 in {out:?}");
+        w.data(ids[1], b"\n", false).await;
+        c = r
+            .collect_until(|c| {
+                String::from_utf8_lossy(c.data.get(&ids[2]).map(|v| &v[..]).unwrap_or(&[]))
+                    .contains('\n')
+            })
+            .await;
+        out.push_str(&c.text(ids[2]));
+    }
+    let rest = r.collect().await;
+    let mut merged = c;
+    for (k, v) in rest.data {
+        merged.data.entry(k).or_default().extend(v);
+    }
+    let st = status_of(&merged, ids[0]);
+    assert_eq!(st["details"]["causes"][0]["message"], "5", "{st}");
+    env.stop_remove_pod(&pod_id).await;
+}
+
+/// Pids of processes whose command line is exactly `cmd` inside the container.
+async fn pids_of(env: &mut Env, id: &str, cmd: &str) -> Vec<String> {
+    let ps = env.exec(id, &["ps", "-o", "pid,args"], 10).await.unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.trim_start().split_once(' ').map(|(_, a)| a.trim()) == Some(cmd))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_vanished_client_or_garbage_ends_its_session_only() {
+    let mut env = Env::start(&[]).await;
+    let (pod_id, id, _) = setup(&mut env, "vanish").await;
+
+    // A long-lived cat session stays usable through everything below.
+    let url = exec_url(&mut env, exec_req(&id, &["cat"], true, true, false, false))
+        .await
+        .unwrap();
+    let (mut cat_w, mut cat_r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    let cat = open_exec_streams(&mut cat_w, true, true, false, false).await;
+
+    // A session whose client disappears: its process is killed.
+    let url = exec_url(&mut env, exec_req(&id, &["sleep", "4242"], false, true, false, false))
+        .await
+        .unwrap();
+    let (mut w, r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    open_exec_streams(&mut w, false, true, false, false).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids_of(&mut env, &id, "sleep 4242").await.is_empty() {
+        assert!(Instant::now() < deadline, "sleep 4242 never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((w, r));
+    while !pids_of(&mut env, &id, "sleep 4242").await.is_empty() {
+        assert!(Instant::now() < deadline, "sleep 4242 survived its client");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Garbage: a frame of SPDY version 2, then bytes that are not SPDY at all. The
+    // connection ends with GOAWAY; the server keeps serving.
+    for junk in [&[0x80u8, 2, 0, 1, 0, 0, 0, 0][..], b"GET / HTTP/1.1\r\n\r\n"] {
+        let url = exec_url(&mut env, exec_req(&id, &["sleep", "4343"], false, true, false, false))
+            .await
+            .unwrap();
+        let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+        w.raw(junk).await;
+        let c = r.collect().await;
+        assert!(c.goaway, "{c:?}");
+    }
+    // DATA on a stream that was never opened: that stream is reset, the session goes on.
+    cat_w.data(99, b"stray", false).await;
+    cat_w.data(cat[1], b"still here\n", true).await;
+    let c = cat_r.collect().await;
+    assert!(c.resets.iter().any(|(s, _)| *s == 99), "{c:?}");
+    assert_eq!(c.text(cat[2]), "still here\n");
+    assert_eq!(status_of(&c, cat[0])["status"], "Success");
+    assert!(pids_of(&mut env, &id, "sleep 4343").await.is_empty());
+    env.stop_remove_pod(&pod_id).await;
+}
