@@ -324,3 +324,109 @@ async fn a_vanished_client_or_garbage_ends_its_session_only() {
     assert!(pids_of(&mut env, &id, "sleep 4343").await.is_empty());
     env.stop_remove_pod(&pod_id).await;
 }
+
+/// One forwarded connection over an open port-forward session: sends `msg`, half-closes,
+/// returns what came back on the data stream and the error stream.
+async fn forward_once(
+    w: &mut spdy::Writer,
+    r: &mut spdy::Reader,
+    port: u16,
+    request: u32,
+    msg: &[u8],
+) -> (Vec<u8>, String) {
+    let port = port.to_string();
+    let request = request.to_string();
+    let error = w
+        .open(&[("streamtype", "error"), ("port", &port), ("requestid", &request)])
+        .await;
+    let data = w
+        .open(&[("streamtype", "data"), ("port", &port), ("requestid", &request)])
+        .await;
+    w.data(data, msg, true).await;
+    let c = r
+        .collect_until(|c| c.fin.contains(&data) && c.fin.contains(&error))
+        .await;
+    (c.data.get(&data).cloned().unwrap_or_default(), c.text(error))
+}
+
+async fn port_forward_url(env: &mut Env, pod_id: &str) -> String {
+    env.runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.into(),
+            port: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+/// Port-forwards to an `nc -ll -e cat` echo server on `port` in the pod: both
+/// directions, several connections at once on one session, and a port nobody listens on.
+async fn check_port_forward(env: &mut Env, pod_id: &str, port: u16) {
+    let url = port_forward_url(env, pod_id).await;
+    let (mut w, mut r, proto) = spdy::upgrade(&url, &["portforward.k8s.io"]).await.unwrap();
+    assert_eq!(proto.as_deref(), Some("portforward.k8s.io"));
+    // The server may still be starting: connection refused shows on the error stream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut request = 0;
+    loop {
+        let (got, err) = forward_once(&mut w, &mut r, port, request, b"ping\n").await;
+        request += 1;
+        if err.is_empty() {
+            assert_eq!(got, b"ping\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "echo server never answered: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two connections open at once, answered independently.
+    let p = port.to_string();
+    let mut pairs = Vec::new();
+    for n in [request, request + 1] {
+        let rid = n.to_string();
+        let e = w.open(&[("streamtype", "error"), ("port", &p), ("requestid", &rid)]).await;
+        let d = w.open(&[("streamtype", "data"), ("port", &p), ("requestid", &rid)]).await;
+        pairs.push((e, d));
+    }
+    w.data(pairs[1].1, b"second\n", true).await;
+    w.data(pairs[0].1, b"first\n", true).await;
+    let c = r
+        .collect_until(|c| pairs.iter().all(|(e, d)| c.fin.contains(e) && c.fin.contains(d)))
+        .await;
+    assert_eq!(c.text(pairs[0].1), "first\n");
+    assert_eq!(c.text(pairs[1].1), "second\n");
+    // Nothing listens on port+1: the error stream says so, the session goes on.
+    let (_, err) = forward_once(&mut w, &mut r, port + 1, request + 2, b"x").await;
+    assert!(err.contains(&format!("127.0.0.1:{}", port + 1)), "{err}");
+    let (got, err) = forward_once(&mut w, &mut r, port, request + 3, b"again\n").await;
+    assert_eq!((got.as_slice(), err.as_str()), (&b"again\n"[..], ""));
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn port_forward_reaches_the_pod_network_and_a_host_network_pod() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("pf");
+    let pod_id = env.run_pod(&pod).await;
+    env.run(&pod_id, &pod, container("echo", &image, &["nc", "-ll", "-p", "8080", "-e", "cat"]))
+        .await;
+    check_port_forward(&mut env, &pod_id, 8080).await;
+
+    let mut host = env.pod_config("pf-host");
+    common::pod_security(&mut host).namespace_options = Some(cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let host_id = env.run_pod(&host).await;
+    // A port unlikely to be taken on the host, and not the same for parallel runs.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let p = port.to_string();
+    env.run(&host_id, &host, container("echo", &image, &["nc", "-ll", "-p", &p, "-e", "cat"]))
+        .await;
+    check_port_forward(&mut env, &host_id, port).await;
+    env.stop_remove_pod(&host_id).await;
+    env.stop_remove_pod(&pod_id).await;
+}
