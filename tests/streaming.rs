@@ -430,3 +430,88 @@ async fn port_forward_reaches_the_pod_network_and_a_host_network_pod() {
     env.stop_remove_pod(&host_id).await;
     env.stop_remove_pod(&pod_id).await;
 }
+
+async fn attach_url(env: &mut Env, id: &str, stdin: bool, stderr: bool) -> String {
+    env.runtime
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty: false,
+            stdout: true,
+            stderr,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+/// Reads until `stream` has received text containing `want`.
+async fn read_until_text(r: &mut spdy::Reader, stream: u32, want: &str) -> Collected {
+    r.collect_until(|c| {
+        String::from_utf8_lossy(c.data.get(&stream).map(|v| &v[..]).unwrap_or(&[])).contains(want)
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn attach_is_live_with_stdin_and_stdin_once() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("attach");
+    let pod_id = env.run_pod(&pod).await;
+
+    // A container printing a line a second: two attach clients see it live, without
+    // stdin (the container has none).
+    let ticker = env
+        .run(
+            &pod_id,
+            &pod,
+            container("ticker", &image, &["sh", "-c", "i=0; while :; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 1; done"]),
+        )
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let url = attach_url(&mut env, &ticker, false, true).await;
+        let (mut w, r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+        let ids = open_exec_streams(&mut w, false, true, true, false).await;
+        clients.push((w, r, ids));
+    }
+    for (_, r, ids) in &mut clients {
+        let c = read_until_text(r, ids[2], "tick").await;
+        assert!(c.text(ids[2]).starts_with("tick "), "{c:?}");
+        let c = read_until_text(r, ids[3], "tock").await;
+        assert!(c.text(ids[3]).contains("tock "), "{c:?}");
+    }
+    // One client leaves; the other still gets output.
+    let (w, r, _) = clients.remove(0);
+    drop((w, r));
+    let (_, r, ids) = &mut clients[0];
+    let c = read_until_text(r, ids[2], "\n").await;
+    assert!(c.text(ids[2]).contains("tick"), "{c:?}");
+
+    // A stdin_once container echoing its stdin: the attach's input reaches it, and the
+    // end of that input is its EOF (it exits; the session ends with Success).
+    let mut cfg = container("echo", &image, &["sh", "-c", "while read l; do echo got $l; done; echo bye"]);
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let echo = env.run(&pod_id, &pod, cfg).await;
+    let url = attach_url(&mut env, &echo, true, true).await;
+    let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    let ids = open_exec_streams(&mut w, true, true, true, false).await;
+    w.data(ids[1], b"one\n", false).await;
+    let c = read_until_text(&mut r, ids[2], "got one").await;
+    assert_eq!(c.text(ids[2]), "got one\n");
+    w.data(ids[1], b"two\n", true).await;
+    let c = r.collect().await;
+    assert_eq!(c.text(ids[2]), "got two\nbye\n");
+    assert_eq!(status_of(&c, ids[0])["status"], "Success");
+    let st = env.wait_exited(&echo, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 0);
+    // The log has everything too: the fan-out never took output from it.
+    let log = common::log_path(&env.status(&ticker).await);
+    assert!(std::fs::read_to_string(log).unwrap().contains("stdout F tick 0"));
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -198,6 +198,13 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
         tty: bool,
         want: [bool; 3],
     ) -> Result<crate::launcher::supervisor::ExecStream>;
+    /// Attach: the container's live output, and its stdin when `stdin` (a tty's master
+    /// always). Dropping the result detaches.
+    async fn attach_stream(
+        &self,
+        id: &ContainerId,
+        stdin: bool,
+    ) -> Result<crate::launcher::supervisor::AttachStream>;
     /// ReopenContainerLog.
     async fn reopen_log(&self, id: &ContainerId) -> Result<()>;
 

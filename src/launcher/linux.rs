@@ -193,6 +193,22 @@ impl Launcher for LinuxLauncher {
             .await
     }
 
+    async fn attach_stream(
+        &self,
+        socket: &Path,
+        container_id: &str,
+        stdin: bool,
+    ) -> Result<super::supervisor::AttachStream, SupervisorError> {
+        self.check_protocol(socket).await?;
+        let request = Request::AttachStream {
+            container_id: container_id.to_string(),
+            stdin,
+        };
+        SupervisorClient::new(socket)
+            .attach_stream(&request, QUICK)
+            .await
+    }
+
     async fn reopen_log(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError> {
         let request = Request::ReopenLog {
             container_id: container_id.to_string(),

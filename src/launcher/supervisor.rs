@@ -241,6 +241,62 @@ impl SupervisorClient {
     }
 
     async fn open_stream(&self, request: &Request) -> Result<ExecStream, SupervisorError> {
+        let (reply, fds, conn, pending) = self.open_with_fds(request).await?;
+        match reply {
+            Response::ExecStarted { tty } => Ok(ExecStream {
+                tty,
+                fds,
+                waiter: ExecWaiter {
+                    conn,
+                    pending,
+                    socket: self.socket.clone(),
+                },
+            }),
+            Response::Error { message } => Err(SupervisorError::Refused(message)),
+            other => Err(SupervisorError::Protocol {
+                socket: self.socket.clone(),
+                reason: format!("unexpected reply: {other:?}"),
+            }),
+        }
+    }
+
+    /// Attaches a streaming session ([`Request::AttachStream`]).
+    pub async fn attach_stream(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<AttachStream, SupervisorError> {
+        let opened = tokio::time::timeout(timeout, self.open_with_fds(request))
+            .await
+            .map_err(|_| SupervisorError::Timeout {
+                socket: self.socket.clone(),
+                timeout,
+            })??;
+        let (reply, fds, conn, pending) = opened;
+        match reply {
+            Response::Attached { tty } => Ok(AttachStream {
+                tty,
+                stdin: fds.into_iter().next(),
+                output: AttachOutput {
+                    conn,
+                    pending,
+                    socket: self.socket.clone(),
+                },
+            }),
+            Response::Error { message } => Err(SupervisorError::Refused(message)),
+            other => Err(SupervisorError::Protocol {
+                socket: self.socket.clone(),
+                reason: format!("unexpected reply: {other:?}"),
+            }),
+        }
+    }
+
+    /// Sends `request`, receives the first reply line with the descriptors that came
+    /// with it; the connection stays open. Also returns bytes read past that line.
+    async fn open_with_fds(
+        &self,
+        request: &Request,
+    ) -> Result<(Response, Vec<OwnedFd>, UnixStream, Vec<u8>), SupervisorError> {
         let unreachable = |source| SupervisorError::Unreachable {
             socket: self.socket.clone(),
             source,
@@ -275,21 +331,65 @@ impl SupervisorClient {
         }
         let end = got.iter().position(|&b| b == b'\n').unwrap_or(0);
         let pending = got[end + 1..].to_vec();
-        match parse_reply(&self.socket, &got[..end])? {
-            Response::ExecStarted { tty } => Ok(ExecStream {
-                tty,
-                fds,
-                waiter: ExecWaiter {
-                    conn,
-                    pending,
+        let reply = parse_reply(&self.socket, &got[..end])?;
+        Ok((reply, fds, conn, pending))
+    }
+}
+
+/// A streaming attach ([`Request::AttachStream`]): the container's stdin (or pty
+/// master), and its output as the supervisor logs it. Dropping it detaches.
+#[derive(Debug)]
+pub struct AttachStream {
+    pub tty: bool,
+    pub stdin: Option<OwnedFd>,
+    pub output: AttachOutput,
+}
+
+/// The output side of an attach: frames of (stream byte, length, bytes).
+#[derive(Debug)]
+pub struct AttachOutput {
+    conn: UnixStream,
+    pending: Vec<u8>,
+    socket: PathBuf,
+}
+
+impl AttachOutput {
+    /// The next chunk of output and its stream ([`protocol::ATTACH_STDOUT`] or
+    /// [`protocol::ATTACH_STDERR`]); `None` once the container's output ended (or the
+    /// supervisor dropped this client for falling behind).
+    pub async fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>, SupervisorError> {
+        loop {
+            if self.pending.len() >= 5 {
+                let len = u32::from_be_bytes([
+                    self.pending[1],
+                    self.pending[2],
+                    self.pending[3],
+                    self.pending[4],
+                ]) as usize;
+                if len > protocol::ATTACH_BUFFER {
+                    return Err(SupervisorError::Protocol {
+                        socket: self.socket.clone(),
+                        reason: format!("attach frame of {len} bytes"),
+                    });
+                }
+                if self.pending.len() >= 5 + len {
+                    let tag = self.pending[0];
+                    let data = self.pending[5..5 + len].to_vec();
+                    self.pending.drain(..5 + len);
+                    return Ok(Some((tag, data)));
+                }
+            }
+            let mut buf = [0u8; 16 << 10];
+            let n = self.conn.read(&mut buf).await.map_err(|source| {
+                SupervisorError::Unreachable {
                     socket: self.socket.clone(),
-                },
-            }),
-            Response::Error { message } => Err(SupervisorError::Refused(message)),
-            other => Err(SupervisorError::Protocol {
-                socket: self.socket.clone(),
-                reason: format!("unexpected reply: {other:?}"),
-            }),
+                    source,
+                }
+            })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.pending.extend_from_slice(&buf[..n]);
         }
     }
 }

@@ -197,7 +197,7 @@ impl StreamServer {
         resp
     }
 
-    async fn session(&self, mut conn: spdy::conn::Connection, pending: Pending, protocol: &str) {
+    async fn session(&self, conn: spdy::conn::Connection, pending: Pending, protocol: &str) {
         match pending {
             Pending::Exec(req) => {
                 let opts = Options {
@@ -206,39 +206,18 @@ impl StreamServer {
                     stderr: req.stderr,
                     tty: req.tty,
                 };
-                let Some(streams) = remotecommand::wait_for_streams(&mut conn, protocol, opts).await
-                else {
-                    conn.close().await;
-                    return;
-                };
-                let (io, tasks, error) = remotecommand::wire(streams, opts);
-                let id = match self.containerizer.container(&req.container_id) {
-                    Ok(c) => ContainerId {
-                        value: c.id,
-                        parent: Some(c.pod_id),
-                    },
-                    Err(e) => {
-                        let outcome = Some(session::Outcome::Failed(e.to_string()));
-                        drop(io);
-                        remotecommand::finish(conn, protocol, outcome, tasks, error).await;
-                        return;
-                    }
-                };
-                let closed = conn.closed.clone();
-                let outcome = session::run_exec(
-                    self.containerizer.clone(),
-                    id,
-                    req.cmd,
-                    req.tty,
-                    io,
-                    closed,
-                )
-                .await;
-                remotecommand::finish(conn, protocol, outcome, tasks, error).await;
+                self.remote_command(conn, protocol, &req.container_id, opts, Some(req.cmd))
+                    .await;
             }
-            Pending::Attach(_) => {
-                tracing::warn!("attach streams are not built yet");
-                conn.close().await;
+            Pending::Attach(req) => {
+                let opts = Options {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    tty: req.tty,
+                };
+                self.remote_command(conn, protocol, &req.container_id, opts, None)
+                    .await;
             }
             Pending::PortForward(req) => {
                 let net_ns = match self.containerizer.pod(&req.pod_sandbox_id) {
@@ -256,6 +235,44 @@ impl StreamServer {
                 portforward::serve(conn, target).await;
             }
         }
+    }
+}
+
+impl StreamServer {
+    /// Exec (`cmd`) or attach (`None`) over SPDY: the client's streams, the session,
+    /// then the status on the error stream.
+    async fn remote_command(
+        &self,
+        mut conn: spdy::conn::Connection,
+        protocol: &str,
+        container_id: &str,
+        opts: Options,
+        cmd: Option<Vec<String>>,
+    ) {
+        let Some(streams) = remotecommand::wait_for_streams(&mut conn, protocol, opts).await else {
+            conn.close().await;
+            return;
+        };
+        let (io, tasks, error) = remotecommand::wire(streams, opts);
+        let id = match self.containerizer.container(container_id) {
+            Ok(c) => ContainerId {
+                value: c.id,
+                parent: Some(c.pod_id),
+            },
+            Err(e) => {
+                drop(io);
+                let outcome = Some(session::Outcome::Failed(e.to_string()));
+                remotecommand::finish(conn, protocol, outcome, tasks, error).await;
+                return;
+            }
+        };
+        let closed = conn.closed.clone();
+        let containerizer = self.containerizer.clone();
+        let outcome = match cmd {
+            Some(cmd) => session::run_exec(containerizer, id, cmd, opts.tty, io, closed).await,
+            None => session::run_attach(containerizer, id, io, closed).await,
+        };
+        remotecommand::finish(conn, protocol, outcome, tasks, error).await;
     }
 }
 

@@ -189,3 +189,65 @@ async fn pump_resize(mut rx: mpsc::Receiver<Bytes>, master: Arc<FdIo>) {
         }
     }
 }
+
+/// Attaches `io` to container `id` until its output ends (`Exited(0)`: Success on the
+/// error stream) or the client leaves (`None`). The client's end of stdin closes the
+/// container's stdin only for `stdin_once` containers (the supervisor gave its copy
+/// away then).
+pub async fn run_attach(
+    containerizer: Arc<dyn Containerizer>,
+    id: ContainerId,
+    io: SessionIo,
+    closed: CancellationToken,
+) -> Option<Outcome> {
+    let SessionIo {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+    } = io;
+    let attached = match containerizer.attach_stream(&id, stdin.is_some()).await {
+        Ok(a) => a,
+        Err(e) => return Some(Outcome::Failed(e.to_string())),
+    };
+    let tty = attached.tty;
+    let mut output = attached.output;
+    let mut side = tokio::task::JoinSet::new();
+    if let Some(fd) = attached.stdin {
+        let fd = match FdIo::new(fd) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => return Some(Outcome::Failed(format!("attach: {e}"))),
+        };
+        if let Some(rx) = stdin {
+            side.spawn(pump_in(rx, fd.clone(), !tty));
+        }
+        if let (true, Some(rx)) = (tty, resize) {
+            side.spawn(pump_resize(rx, fd));
+        }
+    }
+    let pump = async {
+        loop {
+            let (tag, data) = match output.next().await {
+                Ok(Some(x)) => x,
+                Ok(None) => return Outcome::Exited(0),
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let to = if tag == cri_mesos_supervisor::protocol::ATTACH_STDERR && !tty {
+                stderr.as_ref()
+            } else {
+                stdout.as_ref()
+            };
+            // A stream the client did not ask for is dropped; the client being slow
+            // makes this wait, and the supervisor drops us if we fall too far behind.
+            if let Some(tx) = to {
+                let _ = tx.send(Bytes::from(data)).await;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        o = pump => Some(o),
+        _ = closed.cancelled() => None,
+    };
+    side.abort_all();
+    outcome
+}

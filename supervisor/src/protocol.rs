@@ -73,6 +73,16 @@ pub enum Request {
     /// With `stdin_once` the supervisor gives away its own copy of a pipe, so the container
     /// sees EOF when the receiver closes it. Output is read from the log file.
     Attach { container_id: String },
+    /// Attach a streaming session (CRI Attach) -> [`Response::Attached`], carrying
+    /// (SCM_RIGHTS) the container's stdin as [`Request::Attach`] hands it out when
+    /// `stdin` is asked and the container has one (always the pty master for a tty
+    /// container, for its resizes too), else no descriptor. The connection then carries the
+    /// container's output as the supervisor logs it: frames of one stream byte
+    /// ([`ATTACH_STDOUT`], [`ATTACH_STDERR`]), a 32-bit big-endian length and the bytes. It
+    /// ends (EOF) when the container's output ends, or when this client fell more than
+    /// [`ATTACH_BUFFER`] behind: a slow client loses its stream, the container never
+    /// waits. The client closing the connection detaches it.
+    AttachStream { container_id: String, stdin: bool },
     /// Set the window size of a tty container's pty -> [`Response::Ok`].
     Resize {
         container_id: String,
@@ -130,6 +140,12 @@ pub enum Response {
         message: String,
     },
 }
+
+/// Stream bytes of [`Request::AttachStream`] output frames.
+pub const ATTACH_STDOUT: u8 = 1;
+pub const ATTACH_STDERR: u8 = 2;
+/// Output an attach client may have pending before it is dropped.
+pub const ATTACH_BUFFER: usize = 1 << 20;
 
 /// Everything the container child needs to set itself up (the work of Mesos's
 /// `mesos-containerizer launch`). Optional fields may be omitted in JSON.

@@ -248,7 +248,19 @@ struct Conn {
     fd_to_send: Vec<OwnedFd>,
     /// Become a [`ConnState::Session`] once the reply is written, instead of closing.
     then_session: bool,
+    /// An attach client: the output it is sent.
+    attach: Option<AttachOut>,
     closed: bool,
+}
+
+/// Output queued for an attach client ([`Request::AttachStream`]).
+#[derive(Debug)]
+struct AttachOut {
+    container_key: u64,
+    buf: Vec<u8>,
+    sent: usize,
+    /// The container's output ended: close once `buf` is sent.
+    closing: bool,
 }
 
 /// An output pipe (or pty master) feeding a log or a buffer.
@@ -447,7 +459,10 @@ impl Supervisor {
                     ConnState::Reading => libc::POLLIN,
                     ConnState::Waiting => 0,
                     ConnState::Writing => libc::POLLOUT,
-                    ConnState::Session => libc::POLLIN,
+                    ConnState::Session => match &c.attach {
+                        Some(a) if a.sent < a.buf.len() => libc::POLLIN | libc::POLLOUT,
+                        _ => libc::POLLIN,
+                    },
                 };
                 add(c.stream.as_raw_fd(), ev, Tok::Conn(c.id));
             }
@@ -508,6 +523,7 @@ impl Supervisor {
             }
             self.timers();
             self.progress();
+            self.end_attaches();
             self.conns.retain(|c| !c.closed);
             if self.shutdown_done() {
                 self.finish_shutdown();
@@ -563,6 +579,7 @@ impl Supervisor {
                         sent: 0,
                         fd_to_send: Vec::new(),
                         then_session: false,
+                        attach: None,
                         closed: false,
                     });
                 }
@@ -589,6 +606,12 @@ impl Supervisor {
                 }
             }
             ConnState::Session => {
+                if revents & libc::POLLOUT != 0 {
+                    self.attach_write(i);
+                }
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+                    return;
+                }
                 // Nothing more is expected from the client: data or EOF both end it.
                 let mut buf = [0u8; 64];
                 match sys::read(self.conns[i].stream.as_raw_fd(), &mut buf) {
@@ -678,6 +701,32 @@ impl Supervisor {
         }
     }
 
+    /// Sends an attach client what is queued for it, as far as the socket takes it.
+    fn attach_write(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let Some(a) = &mut c.attach else { return };
+        while a.sent < a.buf.len() {
+            match sys::write(c.stream.as_raw_fd(), &a.buf[a.sent..]) {
+                Ok(n) => a.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    c.closed = true;
+                    return;
+                }
+            }
+        }
+        if a.sent == a.buf.len() {
+            a.buf.clear();
+            a.sent = 0;
+            if a.buf.capacity() > 64 << 10 {
+                a.buf = Vec::new();
+            }
+            if a.closing {
+                c.closed = true;
+            }
+        }
+    }
+
     /// Queues `resp` on connection `id` (if still there) and starts writing it.
     fn reply(&mut self, id: u64, resp: Response, fd: Option<OwnedFd>) {
         self.reply_fds(id, resp, fd.into_iter().collect(), false);
@@ -748,6 +797,13 @@ impl Supervisor {
                     Ok((tty, fd)) => self.reply(conn, Response::Attached { tty }, Some(fd)),
                     Err(e) => self.reply(conn, e, None),
                 }
+                None
+            }
+            Request::AttachStream {
+                container_id,
+                stdin,
+            } => {
+                self.attach_stream(&container_id, stdin, conn);
                 None
             }
             Request::Resize {
@@ -1045,6 +1101,36 @@ impl Supervisor {
         };
         fd.map(|fd| (false, fd))
             .ok_or_else(|| err(format!("container {id} has no stdin")))
+    }
+
+    /// Registers `conn` as an attach client of container `id` and replies with its
+    /// stdin (if asked and there is one; a tty's master always).
+    fn attach_stream(&mut self, id: &str, stdin: bool, conn: u64) {
+        let Some(i) = self.find(id) else {
+            return self.reply(conn, err(format!("container {id} not found")), None);
+        };
+        let c = &self.containers[i];
+        if c.phase != Phase::Running || (c.stdout.is_none() && c.stderr.is_none()) {
+            return self.reply(conn, err(format!("container {id} is not running")), None);
+        }
+        let (key, tty, has_stdin) = (c.key, c.master.is_some(), c.stdin.is_some());
+        let fds = if tty || (stdin && has_stdin) {
+            match self.attach(id) {
+                Ok((_, fd)) => vec![fd],
+                Err(e) => return self.reply(conn, e, None),
+            }
+        } else {
+            Vec::new()
+        };
+        self.reply_fds(conn, Response::Attached { tty }, fds, true);
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            c.attach = Some(AttachOut {
+                container_key: key,
+                buf: Vec::new(),
+                sent: 0,
+                closing: false,
+            });
+        }
     }
 
     fn resize(&mut self, id: &str, width: u16, height: u16) -> Response {
@@ -1376,6 +1462,7 @@ impl Supervisor {
             Ok(0) => true,
             Ok(n) => {
                 p.split.push(&self.scratch[..n], &ts, &mut self.logbuf);
+                fan_out(&mut self.conns, key, stream, &self.scratch[..n]);
                 false
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
@@ -1551,6 +1638,24 @@ impl Supervisor {
         }
     }
 
+    /// Attach clients whose container's output ended are closed once flushed.
+    fn end_attaches(&mut self) {
+        for c in &mut self.conns {
+            let Some(a) = &mut c.attach else { continue };
+            let key = a.container_key;
+            let live = self
+                .containers
+                .iter()
+                .any(|k| k.key == key && (k.stdout.is_some() || k.stderr.is_some()));
+            if !live && !a.closing {
+                a.closing = true;
+                if a.sent == a.buf.len() && matches!(c.state, ConnState::Session) {
+                    c.closed = true;
+                }
+            }
+        }
+    }
+
     fn exit_record(&self, c: &Container) -> ExitRecord {
         let start_failed = c.started_at_ns == 0 && c.error.is_some();
         ExitRecord {
@@ -1645,6 +1750,28 @@ impl Supervisor {
 
 /// Runs a forked child's body; a panic must never unwind into the copy of the supervisor's
 /// loop, so it ends the child instead.
+/// Queues output of container `key` for its attach clients; a client that would fall
+/// more than ATTACH_BUFFER behind is dropped instead (the container never waits).
+fn fan_out(conns: &mut [Conn], key: u64, stream: Stream, data: &[u8]) {
+    let tag = match stream {
+        Stream::Stdout => crate::protocol::ATTACH_STDOUT,
+        Stream::Stderr => crate::protocol::ATTACH_STDERR,
+    };
+    for c in conns.iter_mut().filter(|c| !c.closed) {
+        let Some(a) = &mut c.attach else { continue };
+        if a.container_key != key || a.closing {
+            continue;
+        }
+        if a.buf.len() - a.sent + data.len() + 5 > crate::protocol::ATTACH_BUFFER {
+            c.closed = true;
+            continue;
+        }
+        a.buf.push(tag);
+        a.buf.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        a.buf.extend_from_slice(data);
+    }
+}
+
 fn in_child(f: impl FnOnce() -> std::convert::Infallible) -> ! {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     sys::exit_now(128)

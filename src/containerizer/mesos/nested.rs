@@ -462,6 +462,29 @@ impl MesosContainerizer {
         }
     }
 
+    /// Attach: the container's live output (and its stdin when asked).
+    pub(super) async fn attach_stream_in(&self, id: &str, stdin: bool) -> Result<AttachStream> {
+        let record = self.find_container(id)?;
+        if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "container {} is not running",
+                record.id
+            )));
+        }
+        let pod = self.find_pod(&record.pod_id)?;
+        match self
+            .launcher
+            .attach_stream(&pod.supervisor_socket, &record.id, stdin)
+            .await
+        {
+            Ok(stream) => Ok(stream),
+            Err(SupervisorError::Refused(message)) => {
+                Err(ContainerizerError::FailedPrecondition(message))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// ReopenContainerLog: the supervisor reopens the log file by path.
     pub(super) async fn reopen_log_of(&self, id: &str) -> Result<()> {
         let record = self.find_container(id)?;
