@@ -1218,8 +1218,13 @@ mod tests {
         .unwrap();
         assert_eq!(flags.streaming_address.port(), 10010);
         assert_eq!(flags.streaming_idle_timeout, Duration::from_secs(1800));
-        for bad in ["--streaming_address=localhost", "--streaming_idle_timeout=0secs"] {
-            let err = Flags::from_args(["cri-mesos", bad]).unwrap_err().to_string();
+        for bad in [
+            "--streaming_address=localhost",
+            "--streaming_idle_timeout=0secs",
+        ] {
+            let err = Flags::from_args(["cri-mesos", bad])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("streaming_"), "{bad}: {err}");
         }
     }

@@ -120,9 +120,15 @@ async fn run(
             _ = int.recv() => tracing::info!("SIGINT: stopping, containers keep running"),
         }
     };
-    let served =
-        cri_mesos::server::serve(flags, containerizer, provisioner, streaming, listener, shutdown)
-            .await;
+    let served = cri_mesos::server::serve(
+        flags,
+        containerizer,
+        provisioner,
+        streaming,
+        listener,
+        shutdown,
+    )
+    .await;
     stop_streaming.cancel();
     let _ = streaming_task.await;
     served?;

@@ -81,13 +81,10 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let runtime = RuntimeServiceServer::new(CriRuntime::new(
-        flags.clone(),
-        containerizer,
-        streaming,
-    ))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let runtime =
+        RuntimeServiceServer::new(CriRuntime::new(flags.clone(), containerizer, streaming))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let images = ImageServiceServer::new(CriImages::new(provisioner))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

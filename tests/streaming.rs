@@ -16,7 +16,14 @@ async fn exec_url(env: &mut Env, req: cri::ExecRequest) -> Result<String, tonic:
     env.runtime.exec(req).await.map(|r| r.into_inner().url)
 }
 
-fn exec_req(id: &str, cmd: &[&str], stdin: bool, stdout: bool, stderr: bool, tty: bool) -> cri::ExecRequest {
+fn exec_req(
+    id: &str,
+    cmd: &[&str],
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+) -> cri::ExecRequest {
     cri::ExecRequest {
         container_id: id.into(),
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
@@ -29,7 +36,13 @@ fn exec_req(id: &str, cmd: &[&str], stdin: bool, stdout: bool, stderr: bool, tty
 
 /// Opens the v4 streams kubectl opens (error first), returning their ids:
 /// [error, stdin, stdout, stderr, resize] (0 when not opened).
-async fn open_exec_streams(w: &mut spdy::Writer, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> [u32; 5] {
+async fn open_exec_streams(
+    w: &mut spdy::Writer,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+) -> [u32; 5] {
     let mut ids = [0; 5];
     ids[0] = w.open(&[("streamtype", "error")]).await;
     if stdin {
@@ -59,7 +72,11 @@ async fn setup(env: &mut Env, name: &str) -> (String, String, cri::PodSandboxCon
     let pod = env.pod_config(name);
     let pod_id = env.run_pod(&pod).await;
     let id = env
-        .run(&pod_id, &pod, container("main", &image, &["sleep", "100000"]))
+        .run(
+            &pod_id,
+            &pod,
+            container("main", &image, &["sleep", "100000"]),
+        )
         .await;
     (pod_id, id, pod)
 }
@@ -71,10 +88,15 @@ async fn exec_echo_exit_codes_big_stdin_and_single_use_tokens() {
     let (pod_id, id, _) = setup(&mut env, "exec").await;
 
     // echo: stdout, and Success on the error stream.
-    let url = exec_url(&mut env, exec_req(&id, &["echo", "hello"], false, true, true, false))
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["echo", "hello"], false, true, true, false),
+    )
+    .await
+    .unwrap();
+    let (mut w, mut r, proto) = spdy::upgrade(&url, &[V4, "v3.channel.k8s.io"])
         .await
         .unwrap();
-    let (mut w, mut r, proto) = spdy::upgrade(&url, &[V4, "v3.channel.k8s.io"]).await.unwrap();
     assert_eq!(proto.as_deref(), Some(V4));
     let ids = open_exec_streams(&mut w, false, true, true, false).await;
     let c = r.collect().await;
@@ -84,36 +106,58 @@ async fn exec_echo_exit_codes_big_stdin_and_single_use_tokens() {
     assert!(c.fin.contains(&ids[2]) && c.goaway, "{c:?}");
 
     // The same token again, and one never issued: 404.
-    let (status, _) = spdy::upgrade(&url, &[V4]).await.err().expect("reused token refused");
+    let (status, _) = spdy::upgrade(&url, &[V4])
+        .await
+        .err()
+        .expect("reused token refused");
     assert_eq!(status, 404);
-    let bogus = format!("{}/exec/AAAAAAAAAAAAAAAAAAAAAA", url.split("/exec/").next().unwrap());
+    let bogus = format!(
+        "{}/exec/AAAAAAAAAAAAAAAAAAAAAA",
+        url.split("/exec/").next().unwrap()
+    );
     assert_eq!(spdy::upgrade(&bogus, &[V4]).await.err().unwrap().0, 404);
 
     // A non-zero exit code, stdout and stderr kept apart.
     let url = exec_url(
         &mut env,
-        exec_req(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], false, true, true, false),
+        exec_req(
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            false,
+            true,
+            true,
+            false,
+        ),
     )
     .await
     .unwrap();
     let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
     let ids = open_exec_streams(&mut w, false, true, true, false).await;
     let c = r.collect().await;
-    assert_eq!((c.text(ids[2]).as_str(), c.text(ids[3]).as_str()), ("out\n", "err\n"));
+    assert_eq!(
+        (c.text(ids[2]).as_str(), c.text(ids[3]).as_str()),
+        ("out\n", "err\n")
+    );
     let st = status_of(&c, ids[0]);
     assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
     assert_eq!(st["details"]["causes"][0]["message"], "3", "{st}");
 
     // An unknown command: a failure status naming it.
-    let url = exec_url(&mut env, exec_req(&id, &["no-such-cmd"], false, true, true, false))
-        .await
-        .unwrap();
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["no-such-cmd"], false, true, true, false),
+    )
+    .await
+    .unwrap();
     let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
     let ids = open_exec_streams(&mut w, false, true, true, false).await;
     let c = r.collect().await;
     let st = status_of(&c, ids[0]);
     assert_eq!(st["status"], "Failure");
-    assert!(st["message"].as_str().unwrap().contains("no-such-cmd"), "{st}");
+    assert!(
+        st["message"].as_str().unwrap().contains("no-such-cmd"),
+        "{st}"
+    );
 
     // cat: 10 MiB through stdin come back intact (no WINDOW_UPDATE is ever sent).
     let url = exec_url(&mut env, exec_req(&id, &["cat"], true, true, false, false))
@@ -138,9 +182,12 @@ async fn exec_echo_exit_codes_big_stdin_and_single_use_tokens() {
     assert_eq!(status_of(&c, ids[0])["status"], "Success");
 
     // Older protocols: v2 has no resize and no JSON status.
-    let url = exec_url(&mut env, exec_req(&id, &["sh", "-c", "exit 2"], false, true, false, false))
-        .await
-        .unwrap();
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["sh", "-c", "exit 2"], false, true, false, false),
+    )
+    .await
+    .unwrap();
     let (mut w, mut r, proto) = spdy::upgrade(&url, &["v2.channel.k8s.io"]).await.unwrap();
     assert_eq!(proto.as_deref(), Some("v2.channel.k8s.io"));
     let ids = open_exec_streams(&mut w, false, true, false, false).await;
@@ -148,10 +195,20 @@ async fn exec_echo_exit_codes_big_stdin_and_single_use_tokens() {
     assert!(c.text(ids[0]).contains("exit code"), "{c:?}");
 
     // An unknown subprotocol is refused.
-    let url = exec_url(&mut env, exec_req(&id, &["true"], false, true, false, false))
-        .await
-        .unwrap();
-    assert_eq!(spdy::upgrade(&url, &["v9.channel.k8s.io"]).await.err().unwrap().0, 403);
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["true"], false, true, false, false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        spdy::upgrade(&url, &["v9.channel.k8s.io"])
+            .await
+            .err()
+            .unwrap()
+            .0,
+        403
+    );
 
     env.stop_remove_pod(&pod_id).await;
 }
@@ -162,11 +219,31 @@ async fn exec_requests_are_validated() {
     let mut env = Env::start(&[]).await;
     let (pod_id, id, pod) = setup(&mut env, "validate").await;
     let cases = [
-        (exec_req(&id, &["true"], false, false, false, false), Code::InvalidArgument, "stdin"),
-        (exec_req(&id, &["true"], false, true, true, true), Code::InvalidArgument, "stderr"),
-        (exec_req(&id, &[], false, true, false, false), Code::InvalidArgument, "cmd"),
-        (exec_req("", &["true"], false, true, false, false), Code::InvalidArgument, "container_id"),
-        (exec_req("nope", &["true"], false, true, false, false), Code::NotFound, "nope"),
+        (
+            exec_req(&id, &["true"], false, false, false, false),
+            Code::InvalidArgument,
+            "stdin",
+        ),
+        (
+            exec_req(&id, &["true"], false, true, true, true),
+            Code::InvalidArgument,
+            "stderr",
+        ),
+        (
+            exec_req(&id, &[], false, true, false, false),
+            Code::InvalidArgument,
+            "cmd",
+        ),
+        (
+            exec_req("", &["true"], false, true, false, false),
+            Code::InvalidArgument,
+            "container_id",
+        ),
+        (
+            exec_req("nope", &["true"], false, true, false, false),
+            Code::NotFound,
+            "nope",
+        ),
     ];
     for (req, code, word) in cases {
         let err = exec_url(&mut env, req).await.unwrap_err();
@@ -175,11 +252,16 @@ async fn exec_requests_are_validated() {
     }
     // A container that is not running.
     let image = env.images.busybox.reference();
-    let done = env.run(&pod_id, &pod, container("done", &image, &["true"])).await;
+    let done = env
+        .run(&pod_id, &pod, container("done", &image, &["true"]))
+        .await;
     env.wait_exited(&done, Duration::from_secs(20)).await;
-    let err = exec_url(&mut env, exec_req(&done, &["true"], false, true, false, false))
-        .await
-        .unwrap_err();
+    let err = exec_url(
+        &mut env,
+        exec_req(&done, &["true"], false, true, false, false),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let err = env
         .runtime
@@ -233,9 +315,12 @@ async fn exec_with_a_tty_sees_its_resize() {
     // Prints the size once it is the one sent (a read per line from the client), then
     // exits 5: the tty session reports its exit code too.
     let script = "while :; do s=$(stty size); [ \"$s\" = \"45 123\" ] && break; read x; done; echo size=$s; exit 5";
-    let url = exec_url(&mut env, exec_req(&id, &["sh", "-c", script], true, true, false, true))
-        .await
-        .unwrap();
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["sh", "-c", script], true, true, false, true),
+    )
+    .await
+    .unwrap();
     let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
     let ids = open_exec_streams(&mut w, true, true, false, true).await;
     w.data(ids[4], br#"{"Width":123,"Height":45}"#, false).await;
@@ -287,9 +372,12 @@ async fn a_vanished_client_or_garbage_ends_its_session_only() {
     let cat = open_exec_streams(&mut cat_w, true, true, false, false).await;
 
     // A session whose client disappears: its process is killed.
-    let url = exec_url(&mut env, exec_req(&id, &["sleep", "4242"], false, true, false, false))
-        .await
-        .unwrap();
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["sleep", "4242"], false, true, false, false),
+    )
+    .await
+    .unwrap();
     let (mut w, r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
     open_exec_streams(&mut w, false, true, false, false).await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -305,10 +393,16 @@ async fn a_vanished_client_or_garbage_ends_its_session_only() {
 
     // Garbage: a frame of SPDY version 2, then bytes that are not SPDY at all. The
     // connection ends with GOAWAY; the server keeps serving.
-    for junk in [&[0x80u8, 2, 0, 1, 0, 0, 0, 0][..], b"GET / HTTP/1.1\r\n\r\n"] {
-        let url = exec_url(&mut env, exec_req(&id, &["sleep", "4343"], false, true, false, false))
-            .await
-            .unwrap();
+    for junk in [
+        &[0x80u8, 2, 0, 1, 0, 0, 0, 0][..],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let url = exec_url(
+            &mut env,
+            exec_req(&id, &["sleep", "4343"], false, true, false, false),
+        )
+        .await
+        .unwrap();
         let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
         w.raw(junk).await;
         let c = r.collect().await;
@@ -337,16 +431,27 @@ async fn forward_once(
     let port = port.to_string();
     let request = request.to_string();
     let error = w
-        .open(&[("streamtype", "error"), ("port", &port), ("requestid", &request)])
+        .open(&[
+            ("streamtype", "error"),
+            ("port", &port),
+            ("requestid", &request),
+        ])
         .await;
     let data = w
-        .open(&[("streamtype", "data"), ("port", &port), ("requestid", &request)])
+        .open(&[
+            ("streamtype", "data"),
+            ("port", &port),
+            ("requestid", &request),
+        ])
         .await;
     w.data(data, msg, true).await;
     let c = r
         .collect_until(|c| c.fin.contains(&data) && c.fin.contains(&error))
         .await;
-    (c.data.get(&data).cloned().unwrap_or_default(), c.text(error))
+    (
+        c.data.get(&data).cloned().unwrap_or_default(),
+        c.text(error),
+    )
 }
 
 async fn port_forward_url(env: &mut Env, pod_id: &str) -> String {
@@ -377,7 +482,10 @@ async fn check_port_forward(env: &mut Env, pod_id: &str, port: u16) {
             assert_eq!(got, b"ping\n");
             break;
         }
-        assert!(Instant::now() < deadline, "echo server never answered: {err}");
+        assert!(
+            Instant::now() < deadline,
+            "echo server never answered: {err}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Two connections open at once, answered independently.
@@ -385,14 +493,22 @@ async fn check_port_forward(env: &mut Env, pod_id: &str, port: u16) {
     let mut pairs = Vec::new();
     for n in [request, request + 1] {
         let rid = n.to_string();
-        let e = w.open(&[("streamtype", "error"), ("port", &p), ("requestid", &rid)]).await;
-        let d = w.open(&[("streamtype", "data"), ("port", &p), ("requestid", &rid)]).await;
+        let e = w
+            .open(&[("streamtype", "error"), ("port", &p), ("requestid", &rid)])
+            .await;
+        let d = w
+            .open(&[("streamtype", "data"), ("port", &p), ("requestid", &rid)])
+            .await;
         pairs.push((e, d));
     }
     w.data(pairs[1].1, b"second\n", true).await;
     w.data(pairs[0].1, b"first\n", true).await;
     let c = r
-        .collect_until(|c| pairs.iter().all(|(e, d)| c.fin.contains(e) && c.fin.contains(d)))
+        .collect_until(|c| {
+            pairs
+                .iter()
+                .all(|(e, d)| c.fin.contains(e) && c.fin.contains(d))
+        })
         .await;
     assert_eq!(c.text(pairs[0].1), "first\n");
     assert_eq!(c.text(pairs[1].1), "second\n");
@@ -411,8 +527,12 @@ async fn port_forward_reaches_the_pod_network_and_a_host_network_pod() {
     env.pull(&image).await;
     let pod = env.pod_config("pf");
     let pod_id = env.run_pod(&pod).await;
-    env.run(&pod_id, &pod, container("echo", &image, &["nc", "-ll", "-p", "8080", "-e", "cat"]))
-        .await;
+    env.run(
+        &pod_id,
+        &pod,
+        container("echo", &image, &["nc", "-ll", "-p", "8080", "-e", "cat"]),
+    )
+    .await;
     check_port_forward(&mut env, &pod_id, 8080).await;
 
     let mut host = env.pod_config("pf-host");
@@ -424,8 +544,12 @@ async fn port_forward_reaches_the_pod_network_and_a_host_network_pod() {
     // A port unlikely to be taken on the host, and not the same for parallel runs.
     let port = 20000 + (std::process::id() % 20000) as u16;
     let p = port.to_string();
-    env.run(&host_id, &host, container("echo", &image, &["nc", "-ll", "-p", &p, "-e", "cat"]))
-        .await;
+    env.run(
+        &host_id,
+        &host,
+        container("echo", &image, &["nc", "-ll", "-p", &p, "-e", "cat"]),
+    )
+    .await;
     check_port_forward(&mut env, &host_id, port).await;
     env.stop_remove_pod(&host_id).await;
     env.stop_remove_pod(&pod_id).await;
@@ -469,7 +593,15 @@ async fn attach_is_live_with_stdin_and_stdin_once() {
         .run(
             &pod_id,
             &pod,
-            container("ticker", &image, &["sh", "-c", "i=0; while :; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 1; done"]),
+            container(
+                "ticker",
+                &image,
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while :; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 1; done",
+                ],
+            ),
         )
         .await;
     let mut clients = Vec::new();
@@ -494,7 +626,11 @@ async fn attach_is_live_with_stdin_and_stdin_once() {
 
     // A stdin_once container echoing its stdin: the attach's input reaches it, and the
     // end of that input is its EOF (it exits; the session ends with Success).
-    let mut cfg = container("echo", &image, &["sh", "-c", "while read l; do echo got $l; done; echo bye"]);
+    let mut cfg = container(
+        "echo",
+        &image,
+        &["sh", "-c", "while read l; do echo got $l; done; echo bye"],
+    );
     cfg.stdin = true;
     cfg.stdin_once = true;
     let echo = env.run(&pod_id, &pod, cfg).await;
@@ -512,6 +648,10 @@ async fn attach_is_live_with_stdin_and_stdin_once() {
     assert_eq!(st.exit_code, 0);
     // The log has everything too: the fan-out never took output from it.
     let log = common::log_path(&env.status(&ticker).await);
-    assert!(std::fs::read_to_string(log).unwrap().contains("stdout F tick 0"));
+    assert!(
+        std::fs::read_to_string(log)
+            .unwrap()
+            .contains("stdout F tick 0")
+    );
     env.stop_remove_pod(&pod_id).await;
 }

@@ -675,7 +675,10 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         let mut request = request.into_inner();
-        let id = required(std::mem::take(&mut request.pod_sandbox_id), "pod_sandbox_id")?;
+        let id = required(
+            std::mem::take(&mut request.pod_sandbox_id),
+            "pod_sandbox_id",
+        )?;
         if let Some(p) = request.port.iter().find(|p| !(1..=65535).contains(*p)) {
             return Err(Status::invalid_argument(format!(
                 "port: {p} is not a TCP port (1-65535)"

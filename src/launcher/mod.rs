@@ -99,7 +99,9 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
         _container_id: &str,
         _stdin: bool,
     ) -> Result<supervisor::AttachStream, SupervisorError> {
-        Err(SupervisorError::Refused("this launcher has no streaming attach".into()))
+        Err(SupervisorError::Refused(
+            "this launcher has no streaming attach".into(),
+        ))
     }
     /// Reopens the container's log file by path (ReopenContainerLog).
     async fn reopen_log(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError>;

@@ -380,12 +380,14 @@ impl AttachOutput {
                 }
             }
             let mut buf = [0u8; 16 << 10];
-            let n = self.conn.read(&mut buf).await.map_err(|source| {
-                SupervisorError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                }
-            })?;
+            let n =
+                self.conn
+                    .read(&mut buf)
+                    .await
+                    .map_err(|source| SupervisorError::Unreachable {
+                        socket: self.socket.clone(),
+                        source,
+                    })?;
             if n == 0 {
                 return Ok(None);
             }

@@ -203,7 +203,10 @@ mod tests {
 
     #[test]
     fn older_protocols_only_report_failures() {
-        assert_eq!(status_message("v3.channel.k8s.io", &Outcome::Exited(0)), None);
+        assert_eq!(
+            status_message("v3.channel.k8s.io", &Outcome::Exited(0)),
+            None
+        );
         let m = status_message("v2.channel.k8s.io", &Outcome::Failed("boom".into())).unwrap();
         assert!(String::from_utf8(m).unwrap().contains("boom"));
     }

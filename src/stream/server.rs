@@ -15,11 +15,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::portforward;
 use super::remotecommand::{self, Options};
 use super::session;
 use super::spdy;
 use super::token::{Pending, Tokens, TooManyPending};
-use super::portforward;
 use crate::containerizer::{ContainerId, Containerizer};
 
 /// Concurrent sessions (upgraded connections); more are refused with 503.

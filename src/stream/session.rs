@@ -65,7 +65,11 @@ pub async fn run_exec(
     io: SessionIo,
     closed: CancellationToken,
 ) -> Option<Outcome> {
-    let want = [io.stdin.is_some(), io.stdout.is_some(), io.stderr.is_some() && !tty];
+    let want = [
+        io.stdin.is_some(),
+        io.stdout.is_some(),
+        io.stderr.is_some() && !tty,
+    ];
     let session = match containerizer.exec_stream(&id, cmd, tty, want).await {
         Ok(s) => s,
         Err(e) => return Some(Outcome::Failed(e.to_string())),
@@ -167,8 +171,7 @@ async fn pump_resize(mut rx: mpsc::Receiver<Bytes>, master: Arc<FdIo>) {
     while let Some(data) = rx.recv().await {
         buf.extend_from_slice(&data);
         let mut used = 0;
-        let mut stream =
-            serde_json::Deserializer::from_slice(&buf).into_iter::<TerminalSize>();
+        let mut stream = serde_json::Deserializer::from_slice(&buf).into_iter::<TerminalSize>();
         loop {
             match stream.next() {
                 Some(Ok(size)) => {

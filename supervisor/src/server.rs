@@ -1265,7 +1265,12 @@ impl Supervisor {
 
     /// Forks the exec helper of a streaming session and hands the client its ends of the
     /// pipes (or the pty master). `want`: stdin, stdout, stderr.
-    fn try_exec_stream(&mut self, info: ExecInfo, want: [bool; 3], conn: u64) -> Result<(), String> {
+    fn try_exec_stream(
+        &mut self,
+        info: ExecInfo,
+        want: [bool; 3],
+        conn: u64,
+    ) -> Result<(), String> {
         if info.timeout_ms.is_some() || info.stdin_b64.is_some() {
             return Err("timeout_ms and stdin_b64 are for exec, not exec_stream".into());
         }

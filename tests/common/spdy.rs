@@ -157,7 +157,10 @@ impl Reader {
                     flags,
                     data,
                 } => {
-                    c.data.entry(stream_id).or_default().extend_from_slice(&data);
+                    c.data
+                        .entry(stream_id)
+                        .or_default()
+                        .extend_from_slice(&data);
                     if flags & FLAG_FIN != 0 {
                         c.fin.push(stream_id);
                     }

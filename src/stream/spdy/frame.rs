@@ -62,7 +62,9 @@ pub enum Frame {
     /// SETTINGS, WINDOW_UPDATE and unknown control types: parsed for their length, then
     /// ignored (no flow control: the Go clients never send WINDOW_UPDATE, so a server
     /// waiting for window would hang after 64 KiB).
-    Ignored { kind: u16 },
+    Ignored {
+        kind: u16,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -151,9 +153,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
             stream_id: id,
             status: be32(&payload[4..]),
         },
-        PING => Frame::Ping {
-            id: be32(&payload),
-        },
+        PING => Frame::Ping { id: be32(&payload) },
         GOAWAY => Frame::GoAway {
             last_good: id,
             status: be32(&payload[4..]),
@@ -243,8 +243,8 @@ mod tests {
         // Control bit + version 3, type 1, flags 0, length 14; stream 1, assoc 0,
         // priority/slot, then 4 bytes of (compressed) block.
         let mut b = buf(&[
-            0x80, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0e, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0,
-            b'a', b'b', b'c', b'd',
+            0x80, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0e, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0, b'a',
+            b'b', b'c', b'd',
         ]);
         let f = parse(&mut b).unwrap().unwrap();
         assert_eq!(
