@@ -655,3 +655,174 @@ async fn attach_is_live_with_stdin_and_stdin_once() {
     );
     env.stop_remove_pod(&pod_id).await;
 }
+
+/// crictl (cri-tools v1.32, installed by hack/critest.sh and hack/test.sh).
+fn crictl() -> String {
+    let path = std::env::var("CRICTL").unwrap_or_else(|_| "/usr/local/bin/crictl".into());
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path} is missing: hack/test.sh builds it (../shared/critest/build-cri-tools.sh)"
+    );
+    path
+}
+
+async fn run_crictl(env: &Env, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(crictl())
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", env.daemon.socket().display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("crictl finished")
+        .unwrap()
+}
+
+/// Connects to 127.0.0.1:`port` (a crictl port-forward), sends `msg` and reads the echo.
+async fn echo_through(port: u16, msg: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(msg).await.ok()?;
+    s.shutdown().await.ok()?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.ok()?;
+    Some(got)
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn crictl_exec_attach_and_port_forward_with_both_transports() {
+    let mut env = Env::start(&[]).await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("crictl");
+    let pod_id = env.run_pod(&pod).await;
+    let id = env
+        .run(
+            &pod_id,
+            &pod,
+            container("main", &image, &["nc", "-ll", "-p", "8080", "-e", "cat"]),
+        )
+        .await;
+
+    for transport in ["spdy", "websocket"] {
+        let out = run_crictl(
+            &env,
+            &[
+                "exec",
+                "--transport",
+                transport,
+                &id,
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            b"",
+        )
+        .await;
+        // crictl exits 1 and names the command's exit code.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{transport}: {out:?}");
+        assert!(
+            stderr.contains("exit code 3"),
+            "{transport}: {out:?}\n{}",
+            env.daemon.log()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n", "{transport}");
+        assert!(stderr.contains("err\n"), "{transport}: {out:?}");
+        // stdin through -i.
+        let out = run_crictl(
+            &env,
+            &["exec", "-i", "--transport", transport, &id, "cat"],
+            b"piped\n",
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "piped\n",
+            "{transport}: {out:?}"
+        );
+    }
+    // `exec -it` as a user types it, on a terminal (script(1) gives crictl one); crictl
+    // sends the terminal's size on the resize stream once the session is up.
+    let cmd = format!(
+        "stty rows 33 cols 77; {} --runtime-endpoint unix://{} exec -it {id} sh -c 'until [ \"$(stty size)\" = \"33 77\" ]; do sleep 0.1; done; stty size; exit 4'",
+        crictl(),
+        env.daemon.socket().display()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("33 77"),
+        "stty size shows the terminal's size: {text:?}"
+    );
+    assert!(text.contains("exit code 4"), "{text:?}");
+
+    // attach -i to a stdin_once container: the input reaches it, its EOF ends it.
+    let mut cfg = container(
+        "echo",
+        &image,
+        &["sh", "-c", "while read l; do echo got $l; done"],
+    );
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let echo = env.run(&pod_id, &pod, cfg).await;
+    let out = run_crictl(&env, &["attach", "-i", &echo], b"hello\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got hello\n",
+        "{out:?}"
+    );
+
+    // port-forward, both transports, to the nc echo server.
+    for (n, transport) in ["spdy", "websocket"].into_iter().enumerate() {
+        let local = 30000 + (std::process::id() % 10000) as u16 + n as u16;
+        let mapping = format!("{local}:8080");
+        let mut pf = tokio::process::Command::new(crictl())
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", env.daemon.socket().display()))
+            .args(["port-forward", "--transport", transport, &pod_id, &mapping])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(got) = echo_through(local, b"through crictl\n").await
+                && got == b"through crictl\n"
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{transport} port-forward never echoed\n{}",
+                env.daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A second connection over the same session.
+        assert_eq!(
+            echo_through(local, b"again\n").await.as_deref(),
+            Some(&b"again\n"[..])
+        );
+        pf.kill().await.unwrap();
+    }
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -8,5 +8,6 @@ pub mod server;
 pub mod session;
 pub mod spdy;
 pub mod token;
+pub mod websocket;
 
 pub use server::{StreamServer, StreamServerError};

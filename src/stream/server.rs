@@ -20,6 +20,7 @@ use super::remotecommand::{self, Options};
 use super::session;
 use super::spdy;
 use super::token::{Pending, Tokens, TooManyPending};
+use super::websocket;
 use crate::containerizer::{ContainerId, Containerizer};
 
 /// Concurrent sessions (upgraded connections); more are refused with 503.
@@ -135,6 +136,9 @@ impl StreamServer {
             return plain(StatusCode::NOT_FOUND, "404 page not found");
         };
         let upgrade = header(&req, UPGRADE.as_str());
+        if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
+            return self.upgrade_websocket(req, pending);
+        }
         if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
             return plain(
                 StatusCode::BAD_REQUEST,
@@ -197,6 +201,158 @@ impl StreamServer {
         resp
     }
 
+    /// The WebSocket handshake (RFC 6455) on hyper's upgrade; the subprotocol is the
+    /// first the client offers that we serve.
+    fn upgrade_websocket(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        pending: Pending,
+    ) -> Response<Full<Bytes>> {
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+        };
+        let ours: &[&str] = match pending {
+            Pending::PortForward(_) => &[websocket::TUNNEL_PROTOCOL],
+            _ => &websocket::EXEC_PROTOCOLS,
+        };
+        let offered = header(&req, "sec-websocket-protocol");
+        let protocol = match offered.iter().find(|p| ours.contains(&p.as_str())) {
+            Some(p) => ours.iter().copied().find(|o| o == p).unwrap_or(ours[0]),
+            // No subprotocol: the plain binary channel protocol, for exec and attach.
+            None if offered.is_empty() && !matches!(pending, Pending::PortForward(_)) => {
+                "channel.k8s.io"
+            }
+            None => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "requested protocol(s) are not supported: {offered:?}; supports {ours:?}"
+                    ),
+                );
+            }
+        };
+        let Ok(permit) = self.sessions.clone().try_acquire_owned() else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many streaming sessions; try again later",
+            );
+        };
+        let server = self.clone();
+        let upgrading = hyper::upgrade::on(req);
+        let named = !offered.is_empty();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let io = match upgrading.await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let ws = websocket::accept(io).await;
+            server.websocket_session(ws, pending, protocol).await;
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        if named {
+            h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+        }
+        resp
+    }
+
+    async fn websocket_session(
+        &self,
+        ws: tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+        pending: Pending,
+        protocol: &'static str,
+    ) {
+        let (opts, container_id, cmd) = match pending {
+            Pending::PortForward(req) => {
+                let (r, w) = tokio::io::split(websocket::tunnel(ws));
+                let conn = spdy::conn::serve(r, w, self.idle_timeout);
+                return self.port_forward(conn, req).await;
+            }
+            Pending::Exec(req) => (
+                Options {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    tty: req.tty,
+                },
+                req.container_id,
+                Some(req.cmd),
+            ),
+            Pending::Attach(req) => (
+                Options {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    tty: req.tty,
+                },
+                req.container_id,
+                None,
+            ),
+        };
+        let id = self.container_id(&container_id);
+        let containerizer = self.containerizer.clone();
+        websocket::serve_remote_command(
+            ws,
+            protocol,
+            opts,
+            self.idle_timeout,
+            |io, closed| async move {
+                let id = match id {
+                    Ok(id) => id,
+                    Err(e) => return Some(session::Outcome::Failed(e)),
+                };
+                match cmd {
+                    Some(cmd) => {
+                        session::run_exec(containerizer, id, cmd, opts.tty, io, closed).await
+                    }
+                    None => session::run_attach(containerizer, id, io, closed).await,
+                }
+            },
+        )
+        .await;
+    }
+
+    fn container_id(&self, id: &str) -> Result<ContainerId, String> {
+        self.containerizer
+            .container(id)
+            .map(|c| ContainerId {
+                value: c.id,
+                parent: Some(c.pod_id),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    async fn port_forward(
+        &self,
+        conn: spdy::conn::Connection,
+        req: k8s_cri::v1::PortForwardRequest,
+    ) {
+        let net_ns = match self.containerizer.pod(&req.pod_sandbox_id) {
+            Ok(p) => p.info.net_ns,
+            Err(_) => {
+                conn.close().await;
+                return;
+            }
+        };
+        let target = portforward::Target {
+            pod_id: req.pod_sandbox_id,
+            net_ns,
+            ports: req.port,
+        };
+        portforward::serve(conn, target).await;
+    }
+
     async fn session(&self, conn: spdy::conn::Connection, pending: Pending, protocol: &str) {
         match pending {
             Pending::Exec(req) => {
@@ -219,21 +375,7 @@ impl StreamServer {
                 self.remote_command(conn, protocol, &req.container_id, opts, None)
                     .await;
             }
-            Pending::PortForward(req) => {
-                let net_ns = match self.containerizer.pod(&req.pod_sandbox_id) {
-                    Ok(p) => p.info.net_ns,
-                    Err(_) => {
-                        conn.close().await;
-                        return;
-                    }
-                };
-                let target = portforward::Target {
-                    pod_id: req.pod_sandbox_id,
-                    net_ns,
-                    ports: req.port,
-                };
-                portforward::serve(conn, target).await;
-            }
+            Pending::PortForward(req) => self.port_forward(conn, req).await,
         }
     }
 }
@@ -254,14 +396,11 @@ impl StreamServer {
             return;
         };
         let (io, tasks, error) = remotecommand::wire(streams, opts);
-        let id = match self.containerizer.container(container_id) {
-            Ok(c) => ContainerId {
-                value: c.id,
-                parent: Some(c.pod_id),
-            },
+        let id = match self.container_id(container_id) {
+            Ok(id) => id,
             Err(e) => {
                 drop(io);
-                let outcome = Some(session::Outcome::Failed(e.to_string()));
+                let outcome = Some(session::Outcome::Failed(e));
                 remotecommand::finish(conn, protocol, outcome, tasks, error).await;
                 return;
             }
