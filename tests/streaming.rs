@@ -826,3 +826,120 @@ async fn crictl_exec_attach_and_port_forward_with_both_transports() {
     }
     env.stop_remove_pod(&pod_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn websocket_exec_attach_and_tunnelled_port_forward() {
+    use common::ws;
+    let mut env = Env::start(&[]).await;
+    let (pod_id, id, pod) = setup(&mut env, "ws").await;
+
+    // v5: stdout/stderr apart, the exit code in the status, stdin closed by [255, 0].
+    let url = exec_url(
+        &mut env,
+        exec_req(
+            &id,
+            &["sh", "-c", "cat; echo err >&2; exit 6"],
+            true,
+            true,
+            true,
+            false,
+        ),
+    )
+    .await
+    .unwrap();
+    let (mut s, chosen) = ws::connect(&url, "v5.channel.k8s.io, v4.channel.k8s.io")
+        .await
+        .unwrap();
+    assert_eq!(chosen.as_deref(), Some("v5.channel.k8s.io"));
+    let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    for chunk in payload.chunks(16 << 10) {
+        ws::send(&mut s, 0, chunk).await;
+    }
+    ws::send(&mut s, 255, &[0]).await;
+    let got = ws::collect(&mut s, false).await;
+    assert!(ws::channel(&got, 1) == payload, "stdout is stdin");
+    assert_eq!(ws::channel(&got, 2), b"err\n");
+    let st: serde_json::Value = serde_json::from_slice(&ws::channel(&got, 3)).unwrap();
+    assert_eq!(st["details"]["causes"][0]["message"], "6", "{st}");
+    // The first message is the empty one on the lowest writable channel (kubelet's).
+    assert_eq!(got[0], (1, vec![]));
+
+    // v4 base64: text messages.
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["echo", "b64"], false, true, false, false),
+    )
+    .await
+    .unwrap();
+    let (mut s, chosen) = ws::connect(&url, "v4.base64.channel.k8s.io").await.unwrap();
+    assert_eq!(chosen.as_deref(), Some("v4.base64.channel.k8s.io"));
+    let got = ws::collect(&mut s, true).await;
+    assert_eq!(ws::channel(&got, 1), b"b64\n");
+    let st: serde_json::Value = serde_json::from_slice(&ws::channel(&got, 3)).unwrap();
+    assert_eq!(st["status"], "Success");
+
+    // An unknown subprotocol is refused; the token is spent either way.
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["true"], false, true, false, false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ws::connect(&url, "v9.channel.k8s.io").await.err(),
+        Some(400)
+    );
+    assert_eq!(
+        ws::connect(&url, "v5.channel.k8s.io").await.err(),
+        Some(404)
+    );
+
+    // Attach over WebSocket to a ticking container.
+    let image = env.images.busybox.reference();
+    let ticker = env
+        .run(
+            &pod_id,
+            &pod,
+            container(
+                "ticker",
+                &image,
+                &["sh", "-c", "while :; do echo tick; sleep 1; done"],
+            ),
+        )
+        .await;
+    let url = attach_url(&mut env, &ticker, false, false).await;
+    let (mut s, _) = ws::connect(&url, "v5.channel.k8s.io").await.unwrap();
+    loop {
+        match futures_util::StreamExt::next(&mut s).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) if b.len() > 1 => {
+                assert_eq!(&b[..], b"\x01tick\n");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("attach ended: {other:?}"),
+        }
+    }
+    drop(s);
+
+    // Port-forward: SPDY inside the WebSocket, to an nc echo server.
+    env.run(
+        &pod_id,
+        &pod,
+        container("echo", &image, &["nc", "-ll", "-p", "8080", "-e", "cat"]),
+    )
+    .await;
+    let url = port_forward_url(&mut env, &pod_id).await;
+    let (mut w, mut r) = ws::spdy_tunnel(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for request in 0.. {
+        let (got, err) = forward_once(&mut w, &mut r, 8080, request, b"tunnel\n").await;
+        if err.is_empty() {
+            assert_eq!(got, b"tunnel\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never echoed: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.stop_remove_pod(&pod_id).await;
+}

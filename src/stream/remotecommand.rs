@@ -135,7 +135,7 @@ pub fn wire(
 
 /// What goes on the error stream at the end, in `protocol`'s form (`None`: nothing).
 pub fn status_message(protocol: &str, outcome: &Outcome) -> Option<Vec<u8>> {
-    let v4 = protocol == "v4.channel.k8s.io" || protocol.starts_with("v5.");
+    let v4 = protocol.starts_with("v4.") || protocol.starts_with("v5.");
     let status = match outcome {
         Outcome::Exited(0) => json!({"metadata": {}, "status": "Success"}),
         Outcome::Exited(code) => json!({

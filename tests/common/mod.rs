@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod spdy;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

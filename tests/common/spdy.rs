@@ -9,9 +9,27 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use cri_mesos::stream::spdy::frame::{self, FLAG_FIN, Frame};
 use cri_mesos::stream::spdy::zlib::{HeaderDecoder, HeaderEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A SPDY client over any byte stream (a TCP connection, or a WebSocket tunnel).
+pub fn over(r: BoxRead, w: BoxWrite) -> (Writer, Reader) {
+    (
+        Writer {
+            w,
+            enc: HeaderEncoder::new(),
+            next: 1,
+        },
+        Reader {
+            r,
+            dec: HeaderDecoder::new(),
+            buf: BytesMut::new(),
+        },
+    )
+}
 
 /// The HTTP answer to an upgrade request: its status and, on 101, the connection.
 pub async fn upgrade(
@@ -57,23 +75,12 @@ pub async fn upgrade(
         })
         .filter(|p| !p.is_empty());
     let (r, w) = tcp.into_split();
-    Ok((
-        Writer {
-            w,
-            enc: HeaderEncoder::new(),
-            next: 1,
-        },
-        Reader {
-            r,
-            dec: HeaderDecoder::new(),
-            buf: BytesMut::new(),
-        },
-        protocol,
-    ))
+    let (w, r) = over(Box::new(r), Box::new(w));
+    Ok((w, r, protocol))
 }
 
 pub struct Writer {
-    pub w: OwnedWriteHalf,
+    pub w: BoxWrite,
     enc: HeaderEncoder,
     next: u32,
 }
@@ -106,15 +113,17 @@ impl Writer {
         let mut out = Vec::new();
         frame::encode(f, &mut out);
         let _ = self.w.write_all(&out).await;
+        let _ = self.w.flush().await;
     }
 
     pub async fn raw(&mut self, bytes: &[u8]) {
         let _ = self.w.write_all(bytes).await;
+        let _ = self.w.flush().await;
     }
 }
 
 pub struct Reader {
-    pub r: OwnedReadHalf,
+    pub r: BoxRead,
     dec: HeaderDecoder,
     buf: BytesMut,
 }
