@@ -276,11 +276,7 @@ pub fn tunnel(ws: WebSocketStream<TokioIo<Upgraded>>) -> tokio::io::DuplexStream
     tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }

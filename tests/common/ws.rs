@@ -94,11 +94,7 @@ pub async fn spdy_tunnel(url: &str) -> (super::spdy::Writer, super::spdy::Reader
     tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
