@@ -363,6 +363,9 @@ async fn pids_of(env: &mut Env, id: &str, cmd: &str) -> Vec<String> {
 async fn a_vanished_client_or_garbage_ends_its_session_only() {
     let mut env = Env::start(&[]).await;
     let (pod_id, id, _) = setup(&mut env, "vanish").await;
+    let daemon = env.daemon.pid().unwrap() as i32;
+    let supervisor = supervisor_pid(&pod_id);
+    let fds_before = (fd_count(daemon), fd_count(supervisor));
 
     // A long-lived cat session stays usable through everything below.
     let url = exec_url(&mut env, exec_req(&id, &["cat"], true, true, false, false))
@@ -416,6 +419,74 @@ async fn a_vanished_client_or_garbage_ends_its_session_only() {
     assert_eq!(c.text(cat[2]), "still here\n");
     assert_eq!(status_of(&c, cat[0])["status"], "Success");
     assert!(pids_of(&mut env, &id, "sleep 4343").await.is_empty());
+    // Every session is over: the daemon and the supervisor hold no more descriptors
+    // than before the first one.
+    drop((cat_w, cat_r));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (fd_count(daemon), fd_count(supervisor)) > fds_before {
+        assert!(
+            Instant::now() < deadline,
+            "descriptors leaked: {fds_before:?} -> {:?}",
+            (fd_count(daemon), fd_count(supervisor))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.stop_remove_pod(&pod_id).await;
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The host pid of a pod's supervisor (its command line names the pod).
+fn supervisor_pid(pod_id: &str) -> i32 {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("cri-mesos-supervisor") && cmd.contains(pod_id) {
+            // The first one: the pod's pid-namespace holder is its child.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1));
+            let parent =
+                std::fs::read(format!("/proc/{}/cmdline", ppid.unwrap_or("0"))).unwrap_or_default();
+            if !String::from_utf8_lossy(&parent).contains("cri-mesos-supervisor") {
+                return pid;
+            }
+        }
+    }
+    panic!("no supervisor for pod {pod_id}");
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn an_idle_session_is_closed_and_its_process_killed() {
+    let mut env = Env::start(&["--streaming_idle_timeout=1secs"]).await;
+    let (pod_id, id, _) = setup(&mut env, "idle").await;
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["sleep", "4545"], false, true, false, false),
+    )
+    .await
+    .unwrap();
+    let (mut w, mut r, _) = spdy::upgrade(&url, &[V4]).await.unwrap();
+    open_exec_streams(&mut w, false, true, false, false).await;
+    // Nothing is sent either way: the server ends the connection.
+    let c = r.collect().await;
+    assert!(c.goaway, "{c:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pids_of(&mut env, &id, "sleep 4545").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "sleep 4545 survived its idle session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     env.stop_remove_pod(&pod_id).await;
 }
 

@@ -391,3 +391,166 @@ async fn read_loop<R: AsyncRead + Unpin>(
     drop(inbound);
     closed.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::spdy::frame::{INVALID_STREAM, PROTOCOL_ERROR};
+
+    struct Peer {
+        io: tokio::io::DuplexStream,
+        enc: HeaderEncoder,
+        dec: HeaderDecoder,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        async fn send(&mut self, f: Frame) {
+            let mut out = Vec::new();
+            frame::encode(&f, &mut out);
+            self.io.write_all(&out).await.unwrap();
+        }
+        async fn open(&mut self, id: u32, headers: &[(&str, &str)]) {
+            let block = Bytes::from(self.enc.encode(headers));
+            self.send(Frame::SynStream {
+                stream_id: id,
+                flags: 0,
+                block,
+            })
+            .await;
+        }
+        async fn next(&mut self) -> Option<Frame> {
+            loop {
+                if let Some(f) = frame::parse(&mut self.buf).unwrap() {
+                    if let Frame::SynReply { block, .. } = &f {
+                        self.dec.decode(block).unwrap();
+                    }
+                    return Some(f);
+                }
+                if self.io.read_buf(&mut self.buf).await.unwrap() == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn pair() -> (Connection, Peer) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(a);
+        let conn = serve(r, w, Duration::from_secs(3600));
+        let peer = Peer {
+            io: b,
+            enc: HeaderEncoder::new(),
+            dec: HeaderDecoder::new(),
+            buf: BytesMut::new(),
+        };
+        (conn, peer)
+    }
+
+    #[tokio::test]
+    async fn streams_are_replied_data_routed_and_pings_echoed() {
+        let (mut conn, mut peer) = pair();
+        peer.open(1, &[("streamtype", "stdin")]).await;
+        let mut s = conn.streams.recv().await.unwrap();
+        assert_eq!((s.id, s.header("streamtype")), (1, Some("stdin")));
+        assert!(matches!(
+            peer.next().await,
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: FLAG_FIN,
+            data: Bytes::from_static(b"abc"),
+        })
+        .await;
+        assert_eq!(s.rx.recv().await.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(s.rx.recv().await, None, "FIN ends the stream");
+        peer.send(Frame::Ping { id: 7 }).await;
+        assert_eq!(peer.next().await, Some(Frame::Ping { id: 7 }));
+        // Output past any 64 KiB window goes out without a WINDOW_UPDATE.
+        s.tx.send(Bytes::from(vec![b'x'; 200 << 10])).await.unwrap();
+        s.tx.finish().await.unwrap();
+        let mut got = 0;
+        loop {
+            match peer.next().await.unwrap() {
+                Frame::Data { data, flags, .. } => {
+                    got += data.len();
+                    if flags & FLAG_FIN != 0 {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, 200 << 10);
+        conn.close().await;
+        assert!(matches!(peer.next().await, Some(Frame::GoAway { .. })));
+        assert_eq!(peer.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn data_for_an_unknown_stream_resets_that_stream_only() {
+        let (mut conn, mut peer) = pair();
+        peer.open(1, &[("streamtype", "stdin")]).await;
+        let mut s = conn.streams.recv().await.unwrap();
+        peer.next().await.unwrap();
+        peer.send(Frame::Data {
+            stream_id: 9,
+            flags: 0,
+            data: Bytes::from_static(b"?"),
+        })
+        .await;
+        assert_eq!(
+            peer.next().await,
+            Some(Frame::RstStream {
+                stream_id: 9,
+                status: INVALID_STREAM
+            })
+        );
+        // A second SYN_STREAM for a live id is refused, the first stays.
+        peer.open(1, &[("streamtype", "stdout")]).await;
+        assert_eq!(
+            peer.next().await,
+            Some(Frame::RstStream {
+                stream_id: 1,
+                status: PROTOCOL_ERROR
+            })
+        );
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: 0,
+            data: Bytes::from_static(b"ok"),
+        })
+        .await;
+        assert_eq!(s.rx.recv().await.as_deref(), Some(&b"ok"[..]));
+        assert!(!conn.closed.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn garbage_ends_the_connection_with_goaway() {
+        for junk in [
+            &[0x80u8, 2, 0, 1, 0, 0, 0, 0][..],
+            // A SYN_STREAM whose header block is not zlib.
+            &[
+                0x80, 3, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
+            ][..],
+        ] {
+            let (conn, mut peer) = pair();
+            peer.io.write_all(junk).await.unwrap();
+            assert!(
+                matches!(peer.next().await, Some(Frame::GoAway { .. })),
+                "{junk:?}"
+            );
+            assert_eq!(peer.next().await, None);
+            conn.closed.cancelled().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_peer_closing_cancels_the_connection() {
+        let (mut conn, peer) = pair();
+        drop(peer);
+        conn.closed.cancelled().await;
+        assert!(conn.streams.recv().await.is_none());
+    }
+}
