@@ -549,6 +549,42 @@ mod tests {
     }
 
     #[test]
+    fn stream_requests_and_replies_round_trip() {
+        let exec = Request::ExecStream {
+            exec: Box::new(ExecInfo {
+                container_id: "c".into(),
+                args: vec!["sh".into()],
+                tty: true,
+                ..Default::default()
+            }),
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        };
+        let text = serde_json::to_string(&exec).unwrap();
+        assert!(text.starts_with(r#"{"op":"exec_stream""#), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), exec);
+        let attach: Request =
+            serde_json::from_str(r#"{"op":"attach_stream","container_id":"c","stdin":false}"#)
+                .unwrap();
+        assert!(matches!(attach, Request::AttachStream { stdin: false, .. }));
+        for reply in [
+            Response::ExecStarted { tty: false },
+            Response::ExecExited {
+                exit_code: 3,
+                error: None,
+            },
+            Response::ExecExited {
+                exit_code: 127,
+                error: Some("exec: \"x\": not found".into()),
+            },
+        ] {
+            let text = serde_json::to_string(&reply).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);
+        }
+    }
+
+    #[test]
     fn a_pong_without_a_protocol_is_version_zero() {
         let pong: Response =
             serde_json::from_str(r#"{"reply":"pong","pod_id":"p","pid":1,"version":"0.1.0"}"#)
