@@ -219,6 +219,18 @@ struct Cli {
     )]
     streaming_idle_timeout: Option<String>,
     #[arg(
+        long = "streaming_tls_cert_file",
+        visible_alias = "streaming-tls-cert-file",
+        env = "CRI_MESOS_STREAMING_TLS_CERT_FILE"
+    )]
+    streaming_tls_cert_file: Option<PathBuf>,
+    #[arg(
+        long = "streaming_tls_key_file",
+        visible_alias = "streaming-tls-key-file",
+        env = "CRI_MESOS_STREAMING_TLS_KEY_FILE"
+    )]
+    streaming_tls_key_file: Option<PathBuf>,
+    #[arg(
         long = "logging_level",
         visible_alias = "logging-level",
         env = "CRI_MESOS_LOGGING_LEVEL"
@@ -293,6 +305,10 @@ struct FileConfig {
     streaming_address: Option<String>,
     #[serde(alias = "streaming-idle-timeout")]
     streaming_idle_timeout: Option<Scalar>,
+    #[serde(alias = "streaming-tls-cert-file")]
+    streaming_tls_cert_file: Option<PathBuf>,
+    #[serde(alias = "streaming-tls-key-file")]
+    streaming_tls_key_file: Option<PathBuf>,
     #[serde(alias = "logging-level")]
     logging_level: Option<String>,
 }
@@ -495,6 +511,9 @@ pub struct Flags {
     /// A streaming connection with no frame either way for this long is closed.
     #[serde(serialize_with = "serialize_duration")]
     pub streaming_idle_timeout: Duration,
+    /// PEM certificate chain and key: the streaming server speaks HTTPS (both or neither).
+    pub streaming_tls_cert_file: Option<PathBuf>,
+    pub streaming_tls_key_file: Option<PathBuf>,
     pub logging_level: String,
     pub config_file: Option<PathBuf>,
 }
@@ -878,6 +897,29 @@ impl Flags {
                 reason,
             })?;
 
+        let streaming_tls_cert_file = cli.streaming_tls_cert_file.or(file.streaming_tls_cert_file);
+        let streaming_tls_key_file = cli.streaming_tls_key_file.or(file.streaming_tls_key_file);
+        match (&streaming_tls_cert_file, &streaming_tls_key_file) {
+            (Some(p), None) | (None, Some(p)) => {
+                let flag = if streaming_tls_cert_file.is_some() {
+                    "streaming_tls_cert_file"
+                } else {
+                    "streaming_tls_key_file"
+                };
+                return Err(FlagError::Invalid {
+                    flag,
+                    value: p.display().to_string(),
+                    reason: "--streaming_tls_cert_file and --streaming_tls_key_file go together"
+                        .into(),
+                });
+            }
+            (Some(c), Some(k)) => {
+                absolute("streaming_tls_cert_file", c)?;
+                absolute("streaming_tls_key_file", k)?;
+            }
+            (None, None) => {}
+        }
+
         let logging_level = cli
             .logging_level
             .or(file.logging_level)
@@ -921,6 +963,8 @@ impl Flags {
             http_address,
             streaming_address,
             streaming_idle_timeout,
+            streaming_tls_cert_file,
+            streaming_tls_key_file,
             logging_level,
             config_file: cli.config,
         })
@@ -1221,6 +1265,8 @@ mod tests {
         for bad in [
             "--streaming_address=localhost",
             "--streaming_idle_timeout=0secs",
+            "--streaming_tls_cert_file=/etc/cert.pem",
+            "--streaming_tls_key_file=key.pem",
         ] {
             let err = Flags::from_args(["cri-mesos", bad])
                 .unwrap_err()

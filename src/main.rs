@@ -56,7 +56,21 @@ fn main() -> ExitCode {
         }
     };
     let (containerizer, provisioner) = containerizer;
-    match runtime.block_on(run(flags, containerizer, provisioner)) {
+    // A certificate that does not load is a flag error: exit 2 before serving.
+    let tls = match (
+        &flags.streaming_tls_cert_file,
+        &flags.streaming_tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => match cri_mesos::stream::server::load_tls(cert, key) {
+            Ok(acceptor) => Some(acceptor),
+            Err(e) => {
+                eprintln!("cri-mesos: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    match runtime.block_on(run(flags, containerizer, provisioner, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cri-mesos: {e:#}");
@@ -83,6 +97,7 @@ async fn run(
     flags: Arc<Flags>,
     containerizer: Arc<dyn Containerizer>,
     provisioner: Arc<Provisioner>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -104,6 +119,7 @@ async fn run(
         flags.streaming_address,
         containerizer.clone(),
         flags.streaming_idle_timeout,
+        tls,
     )
     .await?;
     let stop_streaming = tokio_util::sync::CancellationToken::new();

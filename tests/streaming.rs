@@ -1014,3 +1014,55 @@ async fn websocket_exec_attach_and_tunnelled_port_forward() {
     }
     env.stop_remove_pod(&pod_id).await;
 }
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn the_streaming_server_speaks_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let cert_arg = format!("--streaming_tls_cert_file={}", cert.display());
+    let key_arg = format!("--streaming_tls_key_file={}", key.display());
+    let mut env = Env::start(&[&cert_arg, &key_arg]).await;
+    let (pod_id, id, _) = setup(&mut env, "tls").await;
+    let url = exec_url(
+        &mut env,
+        exec_req(&id, &["true"], false, true, false, false),
+    )
+    .await
+    .unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    // crictl verifies nothing by default (as critest): a TLS session end to end.
+    for transport in ["spdy", "websocket"] {
+        let out = run_crictl(
+            &env,
+            &["exec", "--transport", transport, &id, "echo", "over tls"],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "over tls\n",
+            "{transport}: {out:?}"
+        );
+    }
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -35,10 +35,54 @@ pub enum StreamServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--{flag} {path}: {reason}")]
+    Tls {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// How long a client has for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The streaming server's TLS acceptor from PEM files (a certificate chain, a key).
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, StreamServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |flag, path: &std::path::Path, reason: String| StreamServerError::Tls {
+        flag,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("streaming_tls_cert_file", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "streaming_tls_cert_file",
+            cert,
+            "no PEM certificate in it".into(),
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("streaming_tls_key_file", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("streaming_tls_cert_file", cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| bad("streaming_tls_key_file", key, e.to_string()))?;
+    // Upgrades are HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The server's state, shared with the RPC layer (which mints tokens).
-#[derive(Debug)]
 pub struct StreamServer {
     tokens: Tokens,
     base_url: String,
@@ -46,14 +90,26 @@ pub struct StreamServer {
     containerizer: Arc<dyn Containerizer>,
     idle_timeout: Duration,
     sessions: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for StreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamServer")
+            .field("base_url", &self.base_url)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamServer {
-    /// Binds `addr` (port 0 picks one; URLs name the bound port).
+    /// Binds `addr` (port 0 picks one; URLs name the bound port); HTTPS with `tls`.
     pub async fn bind(
         addr: SocketAddr,
         containerizer: Arc<dyn Containerizer>,
         idle_timeout: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Result<(Arc<StreamServer>, TcpListener), StreamServerError> {
         let listener = TcpListener::bind(addr)
             .await
@@ -63,11 +119,12 @@ impl StreamServer {
             .map_err(|source| StreamServerError::Bind { addr, source })?;
         let server = StreamServer {
             tokens: Tokens::default(),
-            base_url: format!("http://{bound}"),
+            base_url: format!("{}://{bound}", if tls.is_some() { "https" } else { "http" }),
             addr: bound,
             containerizer,
             idle_timeout,
             sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+            tls,
         };
         Ok((Arc::new(server), listener))
     }
@@ -108,17 +165,33 @@ impl StreamServer {
             let _ = tcp.set_nodelay(true);
             let server = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, std::convert::Infallible>(server.handle(req)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "streaming connection ended");
+                let Some(tls) = server.tls.clone() else {
+                    return server.serve_http(tcp, peer).await;
+                };
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => server.serve_http(stream, peer).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
+        }
+    }
+
+    /// HTTP/1.1 on one connection (plain or TLS), upgrades allowed.
+    async fn serve_http<IO>(self: Arc<Self>, io: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let server = self;
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, std::convert::Infallible>(server.handle(req)) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "streaming connection ended");
         }
     }
 
