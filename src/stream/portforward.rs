@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::spdy::conn::{Connection, Stream};
 use super::spdy::frame;
@@ -69,14 +70,16 @@ pub async fn serve(mut conn: Connection, target: Target) {
         if pair.data.is_some() && pair.error.is_some() {
             let Pair { data, error } = pairs.remove(&request).unwrap_or_default();
             if let (Some(data), Some(error)) = (data, error) {
-                tokio::spawn(forward(data, error, target.clone()));
+                tokio::spawn(forward(data, error, target.clone(), conn.closed.clone()));
             }
         }
     }
     conn.close().await;
 }
 
-async fn forward(data: Stream, error: Stream, target: Target) {
+/// One forwarded connection, until both directions are done or the client's
+/// connection ends (`closed`), whichever is first: the pod's side may never close.
+async fn forward(data: Stream, error: Stream, target: Target, closed: CancellationToken) {
     let port = data.header("port").unwrap_or("").to_string();
     let result = match port.parse::<u16>() {
         Ok(p) if p > 0 => {
@@ -126,7 +129,10 @@ async fn forward(data: Stream, error: Stream, target: Target) {
         }
         let _ = tx.finish().await;
     };
-    tokio::join!(inbound, outbound);
+    tokio::select! {
+        _ = async { tokio::join!(inbound, outbound) } => {}
+        _ = closed.cancelled() => return,
+    }
     let _ = error.tx.finish().await;
 }
 

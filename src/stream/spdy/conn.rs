@@ -318,8 +318,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     if out.send(Out::Reply(stream_id)).await.is_err() {
                         break 'conn "closed".into();
                     }
-                    if new_streams.send(stream).await.is_err() {
-                        // The handler takes no more streams.
+                    // Never wait for the handler here: it may be busy with a session
+                    // whose stdin this loop feeds.
+                    if new_streams.try_send(stream).is_err() {
+                        // The handler takes no more streams (or not so many).
                         inbound.remove(&stream_id);
                         let _ = out
                             .send(Out::Frame(Frame::RstStream {

@@ -119,7 +119,12 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     if payload.len() < need {
         return Err(FrameError::Short { kind, len });
     }
-    let id = be32(&payload) & 0x7fff_ffff;
+    // Frames without a stream id (SETTINGS, unknown kinds) may be shorter than one.
+    let id = if payload.len() >= 4 {
+        be32(&payload) & 0x7fff_ffff
+    } else {
+        0
+    };
     let mut p = payload.clone();
     Ok(Some(match kind {
         SYN_STREAM => {
@@ -289,6 +294,15 @@ mod tests {
                 kind: WINDOW_UPDATE
             }
         );
+    }
+
+    /// Found by the fuzzer: an empty control frame of a kind without a stream id.
+    #[test]
+    fn empty_settings_and_unknown_frames_parse() {
+        let mut b = buf(&[0x80, 3, 0, 4, 0, 0, 0, 0, 0x80, 3, 0, 0x2d, 0, 0, 0, 0]);
+        assert_eq!(parse(&mut b), Ok(Some(Frame::Ignored { kind: SETTINGS })));
+        assert_eq!(parse(&mut b), Ok(Some(Frame::Ignored { kind: 0x2d })));
+        assert!(b.is_empty());
     }
 
     #[test]
