@@ -997,9 +997,10 @@ async fn a_supervisor_of_another_protocol_version_is_refused() {
     assert!(
         err.message().contains(&pod_id)
             && err.message().contains("protocol 0")
-            && err
-                .message()
-                .contains(&format!("speaks {}", cri_mesos_supervisor::protocol::PROTOCOL)),
+            && err.message().contains(&format!(
+                "speaks {}",
+                cri_mesos_supervisor::protocol::PROTOCOL
+            )),
         "{}",
         err.message()
     );

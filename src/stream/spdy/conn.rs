@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{self, FLAG_FIN, Frame};
 use super::zlib::{HeaderDecoder, HeaderEncoder, Headers};
 
-/// Frames queued for the writer; a full queue makes senders wait.
-const OUT_QUEUE: usize = 64;
+/// Frames queued for the writer; a full queue makes senders wait. With data frames of
+/// at most [`CHUNK`], a connection holds at most about 512 KiB of output.
+const OUT_QUEUE: usize = 16;
 /// Data frames queued per incoming stream.
 const IN_QUEUE: usize = 16;
 /// New streams not yet taken by the handler.
