@@ -13,7 +13,11 @@ cargo build --workspace --bins
 # Tests that need root are `#[ignore = "needs root"]`: a root run (CI's) runs them, a
 # non-root run shows them as ignored.
 ignored=()
-if [ "$(id -u)" -eq 0 ]; then ignored=(--include-ignored); fi
+if [ "$(id -u)" -eq 0 ]; then
+  ignored=(--include-ignored)
+  # The streaming tests drive crictl as a user would: build it first (idempotent).
+  ../shared/critest/build-cri-tools.sh /usr/local/bin
+fi
 cargo test --workspace --no-fail-fast -- "${ignored[@]}"
 # The Helm chart, linted, rendered and checked through the Helm SDK; hack/install.sh
 # installing, starting and removing the runtime here, and the installer image built

@@ -223,6 +223,30 @@ struct Cli {
     )]
     http_address: Option<String>,
     #[arg(
+        long = "streaming_address",
+        visible_alias = "streaming-address",
+        env = "CRI_MESOS_STREAMING_ADDRESS"
+    )]
+    streaming_address: Option<String>,
+    #[arg(
+        long = "streaming_idle_timeout",
+        visible_alias = "streaming-idle-timeout",
+        env = "CRI_MESOS_STREAMING_IDLE_TIMEOUT"
+    )]
+    streaming_idle_timeout: Option<String>,
+    #[arg(
+        long = "streaming_tls_cert_file",
+        visible_alias = "streaming-tls-cert-file",
+        env = "CRI_MESOS_STREAMING_TLS_CERT_FILE"
+    )]
+    streaming_tls_cert_file: Option<PathBuf>,
+    #[arg(
+        long = "streaming_tls_key_file",
+        visible_alias = "streaming-tls-key-file",
+        env = "CRI_MESOS_STREAMING_TLS_KEY_FILE"
+    )]
+    streaming_tls_key_file: Option<PathBuf>,
+    #[arg(
         long = "logging_level",
         visible_alias = "logging-level",
         env = "CRI_MESOS_LOGGING_LEVEL"
@@ -297,6 +321,14 @@ struct FileConfig {
     resources: Option<String>,
     #[serde(alias = "http-address")]
     http_address: Option<String>,
+    #[serde(alias = "streaming-address")]
+    streaming_address: Option<String>,
+    #[serde(alias = "streaming-idle-timeout")]
+    streaming_idle_timeout: Option<Scalar>,
+    #[serde(alias = "streaming-tls-cert-file")]
+    streaming_tls_cert_file: Option<PathBuf>,
+    #[serde(alias = "streaming-tls-key-file")]
+    streaming_tls_key_file: Option<PathBuf>,
     #[serde(alias = "logging-level")]
     logging_level: Option<String>,
 }
@@ -501,6 +533,14 @@ pub struct Flags {
     pub cgroups_pids_limit: u64,
     pub resources: Option<String>,
     pub http_address: SocketAddr,
+    /// The exec/attach/port-forward server (port 0 picks one).
+    pub streaming_address: SocketAddr,
+    /// A streaming connection with no frame either way for this long is closed.
+    #[serde(serialize_with = "serialize_duration")]
+    pub streaming_idle_timeout: Duration,
+    /// PEM certificate chain and key: the streaming server speaks HTTPS (both or neither).
+    pub streaming_tls_cert_file: Option<PathBuf>,
+    pub streaming_tls_key_file: Option<PathBuf>,
     pub logging_level: String,
     pub config_file: Option<PathBuf>,
 }
@@ -881,6 +921,57 @@ impl Flags {
             reason: "expected IP:PORT (port 0 picks a free one)".into(),
         })?;
 
+        let streaming_text = cli
+            .streaming_address
+            .or(file.streaming_address)
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let streaming_address: SocketAddr =
+            streaming_text.parse().map_err(|_| FlagError::Invalid {
+                flag: "streaming_address",
+                value: streaming_text.clone(),
+                reason: "expected IP:PORT (port 0 picks a free one)".into(),
+            })?;
+        let idle_text = cli
+            .streaming_idle_timeout
+            .or(file.streaming_idle_timeout.map(Scalar::into_text))
+            .unwrap_or_else(|| "4hrs".into());
+        let streaming_idle_timeout = parse_duration(&idle_text)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be more than 0".into())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|reason| FlagError::Invalid {
+                flag: "streaming_idle_timeout",
+                value: idle_text.clone(),
+                reason,
+            })?;
+
+        let streaming_tls_cert_file = cli.streaming_tls_cert_file.or(file.streaming_tls_cert_file);
+        let streaming_tls_key_file = cli.streaming_tls_key_file.or(file.streaming_tls_key_file);
+        match (&streaming_tls_cert_file, &streaming_tls_key_file) {
+            (Some(p), None) | (None, Some(p)) => {
+                let flag = if streaming_tls_cert_file.is_some() {
+                    "streaming_tls_cert_file"
+                } else {
+                    "streaming_tls_key_file"
+                };
+                return Err(FlagError::Invalid {
+                    flag,
+                    value: p.display().to_string(),
+                    reason: "--streaming_tls_cert_file and --streaming_tls_key_file go together"
+                        .into(),
+                });
+            }
+            (Some(c), Some(k)) => {
+                absolute("streaming_tls_cert_file", c)?;
+                absolute("streaming_tls_key_file", k)?;
+            }
+            (None, None) => {}
+        }
+
         let logging_level = cli
             .logging_level
             .or(file.logging_level)
@@ -924,6 +1015,10 @@ impl Flags {
             cgroups_pids_limit,
             resources,
             http_address,
+            streaming_address,
+            streaming_idle_timeout,
+            streaming_tls_cert_file,
+            streaming_tls_key_file,
             logging_level,
             config_file: cli.config,
         })
@@ -1207,6 +1302,31 @@ mod tests {
         );
         assert_eq!(flags.launcher, Launcher::Linux);
         assert_eq!(flags.fetcher_cache_size, 2 << 30);
+        assert_eq!(flags.streaming_address, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(flags.streaming_idle_timeout, Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn streaming_flags_are_checked() {
+        let flags = Flags::from_args([
+            "cri-mesos",
+            "--streaming_address=0.0.0.0:10010",
+            "--streaming-idle-timeout=30mins",
+        ])
+        .unwrap();
+        assert_eq!(flags.streaming_address.port(), 10010);
+        assert_eq!(flags.streaming_idle_timeout, Duration::from_secs(1800));
+        for bad in [
+            "--streaming_address=localhost",
+            "--streaming_idle_timeout=0secs",
+            "--streaming_tls_cert_file=/etc/cert.pem",
+            "--streaming_tls_key_file=key.pem",
+        ] {
+            let err = Flags::from_args(["cri-mesos", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("streaming_"), "{bad}: {err}");
+        }
     }
 
     #[test]

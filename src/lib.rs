@@ -13,3 +13,4 @@ pub mod provisioner;
 pub mod quote;
 pub mod server;
 pub mod state;
+pub mod stream;

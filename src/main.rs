@@ -64,7 +64,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(flags, containerizer, provisioner, http)) {
+    // A certificate that does not load is a flag error: exit 2 before serving.
+    let tls = match (
+        &flags.streaming_tls_cert_file,
+        &flags.streaming_tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => match cri_mesos::stream::server::load_tls(cert, key) {
+            Ok(acceptor) => Some(acceptor),
+            Err(e) => {
+                eprintln!("cri-mesos: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    match runtime.block_on(run(flags, containerizer, provisioner, http, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cri-mesos: {e:#}");
@@ -92,6 +106,7 @@ async fn run(
     containerizer: Arc<dyn Containerizer>,
     provisioner: Arc<Provisioner>,
     http: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
     for dir in [&flags.work_dir, &flags.runtime_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -109,6 +124,19 @@ async fn run(
             tracing::warn!(dir = %dir.display(), error = %e, "cannot make a shared mount; bidirectional volumes under it will be refused");
         }
     }
+    let (streaming, streaming_listener) = cri_mesos::stream::StreamServer::bind(
+        flags.streaming_address,
+        containerizer.clone(),
+        flags.streaming_idle_timeout,
+        tls,
+    )
+    .await?;
+    let stop_streaming = tokio_util::sync::CancellationToken::new();
+    let streaming_task = tokio::spawn(
+        streaming
+            .clone()
+            .serve(streaming_listener, stop_streaming.clone().cancelled_owned()),
+    );
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {
@@ -129,14 +157,18 @@ async fn run(
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    cri_mesos::server::serve(
+    let served = cri_mesos::server::serve(
         flags,
         containerizer,
         provisioner,
+        streaming,
         listener,
         http_address,
         shutdown,
     )
-    .await?;
+    .await;
+    stop_streaming.cancel();
+    let _ = streaming_task.await;
+    served?;
     Ok(())
 }

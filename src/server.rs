@@ -15,6 +15,7 @@ use crate::cri::image::CriImages;
 use crate::cri::runtime::CriRuntime;
 use crate::flags::Flags;
 use crate::provisioner::Provisioner;
+use crate::stream::StreamServer;
 
 /// kubelet's own limit for CRI messages; large ListContainers answers need it.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -76,12 +77,13 @@ pub async fn serve(
     flags: Arc<Flags>,
     containerizer: Arc<dyn Containerizer>,
     provisioner: Arc<Provisioner>,
+    streaming: Arc<StreamServer>,
     listener: UnixListener,
     http_address: std::net::SocketAddr,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let runtime = RuntimeServiceServer::new(
-        CriRuntime::new(flags.clone(), containerizer).with_http_address(http_address),
+        CriRuntime::new(flags.clone(), containerizer, streaming).with_http_address(http_address),
     )
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);

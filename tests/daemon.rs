@@ -263,6 +263,10 @@ fn bad_flags_exit_2_naming_the_value() {
     // A port someone else holds: exit 2 naming it, before the CRI socket is opened.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_arg = format!("--http_address={}", taken.local_addr().unwrap());
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let tls_cert = format!("--streaming_tls_cert_file={}", not_pem.display());
+    let tls_key = format!("--streaming_tls_key_file={}", not_pem.display());
     let cases: &[(&[&str], &str)] = &[
         (&[taken_arg.as_str()], taken_arg.as_str()),
         (&["--isolation=bogus/thing"], "bogus/thing"),
@@ -302,6 +306,13 @@ fn bad_flags_exit_2_naming_the_value() {
         (&[rlimit_high.as_str()], "above the daemon's own hard limit"),
         (&[rlimit_soft.as_str()], "soft 2048 is above hard 1024"),
         (&[rlimit_name.as_str()], "NOFILES"),
+        (&["--streaming_address=nowhere"], "nowhere"),
+        (&["--streaming_idle_timeout=never"], "never"),
+        (&[tls_cert.as_str()], "go together"),
+        (
+            &[tls_cert.as_str(), tls_key.as_str()],
+            "streaming_tls_cert_file",
+        ),
     ];
     for (args, needle) in cases {
         let mut all = vec![format!("--listen={}", socket.display())];

@@ -194,6 +194,22 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<cri_mesos_supervisor::protocol::ExecResult>;
+    /// Exec: a streaming session of `cmd` in the container (same security as ExecSync);
+    /// `want`: stdin, stdout, stderr. Dropping the result kills the session.
+    async fn exec_stream(
+        &self,
+        id: &ContainerId,
+        cmd: Vec<String>,
+        tty: bool,
+        want: [bool; 3],
+    ) -> Result<crate::launcher::supervisor::ExecStream>;
+    /// Attach: the container's live output, and its stdin when `stdin` (a tty's master
+    /// always). Dropping the result detaches.
+    async fn attach_stream(
+        &self,
+        id: &ContainerId,
+        stdin: bool,
+    ) -> Result<crate::launcher::supervisor::AttachStream>;
     /// ReopenContainerLog.
     async fn reopen_log(&self, id: &ContainerId) -> Result<()>;
 

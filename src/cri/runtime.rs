@@ -16,6 +16,8 @@ use super::{containerizer_status, not_yet, validate};
 use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
 use crate::flags::Flags;
+use crate::stream::StreamServer;
+use crate::stream::token::Pending;
 
 /// The version of the kubelet runtime API this runtime speaks (what kubelet itself sends).
 const KUBELET_API_VERSION: &str = "0.1.0";
@@ -29,23 +31,51 @@ pub struct CriRuntime {
     rates: stats::CpuRates,
     /// Where the HTTP endpoints listen (verbose Status), once bound.
     http_address: Option<std::net::SocketAddr>,
+    streaming: Arc<StreamServer>,
 }
 
 impl CriRuntime {
     /// Must be called on the tokio runtime: it starts the events task.
-    pub fn new(flags: Arc<Flags>, containerizer: Arc<dyn Containerizer>) -> Self {
+    pub fn new(
+        flags: Arc<Flags>,
+        containerizer: Arc<dyn Containerizer>,
+        streaming: Arc<StreamServer>,
+    ) -> Self {
         Self {
             flags,
             events: EventHub::start(containerizer.clone()),
             containerizer,
             rates: stats::CpuRates::default(),
             http_address: None,
+            streaming,
         }
     }
 
     pub fn with_http_address(mut self, address: std::net::SocketAddr) -> Self {
         self.http_address = Some(address);
         self
+    }
+
+    /// The container of a streaming request, which must be running.
+    fn running(&self, id: String) -> Result<ContainerRecord, Status> {
+        let id = required(id, "container_id")?;
+        let c = self
+            .containerizer
+            .container(&id)
+            .map_err(|e| containerizer_status(&e))?;
+        if c.cri_state(&c.exit()) != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        Ok(c)
+    }
+
+    fn url(&self, pending: Pending) -> Result<String, Status> {
+        self.streaming
+            .url_for(pending)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 
     /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig); kept by the
@@ -344,6 +374,10 @@ impl RuntimeService for CriRuntime {
             info.insert(
                 "isolators".to_string(),
                 serde_json::Value::Object(self.containerizer.isolator_status()).to_string(),
+            );
+            info.insert(
+                "streaming".to_string(),
+                serde_json::json!({"address": self.streaming.address().to_string()}).to_string(),
             );
         }
         let handler_features = Some(cri::RuntimeHandlerFeatures {
@@ -754,23 +788,56 @@ impl RuntimeService for CriRuntime {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(not_yet("Exec"))
+        let mut request = request.into_inner();
+        validate::exec_cmd(&request.cmd)?;
+        validate::stream_flags(request.stdin, request.stdout, request.stderr, request.tty)?;
+        let c = self.running(std::mem::take(&mut request.container_id))?;
+        request.container_id = c.id;
+        let url = self.url(Pending::Exec(request))?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(not_yet("Attach"))
+        let mut request = request.into_inner();
+        validate::stream_flags(request.stdin, request.stdout, request.stderr, request.tty)?;
+        let c = self.running(std::mem::take(&mut request.container_id))?;
+        request.container_id = c.id;
+        let url = self.url(Pending::Attach(request))?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward"))
+        let mut request = request.into_inner();
+        let id = required(
+            std::mem::take(&mut request.pod_sandbox_id),
+            "pod_sandbox_id",
+        )?;
+        if let Some(p) = request.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!(
+                "port: {p} is not a TCP port (1-65535)"
+            )));
+        }
+        let pod = self
+            .containerizer
+            .pod(&id)
+            .map_err(|e| containerizer_status(&e))?;
+        if !pod.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id()
+            )));
+        }
+        request.pod_sandbox_id = pod.id().to_string();
+        let url = self.url(Pending::PortForward(request))?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -293,6 +293,24 @@ pub fn exec_cmd(cmd: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
+/// The stream flags of Exec and Attach, as the CRI requires them: a session needs one
+/// stream, and a tty merges stderr into stdout.
+pub fn stream_flags(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), Status> {
+    if !(stdin || stdout || stderr) {
+        return Err(invalid(
+            "stdin",
+            "one of stdin, stdout or stderr must be set",
+        ));
+    }
+    if tty && stderr {
+        return Err(invalid(
+            "stderr",
+            "must be false with tty (a terminal's output is all stdout)",
+        ));
+    }
+    Ok(())
+}
+
 /// A hostname the client sends: what `sethostname` takes and what can stand in
 /// `/etc/hosts` as one name. FQDNs are allowed (kubelet's `setHostnameAsFQDN`).
 fn hostname(name: &str) -> Result<(), String> {

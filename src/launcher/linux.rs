@@ -174,6 +174,41 @@ impl Launcher for LinuxLauncher {
         }
     }
 
+    async fn exec_stream(
+        &self,
+        socket: &Path,
+        exec: ExecInfo,
+        want: [bool; 3],
+    ) -> Result<super::supervisor::ExecStream, SupervisorError> {
+        self.check_protocol(socket).await?;
+        let [stdin, stdout, stderr] = want;
+        let request = Request::ExecStream {
+            exec: Box::new(exec),
+            stdin,
+            stdout,
+            stderr,
+        };
+        SupervisorClient::new(socket)
+            .exec_stream(&request, QUICK)
+            .await
+    }
+
+    async fn attach_stream(
+        &self,
+        socket: &Path,
+        container_id: &str,
+        stdin: bool,
+    ) -> Result<super::supervisor::AttachStream, SupervisorError> {
+        self.check_protocol(socket).await?;
+        let request = Request::AttachStream {
+            container_id: container_id.to_string(),
+            stdin,
+        };
+        SupervisorClient::new(socket)
+            .attach_stream(&request, QUICK)
+            .await
+    }
+
     async fn reopen_log(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError> {
         let request = Request::ReopenLog {
             container_id: container_id.to_string(),

@@ -81,6 +81,28 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
         exec: ExecInfo,
         timeout: Duration,
     ) -> Result<ExecResult, SupervisorError>;
+    /// Starts a streaming exec session (CRI Exec); `want`: stdin, stdout, stderr.
+    async fn exec_stream(
+        &self,
+        _socket: &Path,
+        _exec: ExecInfo,
+        _want: [bool; 3],
+    ) -> Result<supervisor::ExecStream, SupervisorError> {
+        Err(SupervisorError::Refused(
+            "this launcher has no streaming exec".into(),
+        ))
+    }
+    /// Attaches a streaming session to a running container (CRI Attach).
+    async fn attach_stream(
+        &self,
+        _socket: &Path,
+        _container_id: &str,
+        _stdin: bool,
+    ) -> Result<supervisor::AttachStream, SupervisorError> {
+        Err(SupervisorError::Refused(
+            "this launcher has no streaming attach".into(),
+        ))
+    }
     /// Reopens the container's log file by path (ReopenContainerLog).
     async fn reopen_log(&self, socket: &Path, container_id: &str) -> Result<(), SupervisorError>;
 }

@@ -58,3 +58,9 @@ pub fn call_with_fd(
     }
     Ok((parse(&line)?, fd))
 }
+
+/// recvmsg on a (possibly non-blocking) socket: the bytes read and the descriptors that
+/// came with them, for clients that do their own I/O (the daemon's async client).
+pub fn recv_fds(sock: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    crate::sys::recv_with_fds(sock, buf)
+}

@@ -3,7 +3,8 @@
 //! One supervisor per pod replaces containerd's shim and the pause container: it is the parent
 //! and subreaper of the pod's containers (and PID 1 of the pod's pid namespace when the pod
 //! shares one), forks each container on the daemon's request, relays their output into CRI log
-//! files, keeps their stdin, and records their exit statuses on disk. It is single-threaded
+//! files and to attached clients, keeps their stdin, forks exec sessions (handing the daemon
+//! their pipes or pty), and records their exit statuses on disk. It is single-threaded
 //! (poll loop, no async runtime) so that it can fork safely, and small.
 //!
 //! The daemon uses [`protocol`] (the request/reply types) and optionally [`client`] (a

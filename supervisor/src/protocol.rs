@@ -5,7 +5,9 @@
 //! with one JSON object ([`Response`]) followed by `\n` and closes the connection. Replies to
 //! `launch`, `start`, `exec` and `shutdown` are deferred until the work is done (other
 //! connections are served meanwhile), so clients must not use a short read timeout for them.
-//! [`Request::Attach`] is the only reply that carries a file descriptor (SCM_RIGHTS).
+//! [`Request::Attach`] and [`Request::ExecStream`] are the replies that carry file
+//! descriptors (SCM_RIGHTS); an exec stream's connection also stays open for a second
+//! reply.
 //!
 //! Pids in replies are *host* pids (as seen by the daemon's `/proc`), even when the supervisor
 //! holds its own pod pid namespace.
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 /// of the other version would misread. Both sides refuse unknown fields, so a newer daemon
 /// cannot send an older supervisor a field (a security setting, say) that it would drop;
 /// the daemon compares versions before Launch, Exec and Attach.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// One request (JSON: `{"op": "<snake_case name>", ...fields}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +47,19 @@ pub enum Request {
     /// -> [`Response::ExecResult`] when it ends (or times out), or [`Response::Error`] if it
     /// could not be started (e.g. command not found).
     Exec(Box<ExecInfo>),
+    /// Start a process inside a running container for a streaming session (CRI Exec)
+    /// -> [`Response::ExecStarted`] carrying (SCM_RIGHTS) the pty master for a tty, else
+    /// the write end of its stdin pipe (if `stdin`), the read ends of its stdout (if
+    /// `stdout`) and stderr (if `stderr`) pipes, in that order; streams not asked for are
+    /// /dev/null. The connection stays open: [`Response::ExecExited`] follows when the
+    /// process ends. The client closing the connection first kills the whole session.
+    /// `exec.timeout_ms` and `exec.stdin_b64` must be absent.
+    ExecStream {
+        exec: Box<ExecInfo>,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
     /// Close and reopen the container's log file by path (kubelet rotated it)
     /// -> [`Response::Ok`] / [`Response::Error`].
     ReopenLog { container_id: String },
@@ -58,6 +73,16 @@ pub enum Request {
     /// With `stdin_once` the supervisor gives away its own copy of a pipe, so the container
     /// sees EOF when the receiver closes it. Output is read from the log file.
     Attach { container_id: String },
+    /// Attach a streaming session (CRI Attach) -> [`Response::Attached`], carrying
+    /// (SCM_RIGHTS) the container's stdin as [`Request::Attach`] hands it out when
+    /// `stdin` is asked and the container has one (always the pty master for a tty
+    /// container, for its resizes too), else no descriptor. The connection then carries the
+    /// container's output as the supervisor logs it: frames of one stream byte
+    /// ([`ATTACH_STDOUT`], [`ATTACH_STDERR`]), a 32-bit big-endian length and the bytes. It
+    /// ends (EOF) when the container's output ends, or when this client fell more than
+    /// [`ATTACH_BUFFER`] behind: a slow client loses its stream, the container never
+    /// waits. The client closing the connection detaches it.
+    AttachStream { container_id: String, stdin: bool },
     /// Set the window size of a tty container's pty -> [`Response::Ok`].
     Resize {
         container_id: String,
@@ -100,10 +125,27 @@ pub enum Response {
     Attached {
         tty: bool,
     },
+    /// An [`Request::ExecStream`] session runs; its descriptors accompany this reply.
+    ExecStarted {
+        tty: bool,
+    },
+    /// The session's process ended: its exit code (128 + signal), or why it never ran
+    /// (`error`, e.g. the executable was not found).
+    ExecExited {
+        exit_code: i32,
+        #[serde(default)]
+        error: Option<String>,
+    },
     Error {
         message: String,
     },
 }
+
+/// Stream bytes of [`Request::AttachStream`] output frames.
+pub const ATTACH_STDOUT: u8 = 1;
+pub const ATTACH_STDERR: u8 = 2;
+/// Output an attach client may have pending before it is dropped.
+pub const ATTACH_BUFFER: usize = 1 << 20;
 
 /// Everything the container child needs to set itself up (the work of Mesos's
 /// `mesos-containerizer launch`). Optional fields may be omitted in JSON.
@@ -546,6 +588,42 @@ mod tests {
         let err = serde_json::from_str::<Response>(r#"{"reply":"launched","pid":1,"later":2}"#)
             .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn stream_requests_and_replies_round_trip() {
+        let exec = Request::ExecStream {
+            exec: Box::new(ExecInfo {
+                container_id: "c".into(),
+                args: vec!["sh".into()],
+                tty: true,
+                ..Default::default()
+            }),
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        };
+        let text = serde_json::to_string(&exec).unwrap();
+        assert!(text.starts_with(r#"{"op":"exec_stream""#), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), exec);
+        let attach: Request =
+            serde_json::from_str(r#"{"op":"attach_stream","container_id":"c","stdin":false}"#)
+                .unwrap();
+        assert!(matches!(attach, Request::AttachStream { stdin: false, .. }));
+        for reply in [
+            Response::ExecStarted { tty: false },
+            Response::ExecExited {
+                exit_code: 3,
+                error: None,
+            },
+            Response::ExecExited {
+                exit_code: 127,
+                error: Some("exec: \"x\": not found".into()),
+            },
+        ] {
+            let text = serde_json::to_string(&reply).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);
+        }
     }
 
     #[test]

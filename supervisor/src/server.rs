@@ -233,6 +233,9 @@ enum ConnState {
     /// A reply comes later (launch, start, exec, shutdown).
     Waiting,
     Writing,
+    /// An exec stream session: the reply went out, the final one comes when the process
+    /// ends; the client closing the connection (readable: EOF) ends the session.
+    Session,
 }
 
 #[derive(Debug)]
@@ -242,8 +245,22 @@ struct Conn {
     state: ConnState,
     buf: Vec<u8>,
     sent: usize,
-    fd_to_send: Option<OwnedFd>,
+    fd_to_send: Vec<OwnedFd>,
+    /// Become a [`ConnState::Session`] once the reply is written, instead of closing.
+    then_session: bool,
+    /// An attach client: the output it is sent.
+    attach: Option<AttachOut>,
     closed: bool,
+}
+
+/// Output queued for an attach client ([`Request::AttachStream`]).
+#[derive(Debug)]
+struct AttachOut {
+    container_key: u64,
+    buf: Vec<u8>,
+    sent: usize,
+    /// The container's output ended: close once `buf` is sent.
+    closing: bool,
 }
 
 /// An output pipe (or pty master) feeding a log or a buffer.
@@ -320,6 +337,9 @@ struct ExecSession {
     exit: Option<sys::Exit>,
     reaped_at: Option<Instant>,
     error: Option<String>,
+    /// A streaming session: the client holds the process's descriptors, the reply is
+    /// [`Response::ExecExited`].
+    stream: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -439,6 +459,10 @@ impl Supervisor {
                     ConnState::Reading => libc::POLLIN,
                     ConnState::Waiting => 0,
                     ConnState::Writing => libc::POLLOUT,
+                    ConnState::Session => match &c.attach {
+                        Some(a) if a.sent < a.buf.len() => libc::POLLIN | libc::POLLOUT,
+                        _ => libc::POLLIN,
+                    },
                 };
                 add(c.stream.as_raw_fd(), ev, Tok::Conn(c.id));
             }
@@ -499,6 +523,7 @@ impl Supervisor {
             }
             self.timers();
             self.progress();
+            self.end_attaches();
             self.conns.retain(|c| !c.closed);
             if self.shutdown_done() {
                 self.finish_shutdown();
@@ -552,7 +577,9 @@ impl Supervisor {
                         state: ConnState::Reading,
                         buf: Vec::new(),
                         sent: 0,
-                        fd_to_send: None,
+                        fd_to_send: Vec::new(),
+                        then_session: false,
+                        attach: None,
                         closed: false,
                     });
                 }
@@ -576,6 +603,23 @@ impl Supervisor {
                 // The client went away; the deferred reply will be dropped.
                 if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                     self.conns[i].closed = true;
+                }
+            }
+            ConnState::Session => {
+                if revents & libc::POLLOUT != 0 {
+                    self.attach_write(i);
+                }
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+                    return;
+                }
+                // Nothing more is expected from the client: data or EOF both end it.
+                let mut buf = [0u8; 64];
+                match sys::read(self.conns[i].stream.as_raw_fd(), &mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => {
+                        self.conns[i].closed = true;
+                        self.end_session(id);
+                    }
                 }
             }
         }
@@ -628,24 +672,69 @@ impl Supervisor {
         let c = &mut self.conns[i];
         while c.sent < c.buf.len() {
             let fd = c.stream.as_raw_fd();
-            let r = match c.fd_to_send.take() {
-                Some(pass) => sys::send_with_fd(fd, &c.buf[c.sent..], pass.as_raw_fd()),
-                None => sys::write(fd, &c.buf[c.sent..]),
+            let r = if c.fd_to_send.is_empty() {
+                sys::write(fd, &c.buf[c.sent..])
+            } else {
+                let raw: Vec<RawFd> = c.fd_to_send.iter().map(|f| f.as_raw_fd()).collect();
+                sys::send_with_fds(fd, &c.buf[c.sent..], &raw)
             };
             match r {
-                Ok(n) => c.sent += n,
+                Ok(n) => {
+                    c.sent += n;
+                    // Sent with the first bytes; our copies close now.
+                    c.fd_to_send.clear();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    c.closed = true;
+                    let id = c.id;
+                    self.end_session(id);
+                    return;
+                }
+            }
+        }
+        if std::mem::take(&mut c.then_session) {
+            c.state = ConnState::Session;
+            c.buf = Vec::new();
+        } else {
+            c.closed = true;
+        }
+    }
+
+    /// Sends an attach client what is queued for it, as far as the socket takes it.
+    fn attach_write(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let Some(a) = &mut c.attach else { return };
+        while a.sent < a.buf.len() {
+            match sys::write(c.stream.as_raw_fd(), &a.buf[a.sent..]) {
+                Ok(n) => a.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     c.closed = true;
                     return;
                 }
             }
         }
-        c.closed = true;
+        if a.sent == a.buf.len() {
+            a.buf.clear();
+            a.sent = 0;
+            if a.buf.capacity() > 64 << 10 {
+                a.buf = Vec::new();
+            }
+            if a.closing {
+                c.closed = true;
+            }
+        }
     }
 
     /// Queues `resp` on connection `id` (if still there) and starts writing it.
     fn reply(&mut self, id: u64, resp: Response, fd: Option<OwnedFd>) {
+        self.reply_fds(id, resp, fd.into_iter().collect(), false);
+    }
+
+    /// Like [`Self::reply`] with any number of descriptors; with `session`, the
+    /// connection stays open afterwards (exec streams).
+    fn reply_fds(&mut self, id: u64, resp: Response, fds: Vec<OwnedFd>, session: bool) {
         let Some(i) = self.conns.iter().position(|c| c.id == id && !c.closed) else {
             return;
         };
@@ -654,7 +743,8 @@ impl Supervisor {
             .unwrap_or_else(|_| b"{\"reply\":\"error\",\"message\":\"encode\"}".to_vec());
         c.buf.push(b'\n');
         c.sent = 0;
-        c.fd_to_send = fd;
+        c.fd_to_send = fds;
+        c.then_session = session;
         c.state = ConnState::Writing;
         self.conn_write(i);
     }
@@ -686,6 +776,17 @@ impl Supervisor {
                 all,
             } => Some(self.signal(&container_id, signal, all)),
             Request::Exec(info) => self.exec(*info, conn),
+            Request::ExecStream {
+                exec,
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                if let Err(e) = self.try_exec_stream(*exec, [stdin, stdout, stderr], conn) {
+                    self.reply(conn, err(e), None);
+                }
+                None
+            }
             Request::ReopenLog { container_id } => Some(self.reopen_log(&container_id)),
             Request::State => Some(Response::StateReply {
                 containers: self.state(),
@@ -696,6 +797,13 @@ impl Supervisor {
                     Ok((tty, fd)) => self.reply(conn, Response::Attached { tty }, Some(fd)),
                     Err(e) => self.reply(conn, e, None),
                 }
+                None
+            }
+            Request::AttachStream {
+                container_id,
+                stdin,
+            } => {
+                self.attach_stream(&container_id, stdin, conn);
                 None
             }
             Request::Resize {
@@ -995,6 +1103,36 @@ impl Supervisor {
             .ok_or_else(|| err(format!("container {id} has no stdin")))
     }
 
+    /// Registers `conn` as an attach client of container `id` and replies with its
+    /// stdin (if asked and there is one; a tty's master always).
+    fn attach_stream(&mut self, id: &str, stdin: bool, conn: u64) {
+        let Some(i) = self.find(id) else {
+            return self.reply(conn, err(format!("container {id} not found")), None);
+        };
+        let c = &self.containers[i];
+        if c.phase != Phase::Running || (c.stdout.is_none() && c.stderr.is_none()) {
+            return self.reply(conn, err(format!("container {id} is not running")), None);
+        }
+        let (key, tty, has_stdin) = (c.key, c.master.is_some(), c.stdin.is_some());
+        let fds = if tty || (stdin && has_stdin) {
+            match self.attach(id) {
+                Ok((_, fd)) => vec![fd],
+                Err(e) => return self.reply(conn, e, None),
+            }
+        } else {
+            Vec::new()
+        };
+        self.reply_fds(conn, Response::Attached { tty }, fds, true);
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            c.attach = Some(AttachOut {
+                container_key: key,
+                buf: Vec::new(),
+                sent: 0,
+                closing: false,
+            });
+        }
+    }
+
     fn resize(&mut self, id: &str, width: u16, height: u16) -> Response {
         let Some(i) = self.find(id) else {
             return err(format!("container {id} not found"));
@@ -1016,18 +1154,7 @@ impl Supervisor {
     }
 
     fn try_exec(&mut self, info: ExecInfo, conn: u64) -> Result<(), String> {
-        let id = &info.container_id;
-        let i = self
-            .find(id)
-            .ok_or_else(|| format!("container {id} not found"))?;
-        let c = &self.containers[i];
-        if c.phase != Phase::Running || c.exit.is_some() {
-            return Err(format!("container {id} is not running"));
-        }
-        if info.args.is_empty() {
-            return Err("args is empty".into());
-        }
-        let (target, container_key, cgroups) = (c.host_pid, c.key, c.cgroup_procs.clone());
+        let (target, container_key, cgroups) = self.exec_target(&info)?;
         let stdin_data = match &info.stdin_b64 {
             Some(s) => Some(b64::decode(s).ok_or("stdin_b64 is not valid base64")?),
             None => None,
@@ -1115,8 +1242,115 @@ impl Supervisor {
             exit: None,
             reaped_at: None,
             error: None,
+            stream: false,
         });
         Ok(())
+    }
+
+    /// The container (running) an exec targets: its host pid, key and cgroups.
+    fn exec_target(&self, info: &ExecInfo) -> Result<(i32, u64, Vec<PathBuf>), String> {
+        let id = &info.container_id;
+        let i = self
+            .find(id)
+            .ok_or_else(|| format!("container {id} not found"))?;
+        let c = &self.containers[i];
+        if c.phase != Phase::Running || c.exit.is_some() {
+            return Err(format!("container {id} is not running"));
+        }
+        if info.args.is_empty() {
+            return Err("args is empty".into());
+        }
+        Ok((c.host_pid, c.key, c.cgroup_procs.clone()))
+    }
+
+    /// Forks the exec helper of a streaming session and hands the client its ends of the
+    /// pipes (or the pty master). `want`: stdin, stdout, stderr.
+    fn try_exec_stream(
+        &mut self,
+        info: ExecInfo,
+        want: [bool; 3],
+        conn: u64,
+    ) -> Result<(), String> {
+        if info.timeout_ms.is_some() || info.stdin_b64.is_some() {
+            return Err("timeout_ms and stdin_b64 are for exec, not exec_stream".into());
+        }
+        let (target, container_key, cgroups) = self.exec_target(&info)?;
+        fn e(what: &'static str) -> impl Fn(io::Error) -> String {
+            move |e| format!("{what}: {e}")
+        }
+        let (status_r, status_w) = sys::pipe().map_err(e("pipe"))?;
+        let mut give = Vec::new();
+        let child: [Rc<OwnedFd>; 3];
+        if info.tty {
+            let (m, s) = sys::openpty().map_err(e("openpty"))?;
+            let s = Rc::new(s);
+            child = [s.clone(), s.clone(), s];
+            give.push(m);
+        } else {
+            let mut ends = Vec::new();
+            for (n, wanted) in want.into_iter().enumerate() {
+                if !wanted {
+                    ends.push(Rc::new(sys::open_devnull().map_err(e("/dev/null"))?));
+                    continue;
+                }
+                let (r, w) = sys::pipe().map_err(e("pipe"))?;
+                let (mine, theirs) = if n == 0 { (r, w) } else { (w, r) };
+                ends.push(Rc::new(mine));
+                give.push(theirs);
+            }
+            child = [ends[0].clone(), ends[1].clone(), ends[2].clone()];
+        }
+        let fds = ExecFds {
+            stdin: child[0].as_raw_fd(),
+            stdout: child[1].as_raw_fd(),
+            stderr: child[2].as_raw_fd(),
+            status: status_w.as_raw_fd(),
+            tty: info.tty,
+        };
+        let pid = match sys::clone_process(0).map_err(e("fork"))? {
+            None => in_child(|| exec::run_helper(&info, target, &cgroups, fds)),
+            Some(pid) => pid,
+        };
+        drop((status_w, child));
+        let _ = sys::set_nonblocking(status_r.as_raw_fd(), true);
+        let key = self.key();
+        self.execs.push(ExecSession {
+            key,
+            container_key,
+            pid,
+            host_pid: None,
+            conn,
+            status_fd: Some(status_r),
+            status_buf: Vec::new(),
+            stdin: None,
+            stdin_data: Vec::new(),
+            stdin_off: 0,
+            stdout: None,
+            stderr: None,
+            out: Vec::new(),
+            err: Vec::new(),
+            deadline: None,
+            timed_out: false,
+            exit: None,
+            reaped_at: None,
+            error: None,
+            stream: true,
+        });
+        let tty = info.tty;
+        self.reply_fds(conn, Response::ExecStarted { tty }, give, true);
+        Ok(())
+    }
+
+    /// The client of an exec stream went away: the session's processes die.
+    fn end_session(&mut self, conn: u64) {
+        for e in self.execs.iter().filter(|e| e.stream && e.conn == conn) {
+            if e.exit.is_none() {
+                if let Some(h) = e.host_pid {
+                    kill_tree(h, libc::SIGKILL);
+                }
+                let _ = sys::kill(e.pid, libc::SIGKILL);
+            }
+        }
     }
 
     // ---- children ----------------------------------------------------------------------
@@ -1233,6 +1467,7 @@ impl Supervisor {
             Ok(0) => true,
             Ok(n) => {
                 p.split.push(&self.scratch[..n], &ts, &mut self.logbuf);
+                fan_out(&mut self.conns, key, stream, &self.scratch[..n]);
                 false
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
@@ -1387,6 +1622,14 @@ impl Supervisor {
                 continue;
             }
             let e = self.execs.remove(j);
+            if e.stream {
+                let resp = Response::ExecExited {
+                    exit_code: e.exit.map_or(-1, sys::Exit::code),
+                    error: e.error,
+                };
+                self.reply(e.conn, resp, None);
+                continue;
+            }
             let resp = match (e.error, e.timed_out) {
                 (Some(msg), false) => err(msg),
                 _ => Response::ExecResult(ExecResult {
@@ -1397,6 +1640,24 @@ impl Supervisor {
                 }),
             };
             self.reply(e.conn, resp, None);
+        }
+    }
+
+    /// Attach clients whose container's output ended are closed once flushed.
+    fn end_attaches(&mut self) {
+        for c in &mut self.conns {
+            let Some(a) = &mut c.attach else { continue };
+            let key = a.container_key;
+            let live = self
+                .containers
+                .iter()
+                .any(|k| k.key == key && (k.stdout.is_some() || k.stderr.is_some()));
+            if !live && !a.closing {
+                a.closing = true;
+                if a.sent == a.buf.len() && matches!(c.state, ConnState::Session) {
+                    c.closed = true;
+                }
+            }
         }
     }
 
@@ -1494,6 +1755,28 @@ impl Supervisor {
 
 /// Runs a forked child's body; a panic must never unwind into the copy of the supervisor's
 /// loop, so it ends the child instead.
+/// Queues output of container `key` for its attach clients; a client that would fall
+/// more than ATTACH_BUFFER behind is dropped instead (the container never waits).
+fn fan_out(conns: &mut [Conn], key: u64, stream: Stream, data: &[u8]) {
+    let tag = match stream {
+        Stream::Stdout => crate::protocol::ATTACH_STDOUT,
+        Stream::Stderr => crate::protocol::ATTACH_STDERR,
+    };
+    for c in conns.iter_mut().filter(|c| !c.closed) {
+        let Some(a) = &mut c.attach else { continue };
+        if a.container_key != key || a.closing {
+            continue;
+        }
+        if a.buf.len() - a.sent + data.len() + 5 > crate::protocol::ATTACH_BUFFER {
+            c.closed = true;
+            continue;
+        }
+        a.buf.push(tag);
+        a.buf.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        a.buf.extend_from_slice(data);
+    }
+}
+
 fn in_child(f: impl FnOnce() -> std::convert::Infallible) -> ! {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     sys::exit_now(128)

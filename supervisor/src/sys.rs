@@ -658,17 +658,25 @@ pub fn is_executable(path: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::access(path.as_ptr(), libc::X_OK) }).map(drop)
 }
 
-/// sendmsg of `buf` with `fd` attached as SCM_RIGHTS. Returns the bytes sent.
-pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: RawFd) -> io::Result<usize> {
+/// At most this many descriptors go with one message.
+pub const MAX_FDS: usize = 4;
+
+/// sendmsg of `buf` with `fds` (at most [`MAX_FDS`]) attached as SCM_RIGHTS. Returns the
+/// bytes sent.
+pub fn send_with_fds(sock: RawFd, buf: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    if fds.is_empty() || fds.len() > MAX_FDS {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let bytes = std::mem::size_of_val(fds) as u32;
     // SAFETY: the msghdr points at `iov` (one valid buffer) and at `cmsg_buf`, which is large
-    // and aligned enough (u64 array) for one cmsghdr carrying one int; CMSG_* compute offsets
-    // inside it.
+    // and aligned enough (u64 array) for one cmsghdr carrying MAX_FDS ints; CMSG_* compute
+    // offsets inside it and the fds are copied into its data area.
     unsafe {
         let mut iov = libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let space = libc::CMSG_SPACE(bytes) as usize;
         let mut cmsg_buf = [0u64; 8];
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
@@ -678,8 +686,11 @@ pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: RawFd) -> io::Result<usize> {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as _;
+        let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), *fd);
+        }
         let r = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -689,10 +700,11 @@ pub fn send_with_fd(sock: RawFd, buf: &[u8], fd: RawFd) -> io::Result<usize> {
     }
 }
 
-/// recvmsg into `buf`, returning the bytes read and a descriptor passed with SCM_RIGHTS.
-pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    // SAFETY: as in send_with_fd; the received fd (if any) is fresh and becomes owned here;
-    // MSG_CMSG_CLOEXEC marks it close-on-exec.
+/// recvmsg into `buf`, returning the bytes read and the descriptors passed with
+/// SCM_RIGHTS (in the order sent).
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    // SAFETY: as in send_with_fds; each received fd is fresh and becomes owned here;
+    // MSG_CMSG_CLOEXEC marks them close-on-exec. The count comes from cmsg_len.
     unsafe {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -708,17 +720,27 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut fd = None;
+        let mut fds = Vec::new();
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let header = data as usize - cmsg as usize;
+                let n = ((*cmsg).cmsg_len as usize - header) / std::mem::size_of::<libc::c_int>();
+                for i in 0..n {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        Ok((r as usize, fd))
+        Ok((r as usize, fds))
     }
+}
+
+/// recvmsg into `buf`, returning the bytes read and a descriptor passed with SCM_RIGHTS.
+pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let (n, fds) = recv_with_fds(sock, buf)?;
+    Ok((n, fds.into_iter().next()))
 }
 
 /// Opens `/dev/null` read-write (close-on-exec).

@@ -1015,3 +1015,175 @@ fn cgroups_are_joined() {
         "{ex}"
     );
 }
+
+/// Sends `req` and reads the one-line reply, keeping the connection (attach streams).
+fn open_session(
+    socket: &Path,
+    req: &Request,
+) -> (Response, std::os::unix::net::UnixStream, Vec<u8>) {
+    use std::io::Read;
+    let mut c = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let mut line = serde_json::to_vec(req).unwrap();
+    line.push(b'\n');
+    c.write_all(&line).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains(&b'\n') {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the reply");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let end = got.iter().position(|&b| b == b'\n').unwrap();
+    let reply = serde_json::from_slice(&got[..end]).unwrap();
+    (reply, c, got[end + 1..].to_vec())
+}
+
+/// The attach frames' payloads of `stream` in `bytes` (complete frames only).
+fn attach_payload(bytes: &[u8], stream: u8) -> Vec<u8> {
+    let (mut out, mut b) = (Vec::new(), bytes);
+    while b.len() >= 5 {
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        if b.len() < 5 + len {
+            break;
+        }
+        if b[0] == stream {
+            out.extend_from_slice(&b[5..5 + len]);
+        }
+        b = &b[5 + len..];
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs root"]
+fn attach_streams_fan_out_and_a_slow_client_is_dropped() {
+    use std::io::Read;
+    let s = spawn("attachfan", &[]);
+    let mut info = s.info(
+        "f",
+        &[
+            "sh",
+            "-c",
+            "read go; echo out-$go; echo err-$go >&2; seq 1 400000; echo last",
+        ],
+    );
+    info.process.stdin = true;
+    s.run(info);
+    // A reader with stdin, and one that never reads.
+    let (r, mut reader, mut got) = open_session(
+        &s.socket,
+        &Request::AttachStream {
+            container_id: "f".into(),
+            stdin: false,
+        },
+    );
+    assert_eq!(r, Response::Attached { tty: false });
+    let (r, mut slow, mut slow_got) = open_session(
+        &s.socket,
+        &Request::AttachStream {
+            container_id: "f".into(),
+            stdin: false,
+        },
+    );
+    assert_eq!(r, Response::Attached { tty: false });
+    let (r, fd) = client::call_with_fd(
+        &s.socket,
+        &Request::Attach {
+            container_id: "f".into(),
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(r, Response::Attached { tty: false });
+    let mut stdin = fs::File::from(fd.unwrap());
+    stdin.write_all(b"now\n").unwrap();
+    // The reading client gets everything, in order, until the output ends (EOF).
+    reader.read_to_end(&mut got).unwrap();
+    let out = String::from_utf8(attach_payload(&got, 1)).unwrap();
+    assert!(
+        out.starts_with("out-now\n1\n2\n"),
+        "{}",
+        &out[..40.min(out.len())]
+    );
+    assert!(out.ends_with("400000\nlast\n"));
+    assert_eq!(attach_payload(&got, 2), b"err-now\n");
+    // The one that never read (about 2.3 MB of output were pending) did not hold the
+    // container back, and the log has it all.
+    assert_eq!(s.wait_exit("f").exit_code, Some(0));
+    let log = texts(&s.log_path("f"), "stdout");
+    assert_eq!(log.last().map(String::as_str), Some("last"));
+    assert_eq!(log.len(), 400002);
+    // ... and it lost its stream: what it had queued ends early, then EOF.
+    slow.read_to_end(&mut slow_got).unwrap();
+    let partial = attach_payload(&slow_got, 1);
+    assert!(
+        partial.len() < out.len()
+            && partial.starts_with(
+                b"out-now
+"
+            )
+    );
+    // Attaching to an exited container is refused.
+    let (r, _, _) = open_session(
+        &s.socket,
+        &Request::AttachStream {
+            container_id: "f".into(),
+            stdin: false,
+        },
+    );
+    assert!(matches!(r, Response::Error { .. }), "{r:?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn exec_stream_hands_over_pipes_and_reports_the_exit_later() {
+    use std::io::Read;
+    let s = spawn("execstream", &[]);
+    s.run(s.info("e", &["sleep", "1000"]));
+    let req = Request::ExecStream {
+        exec: Box::new(exec_info("e", &["sh", "-c", "cat; echo err >&2; exit 9"])),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    let mut line = serde_json::to_vec(&req).unwrap();
+    line.push(b'\n');
+    c.write_all(&line).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    let mut fds = Vec::new();
+    while !got.contains(&b'\n') {
+        let (n, more) = client::recv_fds(std::os::fd::AsRawFd::as_raw_fd(&c), &mut buf).unwrap();
+        assert!(n > 0);
+        fds.extend(more);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let end = got.iter().position(|&b| b == b'\n').unwrap();
+    let r: Response = serde_json::from_slice(&got[..end]).unwrap();
+    assert_eq!(r, Response::ExecStarted { tty: false });
+    assert_eq!(fds.len(), 3);
+    let mut fds = fds.into_iter().map(fs::File::from);
+    let (mut i, mut o, mut e) = (
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+    );
+    i.write_all(b"through\n").unwrap();
+    drop(i);
+    let mut out = String::new();
+    o.read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    e.read_to_string(&mut err).unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("through\n", "err\n"));
+    let mut rest = got[end + 1..].to_vec();
+    c.read_to_end(&mut rest).unwrap();
+    let r: Response = serde_json::from_slice(rest.trim_ascii()).unwrap();
+    assert_eq!(
+        r,
+        Response::ExecExited {
+            exit_code: 9,
+            error: None
+        }
+    );
+}

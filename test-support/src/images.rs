@@ -36,9 +36,9 @@ pub const APPLETS: &[&str] = &[
     "[", "awk", "basename", "cat", "chmod", "chown", "cp", "cut", "date", "dd", "df", "dirname",
     "du", "echo", "env", "expr", "false", "find", "free", "grep", "head", "hostname", "id", "ip",
     "kill", "ln", "ls", "mkdir", "mkfifo", "mount", "mv", "nc", "nproc", "pidof", "printf", "ps",
-    "pwd", "readlink", "rm", "rmdir", "sed", "seq", "sh", "sleep", "sort", "stat", "tail", "tee",
-    "test", "timeout", "top", "touch", "tr", "true", "umount", "uname", "uniq", "unshare", "wc",
-    "wget", "whoami", "xargs", "yes",
+    "pwd", "readlink", "rm", "rmdir", "sed", "seq", "sh", "sleep", "sort", "stat", "stty", "tail",
+    "tee", "test", "timeout", "top", "touch", "tr", "true", "umount", "uname", "uniq", "unshare",
+    "wc", "wget", "whoami", "xargs", "yes",
 ];
 
 /// `/etc/passwd`: root, `app` (1000:1000, the unprivileged user of tests), `nobody`.

@@ -2,6 +2,9 @@
 //! that pulls from it, and builders for CRI configs.
 #![allow(dead_code)]
 
+pub mod spdy;
+pub mod ws;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::launcher::supervisor::{AttachStream, ExecStream};
 use cri_mesos_supervisor::protocol::{ExecInfo, ExecResult, LaunchInfo, ProcessSpec};
 use k8s_cri::v1 as cri;
 use tracing::Instrument;
@@ -617,6 +618,20 @@ impl super::Containerizer for MesosContainerizer {
         timeout: i64,
     ) -> Result<ExecResult> {
         self.exec_sync_in(&id.value, cmd, timeout).await
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &super::ContainerId,
+        cmd: Vec<String>,
+        tty: bool,
+        want: [bool; 3],
+    ) -> Result<ExecStream> {
+        self.exec_stream_in(&id.value, cmd, tty, want).await
+    }
+
+    async fn attach_stream(&self, id: &super::ContainerId, stdin: bool) -> Result<AttachStream> {
+        self.attach_stream_in(&id.value, stdin).await
     }
 
     async fn reopen_log(&self, id: &super::ContainerId) -> Result<()> {
