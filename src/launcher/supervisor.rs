@@ -135,7 +135,8 @@ impl SupervisorClient {
         }
     }
 
-    async fn exchange(&self, request: &Request) -> Result<Response, SupervisorError> {
+    /// Connects and writes `request` as one line; the reply is the caller's to read.
+    async fn send(&self, request: &Request) -> Result<UnixStream, SupervisorError> {
         let unreachable = |source| SupervisorError::Unreachable {
             socket: self.socket.clone(),
             source,
@@ -149,6 +150,15 @@ impl SupervisorClient {
         })?;
         line.push(b'\n');
         stream.write_all(&line).await.map_err(unreachable)?;
+        Ok(stream)
+    }
+
+    async fn exchange(&self, request: &Request) -> Result<Response, SupervisorError> {
+        let unreachable = |source| SupervisorError::Unreachable {
+            socket: self.socket.clone(),
+            source,
+        };
+        let stream = self.send(request).await?;
         let mut reader = BufReader::new(stream);
         let mut reply = String::new();
         reader.read_line(&mut reply).await.map_err(unreachable)?;
@@ -301,15 +311,7 @@ impl SupervisorClient {
             socket: self.socket.clone(),
             source,
         };
-        let mut conn = UnixStream::connect(&self.socket)
-            .await
-            .map_err(unreachable)?;
-        let mut line = serde_json::to_vec(request).map_err(|e| SupervisorError::Protocol {
-            socket: self.socket.clone(),
-            reason: e.to_string(),
-        })?;
-        line.push(b'\n');
-        conn.write_all(&line).await.map_err(unreachable)?;
+        let conn = self.send(request).await?;
         let mut got = Vec::new();
         let mut fds = Vec::new();
         while !got.contains(&b'\n') {
