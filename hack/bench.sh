@@ -3,6 +3,8 @@
 #   pull  - PullImage throughput of a ~300 MB image vs curl on the same blobs
 #   pods  - pod start/stop latency, memory and processes per pod, cri-mesos and containerd
 #           side by side (same CRI workload, registry and CNI conflist)
+#   stats - what kubelet's stats calls cost with 100 running containers (ListContainerStats,
+#           ContainerStats, ListPodSandboxStats, ListPodSandboxMetrics, ImageFsInfo)
 #   soak  - 1000 pod cycles with a kill -9 and restart of the daemon every 100: the daemon's
 #           RSS and descriptors per stretch, then what was left (must be nothing)
 # Pass bench names to run a subset: hack/bench.sh pods

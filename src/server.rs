@@ -83,11 +83,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let runtime = RuntimeServiceServer::new(
-        CriRuntime::new(flags.clone(), containerizer, streaming).with_http_address(http_address),
+        CriRuntime::new(flags.clone(), containerizer.clone(), streaming)
+            .with_http_address(http_address),
     )
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let images = ImageServiceServer::new(CriImages::new(provisioner))
+    let images = ImageServiceServer::new(CriImages::new(provisioner, containerizer))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tracing::info!(socket = %flags.listen.display(), "serving CRI v1");

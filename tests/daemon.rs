@@ -143,12 +143,15 @@ async fn rpcs_of_later_issues_answer_unimplemented() {
     let daemon = Daemon::start(BIN).await.unwrap();
     let mut client = daemon.runtime_client().await.unwrap();
     let err = client
-        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .checkpoint_container(cri::CheckpointContainerRequest {
+            container_id: "any".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("ListMetricDescriptors"),
+        err.message().contains("CheckpointContainer"),
         "{}",
         err.message()
     );

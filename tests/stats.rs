@@ -199,6 +199,116 @@ async fn stats_agree_with_the_cgroup_files() {
         .stats;
     assert_eq!(listed.len(), 1);
 
+    // The same figures as cAdvisor's metric families (kubelet's CRI metrics path): every
+    // metric of a described family, with a value per label key, agreeing with the files.
+    let descriptors = env
+        .runtime
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_network_receive_bytes_total",
+    ] {
+        assert!(descriptors.iter().any(|d| d.name == name), "{name}");
+    }
+    let before = cgroup_file(&mut env, &burner, "cpuacct/cpuacct.usage", "cpu.stat").await;
+    let pod_metrics = env
+        .runtime
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let after = cgroup_file(&mut env, &burner, "cpuacct/cpuacct.usage", "cpu.stat").await;
+    let file = cgroup_file(
+        &mut env,
+        &holder,
+        "memory/memory.usage_in_bytes",
+        "memory.current",
+    )
+    .await;
+    assert_eq!(pod_metrics.len(), 1);
+    assert_eq!(pod_metrics[0].pod_sandbox_id, pod_id);
+    let of = |id: &str, name: &str| -> cri::Metric {
+        let m = pod_metrics[0]
+            .container_metrics
+            .iter()
+            .find(|c| c.container_id == id)
+            .unwrap_or_else(|| panic!("no metrics of {id}"));
+        m.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name} of {id}: {m:?}"))
+            .clone()
+    };
+    for c in pod_metrics[0].container_metrics.iter() {
+        for m in &c.metrics {
+            let d = descriptors.iter().find(|d| d.name == m.name).unwrap();
+            assert_eq!(d.label_keys.len(), m.label_values.len(), "{m:?}");
+            assert_eq!(m.label_values[0], c.container_id);
+        }
+    }
+    let cpu = of(&burner, "container_cpu_usage_seconds_total");
+    let seconds = cpu.value.unwrap().value;
+    assert!(
+        seconds >= before / 1_000_000_000 && seconds <= after / 1_000_000_000,
+        "{seconds} s, the file said {before} then {after} ns"
+    );
+    assert_eq!(cpu.label_values[1], "burner");
+    let memory = of(&holder, "container_memory_usage_bytes")
+        .value
+        .unwrap()
+        .value;
+    assert!(
+        memory.abs_diff(file) < 4 * MIB,
+        "reported {memory}, file {file}"
+    );
+
+    // crictl shows them as a user reads them: the busy loop's cpu share in the table
+    // (crictl samples twice, a second apart), and the pod's figures.
+    let out = env.crictl(&["stats"], b"").await;
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = table
+        .lines()
+        .find(|l| l.contains(" burner "))
+        .unwrap_or_else(|| panic!("no burner in\n{table}"));
+    let share: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(share > 10.0, "{row}");
+    let out = env
+        .crictl(&["stats", "-o", "json", "--label", "role=hold"], b"")
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = json["stats"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{json}");
+    assert_eq!(listed[0]["attributes"]["id"], holder.as_str());
+    let shown: u64 = listed[0]["memory"]["workingSetBytes"]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(shown >= 48 * MIB, "{json}");
+    let out = env.crictl(&["statsp", "-o", "json"], b"").await;
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["stats"][0]["attributes"]["id"],
+        pod_id.as_str(),
+        "{json}"
+    );
+    assert_eq!(
+        json["stats"][0]["linux"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
     let err = env
         .runtime
         .container_stats(cri::ContainerStatsRequest {
@@ -256,6 +366,41 @@ async fn disk_use_is_measured_and_a_quota_is_enforced() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(used < 16 * MIB, "{used}");
+
+    // The container filesystem ImageFsInfo names is where the writable layers are, and
+    // holds at least this one's bytes.
+    let fs = env
+        .image
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let containers = &fs.container_filesystems;
+    assert_eq!(containers.len(), 1, "{fs:?}");
+    let layer = stats(&mut env, &writer).await.writable_layer.unwrap();
+    assert_eq!(containers[0].fs_id, layer.fs_id);
+    assert!(containers[0].used_bytes.as_ref().unwrap().value >= 8 * MIB);
+    assert_ne!(containers[0].fs_id, fs.image_filesystems[0].fs_id);
+    // And kubelet's CRI metrics path sees the same measure.
+    let metrics = env
+        .runtime
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let fs_usage = metrics[0]
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == writer)
+        .and_then(|c| {
+            c.metrics
+                .iter()
+                .find(|m| m.name == "container_fs_usage_bytes")
+        })
+        .expect("container_fs_usage_bytes of the writer");
+    assert!(fs_usage.value.as_ref().unwrap().value >= 8 * MIB);
+    assert!(fs_usage.timestamp > 0, "a measure says when it was taken");
 
     // Past its quota: killed, and the status names the quota.
     let mut hog = container(

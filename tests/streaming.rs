@@ -727,37 +727,6 @@ async fn attach_is_live_with_stdin_and_stdin_once() {
     env.stop_remove_pod(&pod_id).await;
 }
 
-/// crictl (cri-tools v1.32, installed by hack/critest.sh and hack/test.sh).
-fn crictl() -> String {
-    let path = std::env::var("CRICTL").unwrap_or_else(|_| "/usr/local/bin/crictl".into());
-    assert!(
-        std::path::Path::new(&path).is_file(),
-        "{path} is missing: hack/test.sh builds it (../shared/critest/build-cri-tools.sh)"
-    );
-    path
-}
-
-async fn run_crictl(env: &Env, args: &[&str], stdin: &[u8]) -> std::process::Output {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(crictl())
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", env.daemon.socket().display()))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).await.unwrap();
-    drop(input);
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("crictl finished")
-        .unwrap()
-}
-
 /// Connects to 127.0.0.1:`port` (a crictl port-forward), sends `msg` and reads the echo.
 async fn echo_through(port: u16, msg: &[u8]) -> Option<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -788,20 +757,20 @@ async fn crictl_exec_attach_and_port_forward_with_both_transports() {
         .await;
 
     for transport in ["spdy", "websocket"] {
-        let out = run_crictl(
-            &env,
-            &[
-                "exec",
-                "--transport",
-                transport,
-                &id,
-                "sh",
-                "-c",
-                "echo out; echo err >&2; exit 3",
-            ],
-            b"",
-        )
-        .await;
+        let out = env
+            .crictl(
+                &[
+                    "exec",
+                    "--transport",
+                    transport,
+                    &id,
+                    "sh",
+                    "-c",
+                    "echo out; echo err >&2; exit 3",
+                ],
+                b"",
+            )
+            .await;
         // crictl exits 1 and names the command's exit code.
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{transport}: {out:?}");
@@ -813,12 +782,12 @@ async fn crictl_exec_attach_and_port_forward_with_both_transports() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n", "{transport}");
         assert!(stderr.contains("err\n"), "{transport}: {out:?}");
         // stdin through -i.
-        let out = run_crictl(
-            &env,
-            &["exec", "-i", "--transport", transport, &id, "cat"],
-            b"piped\n",
-        )
-        .await;
+        let out = env
+            .crictl(
+                &["exec", "-i", "--transport", transport, &id, "cat"],
+                b"piped\n",
+            )
+            .await;
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "piped\n",
@@ -829,7 +798,7 @@ async fn crictl_exec_attach_and_port_forward_with_both_transports() {
     // sends the terminal's size on the resize stream once the session is up.
     let cmd = format!(
         "stty rows 33 cols 77; {} --runtime-endpoint unix://{} exec -it {id} sh -c 'until [ \"$(stty size)\" = \"33 77\" ]; do sleep 0.1; done; stty size; exit 4'",
-        crictl(),
+        common::crictl(),
         env.daemon.socket().display()
     );
     let out = tokio::process::Command::new("script")
@@ -854,7 +823,7 @@ async fn crictl_exec_attach_and_port_forward_with_both_transports() {
     cfg.stdin = true;
     cfg.stdin_once = true;
     let echo = env.run(&pod_id, &pod, cfg).await;
-    let out = run_crictl(&env, &["attach", "-i", &echo], b"hello\n").await;
+    let out = env.crictl(&["attach", "-i", &echo], b"hello\n").await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "got hello\n",
@@ -865,7 +834,7 @@ async fn crictl_exec_attach_and_port_forward_with_both_transports() {
     for (n, transport) in ["spdy", "websocket"].into_iter().enumerate() {
         let local = 30000 + (std::process::id() % 10000) as u16 + n as u16;
         let mapping = format!("{local}:8080");
-        let mut pf = tokio::process::Command::new(crictl())
+        let mut pf = tokio::process::Command::new(common::crictl())
             .arg("--runtime-endpoint")
             .arg(format!("unix://{}", env.daemon.socket().display()))
             .args(["port-forward", "--transport", transport, &pod_id, &mapping])
@@ -1052,12 +1021,12 @@ async fn the_streaming_server_speaks_tls_when_given_a_certificate() {
     assert!(url.starts_with("https://"), "{url}");
     // crictl verifies nothing by default (as critest): a TLS session end to end.
     for transport in ["spdy", "websocket"] {
-        let out = run_crictl(
-            &env,
-            &["exec", "--transport", transport, &id, "echo", "over tls"],
-            b"",
-        )
-        .await;
+        let out = env
+            .crictl(
+                &["exec", "--transport", transport, &id, "echo", "over tls"],
+                b"",
+            )
+            .await;
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "over tls\n",

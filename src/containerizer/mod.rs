@@ -230,4 +230,8 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
 
     /// The isolators' node-wide figures, by isolator name (verbose runtime status).
     fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value>;
+
+    /// Bytes and inodes of every container's writable layer, from the chain's disk
+    /// isolator's last measures; `None` without one.
+    fn writable_usage(&self) -> Option<(u64, u64)>;
 }

@@ -7,6 +7,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use tonic::{Code, Request, Response, Status};
 
+use crate::containerizer::Containerizer;
 use crate::provisioner::backends::BackendError;
 use crate::provisioner::providers::ProviderErrorKind;
 use crate::provisioner::providers::docker::Credentials;
@@ -15,14 +16,26 @@ use crate::provisioner::store::ImageRecord;
 use crate::provisioner::{ProvisionError, Provisioner};
 
 /// Serves the image RPCs.
-#[derive(Debug)]
 pub struct CriImages {
     provisioner: Arc<Provisioner>,
+    /// For ImageFsInfo's container filesystem: what the writable layers hold.
+    containerizer: Arc<dyn Containerizer>,
+}
+
+impl std::fmt::Debug for CriImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriImages")
+            .field("provisioner", &self.provisioner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CriImages {
-    pub fn new(provisioner: Arc<Provisioner>) -> Self {
-        Self { provisioner }
+    pub fn new(provisioner: Arc<Provisioner>, containerizer: Arc<dyn Containerizer>) -> Self {
+        Self {
+            provisioner,
+            containerizer,
+        }
     }
 
     /// Resolves what a client names an image by: an id, a tag, a digest, or a short name
@@ -213,22 +226,27 @@ impl ImageService for CriImages {
         &self,
         _request: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        let (bytes, inodes) = self.provisioner.store().usage();
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or_default();
-        let usage = cri::FilesystemUsage {
-            timestamp,
-            fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: self.provisioner.store().root().display().to_string(),
-            }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
-        };
+        let timestamp = crate::containerizer::now_ns();
+        let usage =
+            |mountpoint: &std::path::Path, (bytes, inodes): (u64, u64)| cri::FilesystemUsage {
+                timestamp,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: mountpoint.display().to_string(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: bytes }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
+            };
+        let store = self.provisioner.store();
+        // The writable layers, where ContainerStats' `writable_layer` says they are, as
+        // `disk/du` last measured them; without it none is named and kubelet takes the
+        // image filesystem for both, as the CRI says.
+        let containers = self
+            .containerizer
+            .writable_usage()
+            .map(|used| usage(self.provisioner.containers_dir(), used));
         Ok(Response::new(cri::ImageFsInfoResponse {
-            image_filesystems: vec![usage],
-            container_filesystems: vec![],
+            image_filesystems: vec![usage(store.root(), store.usage())],
+            container_filesystems: containers.into_iter().collect(),
         }))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod image;
+pub mod metrics;
 pub mod runtime;
 pub mod stats;
 pub mod validate;

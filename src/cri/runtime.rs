@@ -11,8 +11,8 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use super::events::{EventHub, EventStream};
-use super::stats;
 use super::{containerizer_status, not_yet, validate};
+use super::{metrics, stats};
 use crate::containerizer::records::{ContainerRecord, PodRecord};
 use crate::containerizer::{ContainerId, Containerizer, LaunchConfig};
 use crate::flags::Flags;
@@ -106,13 +106,23 @@ impl CriRuntime {
             .usage(&nested)
             .await
             .map_err(|e| containerizer_status(&e))?;
-        let writable_fs = self.flags.work_dir.join("provisioner").join("containers");
         Ok(stats::container_stats(
             c,
             &usage,
             &self.rates,
-            &writable_fs.display().to_string(),
+            &self.writable_fs(),
         ))
+    }
+
+    /// Where every container's writable layer lives: the filesystem the CRI's
+    /// `writable_layer` and the `device` label name.
+    fn writable_fs(&self) -> String {
+        self.flags
+            .work_dir
+            .join("provisioner")
+            .join("containers")
+            .display()
+            .to_string()
     }
 
     /// Each container's stats at once; one removed meanwhile is left out.
@@ -934,14 +944,54 @@ impl RuntimeService for CriRuntime {
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics"))
+        // As ListPodSandboxStats: the ready pods (a stopped one has nothing to measure).
+        let pods: Vec<PodRecord> = self
+            .containerizer
+            .pods()
+            .into_iter()
+            .filter(|p| p.ready)
+            .collect();
+        let all = self.containerizer.containers();
+        let device = self.writable_fs();
+        let pod_metrics = futures_util::future::join_all(pods.iter().map(|pod| {
+            let mine: Vec<&ContainerRecord> = all.iter().filter(|c| c.pod_id == pod.id()).collect();
+            let device = &device;
+            async move {
+                let sandbox = ContainerId {
+                    value: pod.id().to_string(),
+                    parent: None,
+                };
+                // Removed meanwhile: not listed, as if listed a moment later.
+                let pod_usage = self.containerizer.usage(&sandbox).await.ok()?;
+                let usage = futures_util::future::join_all(mine.iter().map(|c| async move {
+                    let nested = ContainerId {
+                        value: c.id.clone(),
+                        parent: Some(c.pod_id.clone()),
+                    };
+                    let u = self.containerizer.usage(&nested).await.ok()?;
+                    Some(((*c).clone(), u))
+                }))
+                .await;
+                let containers: Vec<_> = usage.into_iter().flatten().collect();
+                Some(metrics::pod_metrics(pod, &pod_usage, &containers, device))
+            }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let reply = cri::ListPodSandboxMetricsResponse { pod_metrics };
+        validate::reply_size("ListPodSandboxMetrics", &reply)?;
+        Ok(Response::new(reply))
     }
 }
 

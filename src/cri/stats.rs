@@ -86,10 +86,10 @@ pub fn container_stats(
         }),
         cpu: Some(cpu(&c.id, s, rates)),
         memory: Some(memory(s)),
-        // disk/du's last measure (the writable layer and the log); none before the first
-        // or without the isolator.
-        writable_layer: s.disk_used_bytes.map(|bytes| cri::FilesystemUsage {
-            timestamp: s.timestamp_ns,
+        // disk/du's last measure of the writable layer (kubelet counts the logs itself);
+        // none before the first or without the isolator.
+        writable_layer: s.disk_writable_bytes.map(|bytes| cri::FilesystemUsage {
+            timestamp: s.disk_measured_ns.unwrap_or(s.timestamp_ns),
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: writable_fs.to_string(),
             }),

@@ -82,10 +82,14 @@ pub struct ResourceStatistics {
     pub mem_major_page_faults: Option<u64>,
     pub processes: Option<u64>,
     pub threads: Option<u64>,
-    /// `disk/du`: the writable layer and the log, and the container's disk limit.
+    /// `disk/du`: the writable layer and the log (what the quota counts), the writable
+    /// layer alone and its inodes, and the container's disk limit.
     pub disk_used_bytes: Option<u64>,
+    pub disk_writable_bytes: Option<u64>,
     pub disk_inodes_used: Option<u64>,
     pub disk_limit_bytes: Option<u64>,
+    /// When `disk/du` took the figures above (they are from its last round, not now).
+    pub disk_measured_ns: Option<i64>,
     /// The pod's network interfaces (pods only), counters as the kernel keeps them.
     pub interfaces: Vec<super::network::cni::stats::InterfaceStats>,
 }
@@ -311,6 +315,13 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
     /// This isolator's node-wide figures for the runtime's verbose status (e.g. how many
     /// seccomp programs were compiled); `None`: it keeps none.
     fn node_status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// What every container's writable layer holds in all, bytes and inodes, as this
+    /// isolator last measured it (ImageFsInfo's container filesystem). `None`: this
+    /// isolator does not measure disks.
+    fn writable_usage(&self) -> Option<(u64, u64)> {
         None
     }
 

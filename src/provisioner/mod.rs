@@ -242,6 +242,11 @@ impl Provisioner {
         }
     }
 
+    /// Where each container's rootfs (and the backend's writable layer) lives.
+    pub fn containers_dir(&self) -> &Path {
+        &self.containers_dir
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

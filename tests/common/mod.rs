@@ -383,3 +383,37 @@ pub fn process_alive(pid: i32) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// crictl (cri-tools v1.32, installed by hack/critest.sh and hack/test.sh).
+pub fn crictl() -> String {
+    let path = std::env::var("CRICTL").unwrap_or_else(|_| "/usr/local/bin/crictl".into());
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path} is missing: hack/test.sh builds it (../shared/critest/build-cri-tools.sh)"
+    );
+    path
+}
+
+impl Env {
+    /// Runs crictl against this daemon with `stdin`, as a user would.
+    pub async fn crictl(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(crictl())
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", self.daemon.socket().display()))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin).await.unwrap();
+        drop(input);
+        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("crictl finished")
+            .unwrap()
+    }
+}

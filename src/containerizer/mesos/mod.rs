@@ -666,4 +666,8 @@ impl super::Containerizer for MesosContainerizer {
             .filter_map(|i| Some((i.name().to_string(), i.node_status()?)))
             .collect()
     }
+
+    fn writable_usage(&self) -> Option<(u64, u64)> {
+        self.isolators.iter().find_map(|i| i.writable_usage())
+    }
 }

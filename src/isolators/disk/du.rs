@@ -31,12 +31,21 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// A measure and when it was taken: the writable layer, and it with the log (what the
+/// quota counts, as Mesos counts the whole sandbox).
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    writable: Usage,
+    with_log: u64,
+    at_ns: i64,
+}
+
 #[derive(Debug)]
 struct Watched {
     writable: Option<PathBuf>,
     log: Option<PathBuf>,
     limit: Option<u64>,
-    used: Option<Usage>,
+    used: Option<Measure>,
     limitation: watch::Sender<Option<Limitation>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -187,26 +196,30 @@ impl Isolator for DiskDu {
                     let Some(entry) = w.get(&id) else { return };
                     (entry.writable.clone(), entry.log.clone())
                 };
-                let used = tokio::task::spawn_blocking(move || {
-                    let mut total = paths.0.as_deref().map(measure).unwrap_or_default();
-                    if let Some(log) = paths.1.as_deref() {
-                        let log = measure(log);
-                        total.bytes += log.bytes;
-                    }
-                    total
+                let (writable, log) = tokio::task::spawn_blocking(move || {
+                    let writable = paths.0.as_deref().map(measure).unwrap_or_default();
+                    let log = paths.1.as_deref().map(measure).unwrap_or_default();
+                    (writable, log.bytes)
                 })
                 .await
                 .unwrap_or_default();
+                let used = writable.bytes + log;
                 {
                     let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
                     let Some(entry) = w.get_mut(&id) else { return };
-                    entry.used = Some(used);
-                    if let Some(limit) = entry.limit.filter(|l| enforce && used.bytes > *l) {
+                    entry.used = Some(Measure {
+                        writable,
+                        with_log: used,
+                        at_ns: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as i64)
+                            .unwrap_or_default(),
+                    });
+                    if let Some(limit) = entry.limit.filter(|l| enforce && used > *l) {
                         let _ = entry.limitation.send(Some(Limitation {
                             reason: REASON.into(),
                             message: format!(
-                                "the container used {} bytes of disk, past its quota of {limit} bytes ({LIMIT_ANNOTATION})",
-                                used.bytes
+                                "the container used {used} bytes of disk, past its quota of {limit} bytes ({LIMIT_ANNOTATION})"
                             ),
                         }));
                         return;
@@ -241,11 +254,24 @@ impl Isolator for DiskDu {
         statistics: &mut ResourceStatistics,
     ) -> Result<(), IsolatorError> {
         if let Some(entry) = self.watched().get(container_id) {
-            statistics.disk_used_bytes = entry.used.map(|u| u.bytes);
-            statistics.disk_inodes_used = entry.used.map(|u| u.inodes);
+            statistics.disk_used_bytes = entry.used.map(|m| m.with_log);
+            statistics.disk_writable_bytes = entry.used.map(|m| m.writable.bytes);
+            statistics.disk_inodes_used = entry.used.map(|m| m.writable.inodes);
+            statistics.disk_measured_ns = entry.used.map(|m| m.at_ns);
             statistics.disk_limit_bytes = entry.limit;
         }
         Ok(())
+    }
+
+    fn writable_usage(&self) -> Option<(u64, u64)> {
+        Some(
+            self.watched()
+                .values()
+                .filter_map(|w| w.used)
+                .fold((0, 0), |(b, i), m| {
+                    (b + m.writable.bytes, i + m.writable.inodes)
+                }),
+        )
     }
 
     async fn cleanup(&self, container_id: &str) -> Result<(), IsolatorError> {
