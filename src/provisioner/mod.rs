@@ -7,6 +7,8 @@
 //! leaves a half-pulled layer behind, and the next caller reuses the finished work.
 
 pub mod backends;
+#[allow(unsafe_code)]
+pub(crate) mod fsat;
 pub mod providers;
 pub mod reference;
 pub mod store;
