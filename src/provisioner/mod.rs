@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use self::backends::{Backend, BackendError, LayerRef};
-use self::providers::docker::{
-    Credentials, HostConfig, LayerDescriptor, RegistryConfig, RegistryProvider,
-};
+use self::providers::auth::Credentials;
 use self::providers::local::LocalProvider;
+use self::providers::manifest::LayerDescriptor;
+use self::providers::registry::{HostConfig, RegistryConfig, RegistryProvider};
 use self::providers::{Provider, ProviderError};
 use self::reference::{ImageReference, ReferenceError};
 use self::store::extract::{self, ExtractError};
