@@ -5,12 +5,12 @@ Layers, top down (a module may use its own layer's siblings only where no cycle
 results, and any layer below it):
 
     main, server, http  ->  cri, stream  ->  containerizer  ->  isolators, provisioner, launcher
-                  ->  cgroups, state (and the supervisor crate's protocol)  ->  sys
+                  ->  cgroups, state (and the supervisor crate's protocol)  ->  flags, sys
 
-`sys` (the system calls that need `unsafe`) is the bottom: it uses no other module.
-`flags`, `quote`, `inflight` and `metrics` (the process-wide counters every layer
-bumps) are helpers outside the layers (the cycles through
-`flags` are the next issue's). Exits 1 naming each upward use or same-layer cycle.
+`flags` (plain values; components take their own config from them) and `sys` (the
+system calls that need `unsafe`) are the bottom: they use no other module. `quote`,
+`inflight` and `metrics` (the process-wide counters every layer bumps) are helpers
+outside the layers. Exits 1 naming each upward use or same-layer cycle.
 """
 import pathlib
 import re
@@ -22,9 +22,9 @@ LAYER = {
     "containerizer": 2,
     "isolators": 3, "provisioner": 3, "launcher": 3,
     "cgroups": 4, "state": 4,
-    "sys": 5,
+    "flags": 5, "sys": 5,
 }
-HELPERS = {"flags", "quote", "inflight", "metrics", "fetcher"}
+HELPERS = {"quote", "inflight", "metrics", "fetcher"}
 PATH = re.compile(r"\bcrate::(\w+)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)

@@ -356,8 +356,13 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let mut info = HashMap::new();
         if request.get_ref().verbose {
-            let config = serde_json::to_string(&*self.flags)
+            let mut config = serde_json::to_value(&*self.flags)
                 .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
+            // The chain in effect (aliases expanded, implied isolators added), not the text.
+            if let Ok(chain) = crate::isolators::registry::chain(&self.flags) {
+                config["isolation"] = chain.iter().map(|i| i.as_str()).collect();
+            }
+            let config = config.to_string();
             info.insert("config".to_string(), config);
             info.insert(
                 "podCIDR".to_string(),
