@@ -312,6 +312,44 @@ mod tests {
     use super::*;
     use crate::isolators::select;
 
+    fn chain_of(args: &[&str]) -> Result<Vec<IsolatorName>, ChainError> {
+        let flags = crate::flags::Flags::from_args(
+            std::iter::once("cri-mesos").chain(args.iter().copied()),
+        )
+        .unwrap();
+        chain(&flags)
+    }
+
+    #[test]
+    fn the_chain_follows_mesos_rules_between_flags() {
+        let names = |c: Vec<IsolatorName>| c.iter().map(|i| i.as_str()).collect::<Vec<_>>();
+        assert!(names(chain_of(&[]).unwrap()).contains(&"disk/du"));
+        // Image providers need filesystem/linux; with none named, Mesos implies
+        // filesystem/posix, which cannot serve an image.
+        let err = chain_of(&["--isolation=docker/runtime"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("need the 'filesystem/linux' isolator"),
+            "{err}"
+        );
+        let err = chain_of(&["--isolation=filesystem/linux"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("docker/runtime"), "{err}");
+        let err = chain_of(&[
+            "--cgroups_pids_limit=100",
+            "--isolation=filesystem/linux,docker/runtime",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cgroups/pids"), "{err}");
+        let err = chain_of(&["--isolation=bogus/thing"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus/thing"), "{err}");
+    }
+
     fn ctx() -> IsolatorContext {
         IsolatorContext {
             flags: Arc::new(crate::flags::Flags::from_args(["cri-mesos"]).unwrap()),
