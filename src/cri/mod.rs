@@ -5,6 +5,7 @@ pub mod events;
 pub mod image;
 pub mod runtime;
 pub mod stats;
+pub mod status;
 pub mod validate;
 
 use tonic::{Code, Status};
