@@ -7,8 +7,17 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::devices::Rule;
 use crate::sys;
+
+/// One allow rule: `kind` 'c', 'b' or 'a' (all); `None` numbers match any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub kind: char,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    /// Bits: 1 mknod, 2 read, 4 write (the kernel's BPF_DEVCG_ACC_*).
+    pub access: u32,
+}
 
 /// One `struct bpf_insn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
