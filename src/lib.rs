@@ -1,4 +1,8 @@
 //! cri-mesos: a CRI v1 runtime whose inside is Apache Mesos's containerizer.
+//!
+//! `unsafe` is confined to [`sys`] and `provisioner::fsat`, the two modules that allow it.
+
+#![deny(unsafe_code)]
 
 pub mod cgroups;
 pub mod containerizer;
@@ -14,3 +18,5 @@ pub mod quote;
 pub mod server;
 pub mod state;
 pub mod stream;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cri_mesos::containerizer::{self, Containerizer};
 use cri_mesos::flags::{self, Flags};
-use cri_mesos::provisioner::Provisioner;
+use cri_mesos::provisioner::{Provisioner, ProvisionerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -18,6 +18,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The isolator chain is the isolator registry's to select; a chain the flags cannot
+    // have is a flag error like the others.
+    if let Err(e) = cri_mesos::isolators::registry::chain(&flags) {
+        eprintln!("cri-mesos: {e}");
+        return ExitCode::from(2);
+    }
     init_tracing(&flags);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -34,7 +40,7 @@ fn main() -> ExitCode {
     // file) is a flag error too: exit 2 before the socket is opened.
     let containerizer = {
         let _guard = runtime.enter();
-        let created = Provisioner::from_flags(&flags)
+        let created = Provisioner::create(&ProvisionerConfig::from_flags(&flags))
             .map_err(anyhow::Error::from)
             .and_then(|p| {
                 containerizer::create(flags.clone(), p.clone())

@@ -66,8 +66,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 }
 
 fn set_umask(mask: libc::mode_t) -> libc::mode_t {
-    // SAFETY: umask only swaps the process's file mode creation mask; it cannot fail.
-    unsafe { libc::umask(mask) }
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(mask)).bits()
 }
 
 /// Serves both CRI services until `shutdown` completes, then removes the socket.

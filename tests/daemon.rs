@@ -302,7 +302,9 @@ fn bad_flags_exit_2_naming_the_value() {
             "cgroups/pids",
         ),
         (&["--logging_level=LOUD"], "LOUD"),
-        (&["--resources=cpus:lots"], "cpus:lots"),
+        // Mesos's agent resources mean nothing to a CRI runtime (kubelet has the node's
+        // allocatable): the flag is gone, and clap refuses it.
+        (&["--resources=cpus:2"], "--resources"),
         (&["--registry_mirrors=registry.k8s.io"], "registry.k8s.io"),
         (&["--image_provisioner_backend=zfs"], "zfs"),
         (&[bad_file_arg.as_str()], "wrok_dir"),
@@ -332,6 +334,65 @@ fn bad_flags_exit_2_naming_the_value() {
             "{args:?}: stderr should name {needle:?}: {}",
             out.stderr
         );
+        assert!(!socket.exists(), "{args:?} opened the socket");
+    }
+}
+
+/// A flag whose feature is not built is refused at start, naming it, rather than
+/// accepted and ignored; so is a chain that breaks Mesos's rule for image providers.
+#[test]
+fn unbuilt_features_exit_2_not_supported_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("never.sock");
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--launcher=posix"],
+            &["--launcher=posix", "not supported yet"],
+        ),
+        (
+            &["--image_providers="],
+            &["--image_providers=", "not supported yet"],
+        ),
+        (
+            &["--image_providers=appc"],
+            &["--image_providers=appc", "not supported yet"],
+        ),
+        (
+            &["--containerizers=docker"],
+            &["--containerizers=docker", "not supported yet"],
+        ),
+        (
+            &["--isolation=docker/runtime,namespaces/pid"],
+            &[
+                "--isolation",
+                "image providers",
+                "need the 'filesystem/linux' isolator",
+            ],
+        ),
+        // Named, filesystem/posix is refused as unbuilt; implied (no filesystem isolator
+        // named), the rule above refuses the chain.
+        (
+            &["--isolation=filesystem/posix,docker/runtime"],
+            &["--isolation", "'filesystem/posix'", "not support yet"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all = vec![format!("--listen={}", socket.display())];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = run_once(BIN, &all).unwrap();
+        assert_eq!(
+            out.code,
+            Some(2),
+            "{args:?} should exit 2; stderr: {}",
+            out.stderr
+        );
+        for needle in *needles {
+            assert!(
+                out.stderr.contains(needle),
+                "{args:?}: stderr should name {needle:?}: {}",
+                out.stderr
+            );
+        }
         assert!(!socket.exists(), "{args:?} opened the socket");
     }
 }

@@ -3,7 +3,6 @@
 //! container's directory hears every exit without polling any container.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,16 +11,10 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sys;
+
 /// The exit record's file name in a container's directory.
 const EXIT: &str = "exit";
-
-struct Fd(Inotify);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
 
 #[derive(Default)]
 struct Watches {
@@ -30,7 +23,7 @@ struct Watches {
 }
 
 pub struct ExitWatcher {
-    fd: Arc<AsyncFd<Fd>>,
+    fd: Arc<AsyncFd<sys::Owned<Inotify>>>,
     watches: Arc<Mutex<Watches>>,
     exited: UnboundedSender<String>,
 }
@@ -46,9 +39,7 @@ impl ExitWatcher {
     /// whose exit record appears is sent to `exited` (more than once is possible).
     pub fn start(exited: UnboundedSender<String>) -> std::io::Result<ExitWatcher> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        // SAFETY: `Fd` owns the inotify descriptor (an OwnedFd inside `Inotify`) for as
-        // long as the AsyncFd holds it, and always returns that same descriptor.
-        let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) }?;
+        let fd = sys::async_fd(inotify, Interest::READABLE)?;
         let fd = Arc::new(fd);
         let watches: Arc<Mutex<Watches>> = Arc::default();
         let (task_fd, task_watches, events) = (fd.clone(), watches.clone(), exited.clone());
@@ -57,7 +48,7 @@ impl ExitWatcher {
                 let Ok(mut ready) = task_fd.readable().await else {
                     return;
                 };
-                let read = ready.try_io(|fd| fd.get_ref().0.read_events().map_err(Into::into));
+                let read = ready.try_io(|fd| fd.get_ref().read_events().map_err(Into::into));
                 let batch = match read {
                     Ok(Ok(batch)) => batch,
                     Ok(Err(e)) => {
@@ -106,7 +97,7 @@ impl ExitWatcher {
     /// watch.
     pub fn watch(&self, id: &str, dir: &Path) {
         let mask = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
-        match self.fd.get_ref().0.add_watch(dir, mask) {
+        match self.fd.get_ref().add_watch(dir, mask) {
             Ok(wd) => {
                 let mut w = lock(&self.watches);
                 w.by_wd.insert(wd, (id.to_string(), dir.to_path_buf()));
@@ -130,7 +121,7 @@ impl ExitWatcher {
             wd
         };
         if let Some(wd) = wd {
-            let _ = self.fd.get_ref().0.rm_watch(wd);
+            let _ = self.fd.get_ref().rm_watch(wd);
         }
     }
 }

@@ -147,12 +147,12 @@ fn convert(containerizer: &dyn Containerizer, event: &Lifecycle) -> cri::Contain
     let pod_sandbox_status = containerizer
         .pod(&event.pod_id)
         .ok()
-        .map(|p| super::runtime::pod_status(&p));
+        .map(|p| super::status::pod_status(&p));
     cri::ContainerEventResponse {
         container_id: event.container_id.clone(),
         container_event_type: container_event_type as i32,
         created_at: crate::containerizer::now_ns(),
         pod_sandbox_status,
-        containers_statuses: super::runtime::container_statuses_of(containerizer, &event.pod_id),
+        containers_statuses: super::status::container_statuses_of(containerizer, &event.pod_id),
     }
 }

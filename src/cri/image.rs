@@ -10,7 +10,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::containerizer::Containerizer;
 use crate::provisioner::backends::BackendError;
 use crate::provisioner::providers::ProviderErrorKind;
-use crate::provisioner::providers::docker::Credentials;
+use crate::provisioner::providers::auth::Credentials;
 use crate::provisioner::reference::ImageReference;
 use crate::provisioner::store::ImageRecord;
 use crate::provisioner::{ProvisionError, Provisioner};

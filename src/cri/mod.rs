@@ -6,6 +6,7 @@ pub mod image;
 pub mod metrics;
 pub mod runtime;
 pub mod stats;
+pub mod status;
 pub mod validate;
 
 use tonic::{Code, Status};

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use cri_mesos_supervisor::protocol::{LaunchInfo, RlimitSpec};
 
-use super::IsolatorName;
 use super::cgroups::Cgroups;
 use super::chain::{ContainerPrep, Isolator, IsolatorError};
 use super::disk::du::DiskDu;
@@ -16,9 +15,68 @@ use super::linux::nnp::LinuxNnp;
 use super::linux::seccomp::LinuxSeccomp;
 use super::namespaces::ipc::IpcNamespace;
 use super::namespaces::pid::PidNamespace;
-use super::network::cni::Cni;
+use super::network::cni::{Cni, CniConfig};
 use super::posix::rlimits::PosixRlimits;
 use super::volume::host_path::HostPathVolume;
+use super::{IsolatorName, SelectionError};
+use crate::flags::{FlagError, Flags};
+
+/// Why the flags select no usable chain; the daemon exits 2 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+}
+
+/// The isolator chain the flags select, as Mesos's `MesosContainerizer::create` reads
+/// `--isolation`: [`super::select`]'s chain, plus `posix/rlimits` when the config file
+/// sets `rlimits` (the key implies it), checked against what other flags need:
+/// image providers need `filesystem/linux` (Mesos's rule; a CRI container always has an
+/// image), the docker provider `docker/runtime`, `--cgroups_pids_limit` `cgroups/pids`.
+pub fn chain(flags: &Flags) -> Result<Vec<IsolatorName>, ChainError> {
+    let mut chain = super::select(&flags.isolation)?;
+    if !flags.rlimits.is_empty() {
+        chain = super::with("posix/rlimits", chain);
+    }
+    let has = |name: &str| chain.iter().any(|i| i.as_str() == name);
+    let named = || {
+        chain
+            .iter()
+            .map(|i| i.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if !flags.image_providers.is_empty() && !has("filesystem/linux") {
+        return Err(FlagError::Invalid {
+            flag: "isolation",
+            value: named(),
+            reason: format!(
+                "image providers (--image_providers={}) need the 'filesystem/linux' isolator, as in Mesos",
+                flags.image_providers.join(",")
+            ),
+        }
+        .into());
+    }
+    if flags.image_providers.iter().any(|p| p == "docker") && !has("docker/runtime") {
+        return Err(FlagError::Invalid {
+            flag: "isolation",
+            value: named(),
+            reason: "the docker image provider needs the 'docker/runtime' isolator".into(),
+        }
+        .into());
+    }
+    if flags.cgroups_pids_limit > 0 && !has("cgroups/pids") {
+        return Err(FlagError::Invalid {
+            flag: "cgroups_pids_limit",
+            value: flags.cgroups_pids_limit.to_string(),
+            reason: "needs the cgroups/pids isolator in --isolation".into(),
+        }
+        .into());
+    }
+    Ok(chain)
+}
 
 /// What isolators may need from the agent to be created: its flags (`--runtime_dir` for
 /// volatile state, `--work_dir` for what survives a reboot, `--network_cni_*`) and the
@@ -48,7 +106,7 @@ pub fn build(chain: &[IsolatorName], ctx: &IsolatorContext) -> Vec<Box<dyn Isola
                 "volume/host_path" => Box::new(HostPathVolume),
                 "namespaces/pid" => Box::new(PidNamespace::default()),
                 "namespaces/ipc" => Box::new(IpcNamespace),
-                "network/cni" => Box::new(Cni::new(&ctx.flags)),
+                "network/cni" => Box::new(Cni::new(&CniConfig::from_flags(&ctx.flags))),
                 "linux/capabilities" => Box::new(LinuxCapabilities),
                 n if n.starts_with("cgroups/") => Box::new(Cgroups::new(
                     chain,
@@ -253,6 +311,44 @@ mod tests {
     use super::test_support::Fixture;
     use super::*;
     use crate::isolators::select;
+
+    fn chain_of(args: &[&str]) -> Result<Vec<IsolatorName>, ChainError> {
+        let flags = crate::flags::Flags::from_args(
+            std::iter::once("cri-mesos").chain(args.iter().copied()),
+        )
+        .unwrap();
+        chain(&flags)
+    }
+
+    #[test]
+    fn the_chain_follows_mesos_rules_between_flags() {
+        let names = |c: Vec<IsolatorName>| c.iter().map(|i| i.as_str()).collect::<Vec<_>>();
+        assert!(names(chain_of(&[]).unwrap()).contains(&"disk/du"));
+        // Image providers need filesystem/linux; with none named, Mesos implies
+        // filesystem/posix, which cannot serve an image.
+        let err = chain_of(&["--isolation=docker/runtime"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("need the 'filesystem/linux' isolator"),
+            "{err}"
+        );
+        let err = chain_of(&["--isolation=filesystem/linux"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("docker/runtime"), "{err}");
+        let err = chain_of(&[
+            "--cgroups_pids_limit=100",
+            "--isolation=filesystem/linux,docker/runtime",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cgroups/pids"), "{err}");
+        let err = chain_of(&["--isolation=bogus/thing"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus/thing"), "{err}");
+    }
 
     fn ctx() -> IsolatorContext {
         IsolatorContext {

@@ -142,29 +142,14 @@ pub fn is_pinned(path: &Path) -> bool {
 
 /// Sets IFF_UP on `lo` of the calling thread's network namespace.
 fn loopback_up() -> nix::Result<()> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let socket = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    // SAFETY: ifreq is plain old data; zeroed is a valid value. The name fits (3 bytes of
-    // IFNAMSIZ). The ioctls only read/write the ifreq we own, on a socket we own.
-    unsafe {
-        let mut request: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
-            return Err(nix::Error::last());
-        }
-        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
-            return Err(nix::Error::last());
-        }
-    }
-    Ok(())
+    crate::sys::loopback_up(socket.as_fd())
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! leaves a half-pulled layer behind, and the next caller reuses the finished work.
 
 pub mod backends;
+#[allow(unsafe_code)]
+pub(crate) mod fsat;
 pub mod providers;
 pub mod reference;
 pub mod store;
@@ -21,15 +23,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use self::backends::{Backend, BackendError, LayerRef};
-use self::providers::docker::{
-    Credentials, HostConfig, LayerDescriptor, RegistryConfig, RegistryProvider,
-};
+use self::providers::auth::Credentials;
 use self::providers::local::LocalProvider;
+use self::providers::manifest::LayerDescriptor;
+use self::providers::registry::{HostConfig, RegistryConfig, RegistryProvider};
 use self::providers::{Provider, ProviderError};
 use self::reference::{ImageReference, ReferenceError};
 use self::store::extract::{self, ExtractError};
 use self::store::{ImageRecord, Store, StoreError};
-use crate::flags::Flags;
 use crate::inflight::Inflight;
 use crate::state::{self, CheckpointError};
 
@@ -106,6 +107,53 @@ pub struct ProvisionInfo {
     pub writable: Option<PathBuf>,
     pub backend: &'static str,
     pub image: ImageRecord,
+}
+
+/// What the provisioner is made of (Mesos's `--docker_store_dir`,
+/// `--image_provisioner_backend`, `--docker_registry` and the registry settings).
+#[derive(Debug, Clone, Default)]
+pub struct ProvisionerConfig {
+    pub work_dir: PathBuf,
+    /// The layer store.
+    pub store_dir: PathBuf,
+    /// `None`: the first of overlay, aufs, copy that works.
+    pub backend: Option<String>,
+    /// A registry URL for names without a host, or a local directory of archives.
+    pub docker_registry: String,
+    pub hosts: HashMap<String, HostConfig>,
+    /// The node's own credentials (docker config.json files) by registry host.
+    pub auth_files: HashMap<String, PathBuf>,
+    pub max_concurrent_downloads: usize,
+}
+
+impl ProvisionerConfig {
+    /// The provisioner's part of the agent flags.
+    pub fn from_flags(flags: &crate::flags::Flags) -> ProvisionerConfig {
+        ProvisionerConfig {
+            work_dir: flags.work_dir.clone(),
+            store_dir: flags.docker_store_dir.clone(),
+            backend: flags.image_provisioner_backend.clone(),
+            docker_registry: flags.docker_registry.clone(),
+            hosts: flags
+                .registries
+                .iter()
+                .map(|(host, c)| {
+                    let config = HostConfig {
+                        insecure: c.insecure,
+                        mirrors: c.mirrors.clone(),
+                        ca_file: c.ca_file.clone(),
+                    };
+                    (host.clone(), config)
+                })
+                .collect(),
+            auth_files: flags
+                .registries
+                .iter()
+                .filter_map(|(host, c)| c.auth_file.clone().map(|f| (host.clone(), f)))
+                .collect(),
+            max_concurrent_downloads: flags.max_concurrent_downloads,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -187,47 +235,28 @@ impl Provisioner {
         })
     }
 
-    /// Builds the provisioner the flags describe: store, provider and backend. Fails on a
+    /// Builds the provisioner `config` describes: store, provider and backend. Fails on a
     /// backend the kernel or the store's filesystem cannot serve, or a bad registry setting.
-    pub fn from_flags(flags: &Flags) -> Result<Arc<Provisioner>, ProvisionError> {
-        let store = Store::open(&flags.docker_store_dir)?;
-        let provider = if flags.docker_registry.starts_with('/') {
-            Provider::Local(LocalProvider::new(&flags.docker_registry))
+    pub fn create(config: &ProvisionerConfig) -> Result<Arc<Provisioner>, ProvisionError> {
+        let store = Store::open(&config.store_dir)?;
+        let provider = if config.docker_registry.starts_with('/') {
+            Provider::Local(LocalProvider::new(&config.docker_registry))
         } else {
-            let hosts = flags
-                .registries
-                .iter()
-                .map(|(host, c)| {
-                    let config = HostConfig {
-                        insecure: c.insecure,
-                        mirrors: c.mirrors.clone(),
-                        ca_file: c.ca_file.clone(),
-                    };
-                    (host.clone(), config)
-                })
-                .collect();
             Provider::Registry(RegistryProvider::new(RegistryConfig {
-                hosts,
-                default_registry: Some(flags.docker_registry.clone()),
+                hosts: config.hosts.clone(),
+                default_registry: Some(config.docker_registry.clone()),
             })?)
         };
-        let backend = backends::create(
-            flags.image_provisioner_backend.as_deref(),
-            &flags.docker_store_dir,
-        )?;
-        tracing::info!(backend = backend.name(), store = %flags.docker_store_dir.display(), "provisioner ready");
+        let backend = backends::create(config.backend.as_deref(), &config.store_dir)?;
+        tracing::info!(backend = backend.name(), store = %config.store_dir.display(), "provisioner ready");
         let mut provisioner = Provisioner::assemble(
             store,
             provider,
             backend,
-            &flags.work_dir,
-            flags.max_concurrent_downloads,
+            &config.work_dir,
+            config.max_concurrent_downloads,
         )?;
-        provisioner.auth_files = flags
-            .registries
-            .iter()
-            .filter_map(|(host, c)| c.auth_file.clone().map(|f| (host.clone(), f)))
-            .collect();
+        provisioner.auth_files = config.auth_files.clone();
         Ok(Arc::new(provisioner))
     }
 

@@ -2,16 +2,19 @@
 //! (non-blocking, never a blocking read on a runtime thread).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+use crate::sys;
 
 /// One descriptor (a pipe end or a pty master); shareable between a reading and a
 /// writing task.
 #[derive(Debug)]
 pub struct FdIo {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<sys::Owned<OwnedFd>>,
 }
 
 impl FdIo {
@@ -52,29 +55,10 @@ impl FdIo {
 
     /// Sets the window size of a pty (the master side).
     pub fn set_winsize(&self, width: u16, height: u16) -> io::Result<()> {
-        set_winsize(self.fd.get_ref().as_raw_fd(), width, height)
+        sys::set_winsize(self.fd.get_ref().as_fd(), width, height)
     }
 }
 
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd is a valid open descriptor, owned by the AsyncFd from here on:
-    // nothing else can close it or make its number refer to another file meanwhile, and
-    // `as_raw_fd` of an OwnedFd always returns the same number.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
-}
-
-nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
-
-fn set_winsize(fd: std::os::fd::RawFd, width: u16, height: u16) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: height,
-        ws_col: width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize struct through the pointer, which points at
-    // `ws` for the duration of the call; `fd` is an open descriptor we own.
-    unsafe { tiocswinsz(fd, &ws) }
-        .map(drop)
-        .map_err(io::Error::from)
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<sys::Owned<OwnedFd>>> {
+    sys::async_fd(fd, Interest::READABLE | Interest::WRITABLE)
 }

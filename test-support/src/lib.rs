@@ -23,6 +23,7 @@ pub mod image;
 pub mod images;
 pub mod int80;
 pub mod layer;
+pub mod pushed;
 pub mod registry;
 
 pub use daemon::{

@@ -11,7 +11,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use tempfile::TempDir;
 
 use crate::image::{BuiltImage, BuiltIndex, MANIFEST_ACCEPT};
-use crate::images::{TestImage, TestIndex};
+use crate::pushed::{TestImage, TestIndex};
 use crate::sha256_digest;
 
 /// Overrides the registry binary (default: Debian's `docker-registry` on `PATH`).

@@ -170,7 +170,11 @@ impl MesosContainerizer {
             flags: flags.clone(),
             hierarchies: hierarchies.clone(),
         };
-        let isolators = registry::build(&flags.isolation, &context);
+        let chain = registry::chain(&flags).map_err(|e| ContainerizerError::InvalidArgument {
+            field: "isolation".into(),
+            reason: e.to_string(),
+        })?;
+        let isolators = registry::build(&chain, &context);
         let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
         Self::with_parts(Parts {
             flags,

@@ -358,7 +358,9 @@ impl Env {
             .build()
             .write_docker_archive(&dir.path().join("images/tiny:latest.tar"), &["tiny:latest"])
             .unwrap();
-        let provisioner = Provisioner::from_flags(&flags).unwrap();
+        let provisioner =
+            Provisioner::create(&crate::provisioner::ProvisionerConfig::from_flags(&flags))
+                .unwrap();
         let journal = Arc::new(Journal::default());
         let launcher = Arc::new(FakeLauncher {
             journal: journal.clone(),

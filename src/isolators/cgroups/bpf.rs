@@ -4,10 +4,20 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::devices::Rule;
+use crate::sys;
+
+/// One allow rule: `kind` 'c', 'b' or 'a' (all); `None` numbers match any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub kind: char,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    /// Bits: 1 mknod, 2 read, 4 write (the kernel's BPF_DEVCG_ACC_*).
+    pub access: u32,
+}
 
 /// One `struct bpf_insn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +119,7 @@ pub fn attach_device_filter(dir: &Path, rules: &[Rule]) -> io::Result<()> {
     attr[4..8].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
     attr[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
     attr[12..16].copy_from_slice(&BPF_F_ALLOW_MULTI.to_ne_bytes());
-    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+    sys::bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
 }
 
 fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
@@ -120,22 +130,7 @@ fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     attr[68..72].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
-    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// bpf(2) with a `union bpf_attr` laid out by hand (the fields used are at fixed offsets
-/// in every kernel since 4.15); pointers inside it must outlive the call, which the
-/// callers' borrows ensure.
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a valid, writable buffer of the size passed.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    sys::bpf_new_fd(BPF_PROG_LOAD, &mut attr)
 }
 
 #[cfg(test)]

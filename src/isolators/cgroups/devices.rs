@@ -15,15 +15,7 @@ use super::bpf;
 use crate::isolators::chain::IsolatorError;
 use crate::quote::quote;
 
-/// One allow rule: `kind` 'c', 'b' or 'a' (all); `None` numbers match any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    pub kind: char,
-    pub major: Option<u32>,
-    pub minor: Option<u32>,
-    /// Bits: 1 mknod, 2 read, 4 write (the kernel's BPF_DEVCG_ACC_*).
-    pub access: u32,
-}
+pub use super::bpf::Rule;
 
 pub const MKNOD: u32 = 1;
 pub const READ: u32 = 2;

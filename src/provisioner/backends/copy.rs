@@ -23,10 +23,11 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
 use super::{Backend, BackendError, LayerRef, create_rootfs_dir, unmount_and_remove};
-use crate::provisioner::store::extract::{
-    self, LayerSummary, OVERLAY_XATTR_PREFIX, XattrTarget, components, dir_flags, file_type,
-    lstat_at, open_dir, open_dir_at, remove_all_at,
+use crate::provisioner::fsat::{
+    self, XattrTarget, components, dir_flags, file_type, lstat_at, open_dir, open_dir_at,
+    remove_all_at,
 };
+use crate::provisioner::store::extract::{LayerSummary, OVERLAY_XATTR_PREFIX};
 
 const NAME: &str = "copy";
 
@@ -103,7 +104,7 @@ fn apply_whiteouts(dst: BorrowedFd<'_>, summary: &LayerSummary) -> io::Result<()
             continue;
         };
         if let Ok(dir) = open_dir_at(dst, &comps, None) {
-            for name in extract::list_dir(dir.as_fd())? {
+            for name in fsat::list_dir(dir.as_fd())? {
                 remove_all_at(dir.as_fd(), &name)?;
             }
         }
@@ -129,7 +130,7 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
     let root_err = |e: io::Error| (PathBuf::from("."), e);
     let dst_root = dst.try_clone().map_err(root_err)?;
     let stat = fstat(&src).map_err(|e| root_err(e.into()))?;
-    let names = extract::list_dir(src.as_fd()).map_err(|e| root_err(e.into()))?;
+    let names = fsat::list_dir(src.as_fd()).map_err(|e| root_err(e.into()))?;
     let mut stack = vec![Frame {
         src,
         dst,
@@ -142,7 +143,7 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
     while let Some(top) = stack.last_mut() {
         let Some(name) = top.names.pop() else {
             let done = stack.pop().expect("non-empty");
-            let at = extract::rel_path(&done.rel);
+            let at = fsat::rel_path(&done.rel);
             set_meta(
                 Node::Fd(done.dst.as_fd()),
                 done.src.as_fd(),
@@ -155,7 +156,7 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
         };
         let mut rel = top.rel.clone();
         rel.push(name.clone());
-        let err = |e: io::Error| (extract::rel_path(&rel), e);
+        let err = |e: io::Error| (fsat::rel_path(&rel), e);
         let Some(st) = lstat_at(top.src.as_fd(), &name).map_err(|e| err(e.into()))? else {
             continue;
         };
@@ -174,7 +175,7 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
             }
             let src = open_dir(src_dir, &name).map_err(|e| err(e.into()))?;
             let dst = open_dir(dst_dir, &name).map_err(|e| err(e.into()))?;
-            let names = extract::list_dir(src.as_fd()).map_err(|e| err(e.into()))?;
+            let names = fsat::list_dir(src.as_fd()).map_err(|e| err(e.into()))?;
             stack.push(Frame {
                 src,
                 dst,
@@ -241,7 +242,7 @@ fn copy_tree(src: OwnedFd, dst: OwnedFd, privileged: bool) -> Result<(), CopyErr
             }
             SFlag::S_IFCHR | SFlag::S_IFBLK | SFlag::S_IFIFO | SFlag::S_IFSOCK => {
                 if !privileged && matches!(kind, SFlag::S_IFCHR | SFlag::S_IFBLK) {
-                    tracing::debug!(path = %extract::rel_path(&rel).display(), "not root: skipping a device node");
+                    tracing::debug!(path = %fsat::rel_path(&rel).display(), "not root: skipping a device node");
                     continue;
                 }
                 mknodat(
@@ -318,13 +319,13 @@ fn set_meta(
         Node::Fd(fd) => XattrTarget::Fd(fd),
         Node::Link(dir, name) | Node::Special(dir, name) => XattrTarget::At(dir, name),
     };
-    for (key, value) in extract::get_xattrs_at(src_dir, src_name)? {
+    for (key, value) in fsat::get_xattrs_at(src_dir, src_name)? {
         if key.to_bytes().starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) {
             continue;
         }
-        match extract::set_xattr(target, &key, &value) {
+        match fsat::set_xattr(target, &key, &value) {
             Ok(()) => {}
-            Err(e) if extract::tolerable_xattr_error(&e) => {
+            Err(e) if fsat::tolerable_xattr_error(&e) => {
                 tracing::warn!(xattr = ?CString::as_c_str(&key), error = %e, "xattr not copied");
             }
             Err(e) => return Err(e),

@@ -516,10 +516,14 @@ mod tests {
             extract::testtar::MTIME,
             "dir mtimes survive"
         );
-        let opq_xattrs = extract::get_xattrs_at(
-            nix::fcntl::open(&rootfs, extract::dir_flags(), nix::sys::stat::Mode::empty())
-                .unwrap()
-                .as_fd(),
+        let opq_xattrs = crate::provisioner::fsat::get_xattrs_at(
+            nix::fcntl::open(
+                &rootfs,
+                crate::provisioner::fsat::dir_flags(),
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap()
+            .as_fd(),
             b"opq",
         )
         .unwrap();

@@ -16,7 +16,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest as _, Sha256};
 
-use super::docker::ProviderError;
+use super::error::ProviderError;
+use super::http::{authority_of, read_limited, snippet};
 
 /// Credentials from the CRI `AuthConfig` of one PullImage request.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -317,19 +318,19 @@ async fn fetch_token(
         }
     };
 
-    let address = super::docker::authority_of(&realm_url);
+    let address = authority_of(&realm_url);
     let resp = request
         .send()
         .await
         .map_err(|e| ProviderError::from_reqwest(&address, realm, e))?;
     let status = resp.status();
-    let body = super::docker::read_limited(resp, TOKEN_RESPONSE_MAX, &address, realm).await?;
+    let body = read_limited(resp, TOKEN_RESPONSE_MAX, &address, realm).await?;
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(ProviderError::Unauthorized {
             registry: registry.to_string(),
             detail: format!(
                 "token server {realm} refused the credentials ({status}): {}",
-                super::docker::snippet(&body)
+                snippet(&body)
             ),
         });
     }
@@ -337,7 +338,7 @@ async fn fetch_token(
         return Err(ProviderError::Http {
             status: status.as_u16(),
             url: realm.to_string(),
-            body: super::docker::snippet(&body),
+            body: snippet(&body),
         });
     }
     let parsed: TokenResponse =

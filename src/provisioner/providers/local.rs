@@ -18,10 +18,12 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::docker::{
+use super::blob::sha256_digest;
+use super::error::ProviderError;
+use super::manifest::{
     Descriptor, LayerDescriptor, OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
-    OCI_MANIFEST, ProviderError, ResolvedImage, image_parts, is_index, manifest_media_type,
-    parse_manifest, pick_platform, sha256_digest,
+    OCI_MANIFEST, ResolvedImage, image_parts, is_index, manifest_media_type, parse_manifest,
+    pick_platform,
 };
 use crate::provisioner::reference::{DOCKER_HUB, ImageReference, validate_digest};
 
@@ -763,8 +765,9 @@ fn write_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provisioner::providers::docker::tests::TestImage;
-    use crate::provisioner::providers::docker::{OCI_INDEX, ProviderErrorKind, host_platform};
+    use crate::provisioner::providers::ProviderErrorKind;
+    use crate::provisioner::providers::manifest::{OCI_INDEX, host_platform};
+    use crate::provisioner::providers::registry::tests::TestImage;
 
     enum E<'a> {
         File(&'a [u8]),

@@ -1,15 +1,21 @@
 //! Image providers: where images come from (a registry, or a local directory of archives).
 
 pub mod auth;
-pub mod docker;
+pub mod blob;
+pub mod error;
+pub mod http;
 pub mod local;
+pub mod manifest;
 pub mod node_auth;
+pub mod registry;
 
 use std::path::Path;
 
-use self::docker::{Credentials, LayerDescriptor, RegistryProvider, ResolvedImage};
-pub use self::docker::{ProviderError, ProviderErrorKind};
+use self::auth::Credentials;
+pub use self::error::{ProviderError, ProviderErrorKind};
 use self::local::LocalProvider;
+use self::manifest::{LayerDescriptor, ResolvedImage};
+use self::registry::RegistryProvider;
 use super::reference::ImageReference;
 
 /// The image provider selected by `--docker_registry`: a registry URL, or — as Mesos

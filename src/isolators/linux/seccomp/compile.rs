@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -153,13 +153,7 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, CompileError> {
 }
 
 fn memfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: a NUL-terminated name and flags; the returned descriptor is new and ours.
-    let fd = unsafe { libc::memfd_create(c"seccomp-bpf".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::sys::memfd(c"seccomp-bpf")
 }
 
 #[cfg(test)]

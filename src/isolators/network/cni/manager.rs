@@ -23,7 +23,6 @@ use super::config::{self, ConfigStore, NetworkList};
 use super::invoke::{Invoker, RuntimeArgs, Target};
 use super::result::{CniResult, Dns};
 use super::stats::{self, InterfaceStats};
-use crate::flags::Flags;
 use crate::launcher::namespaces;
 
 const POD_CHECKPOINT: &str = "_pod.json";
@@ -84,6 +83,35 @@ struct Joined {
     ifname: String,
 }
 
+/// The `network/cni` isolator's part of the agent flags (`--network_cni_*`).
+#[derive(Debug, Clone)]
+pub struct CniConfig {
+    /// The embedded default network's file is kept under it.
+    pub work_dir: PathBuf,
+    /// Pinned network namespaces and checkpoints go under it.
+    pub runtime_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub plugins_dirs: Vec<PathBuf>,
+    pub plugin_timeout: std::time::Duration,
+    /// With an empty config dir, use the embedded bridge network.
+    pub default_network: bool,
+    pub default_subnet: String,
+}
+
+impl CniConfig {
+    pub fn from_flags(flags: &crate::flags::Flags) -> CniConfig {
+        CniConfig {
+            work_dir: flags.work_dir.clone(),
+            runtime_dir: flags.runtime_dir.clone(),
+            config_dir: flags.network_cni_config_dir.clone(),
+            plugins_dirs: flags.network_cni_plugins_dir.clone(),
+            plugin_timeout: flags.network_cni_plugin_timeout,
+            default_network: flags.network_cni_default,
+            default_subnet: flags.network_cni_default_subnet.clone(),
+        }
+    }
+}
+
 /// The CNI networks of pods: configs, plugin calls and checkpoints.
 #[derive(Debug)]
 pub struct CniManager {
@@ -95,24 +123,21 @@ pub struct CniManager {
 }
 
 impl CniManager {
-    pub fn new(flags: &Flags) -> Self {
-        let default_file = flags.network_cni_default.then(|| {
-            flags
+    pub fn new(config: &CniConfig) -> Self {
+        let default_file = config.default_network.then(|| {
+            config
                 .work_dir
                 .join("isolators/network/cni")
                 .join(format!("{}.conflist", config::DEFAULT_NETWORK))
         });
         CniManager {
-            root: flags.runtime_dir.join("isolators/network/cni"),
+            root: config.runtime_dir.join("isolators/network/cni"),
             configs: ConfigStore::new(
-                flags.network_cni_config_dir.clone(),
+                config.config_dir.clone(),
                 default_file,
-                flags.network_cni_default_subnet.clone(),
+                config.default_subnet.clone(),
             ),
-            invoker: Invoker::new(
-                flags.network_cni_plugins_dir.clone(),
-                flags.network_cni_plugin_timeout,
-            ),
+            invoker: Invoker::new(config.plugins_dirs.clone(), config.plugin_timeout),
             pod_cidr: RwLock::new(None),
         }
     }
@@ -469,7 +494,7 @@ mod tests {
             format!("--runtime_dir={}", dir.path().join("run").display()),
         ])
         .unwrap();
-        let manager = CniManager::new(&flags);
+        let manager = CniManager::new(&CniConfig::from_flags(&flags));
         manager.set_pod_cidr(Some("10.244.0.0/24,fd00::/64".into()));
         let config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use cri_mesos_supervisor::protocol::{JoinNs, LaunchInfo, NsKind};
 use k8s_cri::v1 as cri;
 
-pub use manager::{CniManager, EGRESS_BANDWIDTH, INGRESS_BANDWIDTH, NetworkStatus, PodNetwork};
+pub use manager::{
+    CniConfig, CniManager, EGRESS_BANDWIDTH, INGRESS_BANDWIDTH, NetworkStatus, PodNetwork,
+};
 
-use crate::flags::Flags;
 use crate::isolators::IsolatorName;
 use crate::isolators::chain::{
     ContainerPrep, Isolator, IsolatorError, PodInfo, PodIsolation, PodNamespaces, PodPrep,
@@ -93,9 +94,9 @@ pub struct Cni {
 }
 
 impl Cni {
-    pub fn new(flags: &Flags) -> Cni {
+    pub fn new(config: &CniConfig) -> Cni {
         Cni {
-            manager: Arc::new(CniManager::new(flags)),
+            manager: Arc::new(CniManager::new(config)),
         }
     }
 }
@@ -248,7 +249,9 @@ mod tests {
     use crate::isolators::registry::test_support::Fixture;
 
     fn cni() -> Cni {
-        Cni::new(&Flags::from_args(["cri-mesos"]).unwrap())
+        Cni::new(&CniConfig::from_flags(
+            &crate::flags::Flags::from_args(["cri-mesos"]).unwrap(),
+        ))
     }
 
     #[tokio::test]
