@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod stats;
 pub mod status;
+pub mod usage;
 pub mod validate;
 
 use tonic::{Code, Status};

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::events::{EventHub, EventStream};
 use super::status::{container_status, container_statuses_of, pod_status};
+use super::usage::Usage;
 use super::{containerizer_status, not_yet, validate};
 use super::{metrics, stats};
 use crate::containerizer::records::{ContainerRecord, PodRecord};
@@ -97,63 +98,18 @@ impl CriRuntime {
         })
     }
 
-    async fn stats_of(&self, c: &ContainerRecord) -> Result<cri::ContainerStats, Status> {
-        let nested = ContainerId {
-            value: c.id.clone(),
-            parent: Some(c.pod_id.clone()),
-        };
-        let usage = self
-            .containerizer
-            .usage(&nested)
-            .await
-            .map_err(|e| containerizer_status(&e))?;
-        Ok(stats::container_stats(
-            c,
-            &usage,
-            &self.rates,
-            &self.writable_fs(),
-        ))
-    }
-
-    /// Where every container's writable layer lives: the filesystem the CRI's
-    /// `writable_layer` and the `device` label name.
-    fn writable_fs(&self) -> String {
-        self.flags
-            .work_dir
-            .join("provisioner")
-            .join("containers")
-            .display()
-            .to_string()
-    }
-
-    /// Each container's stats at once; one removed meanwhile is left out.
-    async fn stats_of_all(&self, containers: &[&ContainerRecord]) -> Vec<cri::ContainerStats> {
-        futures_util::future::join_all(containers.iter().map(|c| self.stats_of(c)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    async fn pod_stats_of(&self, pod: &PodRecord) -> Result<cri::PodSandboxStats, Status> {
-        let sandbox = ContainerId {
-            value: pod.id().to_string(),
-            parent: None,
-        };
-        let usage = self
-            .containerizer
-            .usage(&sandbox)
-            .await
-            .map_err(|e| containerizer_status(&e))?;
-        let mine: Vec<ContainerRecord> = self
-            .containerizer
-            .containers()
-            .into_iter()
-            .filter(|c| c.pod_id == pod.id())
-            .collect();
-        let refs: Vec<&ContainerRecord> = mine.iter().collect();
-        let containers = self.stats_of_all(&refs).await;
-        Ok(stats::pod_stats(pod, &usage, containers, &self.rates))
+    fn usage(&self) -> Usage<'_> {
+        Usage {
+            containerizer: &*self.containerizer,
+            rates: &self.rates,
+            writable_fs: self
+                .flags
+                .work_dir
+                .join("provisioner")
+                .join("containers")
+                .display()
+                .to_string(),
+        }
     }
 
     fn conditions(&self) -> Vec<cri::RuntimeCondition> {
@@ -739,7 +695,7 @@ impl RuntimeService for CriRuntime {
             .containerizer
             .container(&nested.value)
             .map_err(|e| containerizer_status(&e))?;
-        let stats = self.stats_of(&record).await?;
+        let stats = self.usage().container(&record).await?;
         Ok(Response::new(cri::ContainerStatsResponse {
             stats: Some(stats),
         }))
@@ -761,7 +717,7 @@ impl RuntimeService for CriRuntime {
             })
             .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
             .collect();
-        let stats = self.stats_of_all(&chosen).await;
+        let stats = self.usage().containers(&chosen).await;
         let reply = cri::ListContainerStatsResponse { stats };
         validate::reply_size("ListContainerStats", &reply)?;
         Ok(Response::new(reply))
@@ -776,7 +732,7 @@ impl RuntimeService for CriRuntime {
             .containerizer
             .pod(&id)
             .map_err(|e| containerizer_status(&e))?;
-        let stats = self.pod_stats_of(&pod).await?;
+        let stats = self.usage().pod(&pod).await?;
         Ok(Response::new(cri::PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -797,9 +753,8 @@ impl RuntimeService for CriRuntime {
             .filter(|p| labels_match(&p.info.config.labels, &filter.label_selector))
             .collect();
         let mut stats = Vec::with_capacity(pods.len());
-        for result in
-            futures_util::future::join_all(pods.iter().map(|p| self.pod_stats_of(p))).await
-        {
+        let usage = self.usage();
+        for result in futures_util::future::join_all(pods.iter().map(|p| usage.pod(p))).await {
             match result {
                 Ok(s) => stats.push(s),
                 // Removed meanwhile: not listed, as if listed a moment later.
@@ -839,35 +794,7 @@ impl RuntimeService for CriRuntime {
             .into_iter()
             .filter(|p| p.ready)
             .collect();
-        let all = self.containerizer.containers();
-        let device = self.writable_fs();
-        let pod_metrics = futures_util::future::join_all(pods.iter().map(|pod| {
-            let mine: Vec<&ContainerRecord> = all.iter().filter(|c| c.pod_id == pod.id()).collect();
-            let device = &device;
-            async move {
-                let sandbox = ContainerId {
-                    value: pod.id().to_string(),
-                    parent: None,
-                };
-                // Removed meanwhile: not listed, as if listed a moment later.
-                let pod_usage = self.containerizer.usage(&sandbox).await.ok()?;
-                let usage = futures_util::future::join_all(mine.iter().map(|c| async move {
-                    let nested = ContainerId {
-                        value: c.id.clone(),
-                        parent: Some(c.pod_id.clone()),
-                    };
-                    let u = self.containerizer.usage(&nested).await.ok()?;
-                    Some(((*c).clone(), u))
-                }))
-                .await;
-                let containers: Vec<_> = usage.into_iter().flatten().collect();
-                Some(metrics::pod_metrics(pod, &pod_usage, &containers, device))
-            }
-        }))
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+        let pod_metrics = self.usage().pod_metrics(&pods).await;
         let reply = cri::ListPodSandboxMetricsResponse { pod_metrics };
         validate::reply_size("ListPodSandboxMetrics", &reply)?;
         Ok(Response::new(reply))
