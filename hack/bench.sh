@@ -3,6 +3,8 @@
 #   pull  - PullImage throughput of a ~300 MB image vs curl on the same blobs
 #   pods  - pod start/stop latency, memory and processes per pod, cri-mesos and containerd
 #           side by side (same CRI workload, registry and CNI conflist)
+#   recovery - a pod supervisor killed with kill -9: time until the CRI shows the pod
+#           NOTREADY and its container EXITED, and the StopPodSandbox + RemovePodSandbox after
 #   soak  - 1000 pod cycles with a kill -9 and restart of the daemon every 100: the daemon's
 #           RSS and descriptors per stretch, then what was left (must be nothing)
 # Pass bench names to run a subset: hack/bench.sh pods
@@ -39,7 +41,7 @@ fi
 
 cargo build --release --workspace --bins
 benches=("$@")
-[ "${#benches[@]}" -gt 0 ] || benches=(pull pods)
+[ "${#benches[@]}" -gt 0 ] || benches=(pull pods recovery)
 for b in "${benches[@]}"; do
   if [ "$b" = soak ]; then
     # The test suite's soak at the bench's count (the tests run 300).

@@ -7,8 +7,8 @@ results, and any layer below it):
     main, server, http  ->  cri, stream  ->  containerizer  ->  isolators, provisioner, launcher
                   ->  cgroups, state (and the supervisor crate's protocol)
 
-`flags`, `quote`, `inflight` and `metrics` (the process-wide counters every layer
-bumps) are helpers outside the layers (the cycles through
+`flags`, `quote`, `inflight`, `failpoint` (test crash points) and `metrics` (the
+process-wide counters every layer bumps) are helpers outside the layers (the cycles through
 `flags` are the next issue's). Exits 1 naming each upward use or same-layer cycle.
 """
 import pathlib
@@ -22,7 +22,7 @@ LAYER = {
     "isolators": 3, "provisioner": 3, "launcher": 3,
     "cgroups": 4, "state": 4,
 }
-HELPERS = {"flags", "quote", "inflight", "metrics", "fetcher"}
+HELPERS = {"flags", "quote", "inflight", "metrics", "fetcher", "failpoint"}
 PATH = re.compile(r"\bcrate::(\w+)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)

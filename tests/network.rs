@@ -1229,3 +1229,157 @@ async fn a_soak_with_daemon_kills_leaks_nothing() {
         Vec::<String>::new()
     );
 }
+
+fn kill9(pid: i32) {
+    use nix::sys::signal::{Signal, kill};
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+}
+
+/// Polls until the pod is NOTREADY and each of `containers` EXITED (10 s at most).
+async fn wait_lost(env: &mut Env, pod_id: &str, containers: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = status(env, pod_id).await;
+        let mut done = status.state == cri::PodSandboxState::SandboxNotready as i32;
+        for id in containers {
+            done &= env.status(id).await.state == cri::ContainerState::ContainerExited as i32;
+        }
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {pod_id} not NOTREADY with its containers EXITED after 10 s\n{}",
+            env.daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// kill -9 of a pod's supervisor, while the daemon runs and while it is away: the pod
+/// turns NOTREADY and its containers EXITED with the reason (the running one's processes
+/// killed), with events; a new container is refused as for any not-ready pod; stop and
+/// remove then leave no process, mount, namespace, IP, veth, iptables rule or cgroup.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_dead_supervisor_turns_its_pod_notready_and_teardown_leaves_nothing() {
+    let mut net = Net::new();
+    let config = net.bridge("svdeath", "cmt-svdeath", "10.215.0.0/24", Value::Null);
+    net.write("10-svdeath.conflist", &config);
+    let (mut env, image) = start_env(&net, "30s").await;
+    let mut events = env
+        .daemon
+        .runtime_client()
+        .await
+        .unwrap()
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pods = Vec::new();
+    for name in ["orphaned-live", "orphaned-away"] {
+        let config = pod(&env, name, &[], None);
+        let id = env.run_pod(&config).await;
+        let running = env.run(&id, &config, sleeper(&image)).await;
+        let created = env
+            .create(
+                &id,
+                &config,
+                container("idle", &image, &["sleep", "100000"]),
+            )
+            .await
+            .unwrap();
+        let (_, info) = status(&mut env, &id).await;
+        let supervisor = info["supervisorPid"].as_i64().unwrap() as i32;
+        let cgroup = info["cgroup"].as_str().unwrap().to_string();
+        let pid = env.verbose_info(&running).await["pid"].as_i64().unwrap() as i32;
+        pods.push((id, config, running, created, supervisor, cgroup, pid));
+    }
+    let leased = net.leased("svdeath");
+    assert_eq!(leased.len(), 2, "{leased:?}");
+
+    // One supervisor dies under the running daemon, the other while it is away.
+    kill9(pods[0].4);
+    let (id, _, running, created, ..) = &pods[0];
+    wait_lost(&mut env, id, &[running, created]).await;
+    env.daemon.kill9().unwrap();
+    kill9(pods[1].4);
+    env.daemon.restart().await.unwrap();
+    env.runtime = env.daemon.runtime_client().await.unwrap();
+    let (id, _, running, created, ..) = &pods[1];
+    wait_lost(&mut env, id, &[running, created]).await;
+
+    for (id, config, running, created, _, _, pid) in &pods {
+        assert!(
+            !common::process_alive(*pid),
+            "container process {pid} killed"
+        );
+        for c in [running, created] {
+            let status = env.status(c).await;
+            assert_eq!(
+                (status.exit_code, status.reason.as_str()),
+                (137, "PodSupervisorDied"),
+                "{status:?}"
+            );
+            assert!(status.message.contains("supervisor"), "{status:?}");
+        }
+        let (_, info) = status(&mut env, id).await;
+        assert!(
+            info["lost"].as_str().unwrap().contains("PodSupervisorDied"),
+            "{info}"
+        );
+        let err = env
+            .create(id, config, container("late", &image, &["true"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    }
+    // The live death was announced: the running container's stop and the pod's.
+    let (live_pod, live_container) = (pods[0].0.clone(), pods[0].2.clone());
+    let mut stopped = std::collections::HashSet::new();
+    while !(stopped.contains(&live_pod) && stopped.contains(&live_container)) {
+        let event = tokio::time::timeout(T, events.message())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .unwrap();
+        if event.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
+            stopped.insert(event.container_id);
+        }
+    }
+
+    let ids: std::collections::HashSet<String> = pods.iter().map(|p| p.0.clone()).collect();
+    for (id, _, running, ..) in &pods {
+        env.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: running.clone(),
+            })
+            .await
+            .unwrap();
+        env.stop_remove_pod(id).await;
+    }
+    assert!(env.pods().await.is_empty() && env.containers().await.is_empty());
+    assert_eq!(net.leased("svdeath"), Vec::<String>::new());
+    assert_eq!(env.mounts_under_daemon(), Vec::<String>::new());
+    assert_eq!(
+        nsfs_mounts_under(env.daemon.runtime_dir()),
+        Vec::<String>::new()
+    );
+    assert_eq!(cni_state(&env), Vec::<String>::new());
+    assert_eq!(bridge_ports("cmt-svdeath"), Vec::<String>::new());
+    let ids_vec: Vec<String> = ids.iter().cloned().collect();
+    assert_eq!(
+        iptables_leftovers("svdeath", &ids_vec),
+        Vec::<String>::new()
+    );
+    assert_eq!(cgroups_named(&ids), Vec::<PathBuf>::new());
+    for (.., cgroup, _) in &pods {
+        for hierarchy in common::cgroup_hierarchies() {
+            assert!(!hierarchy.join(cgroup).exists(), "cgroup {cgroup} left");
+        }
+    }
+    assert_eq!(
+        supervisors_of(env.daemon.runtime_dir()),
+        Vec::<String>::new()
+    );
+}

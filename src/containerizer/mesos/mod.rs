@@ -10,7 +10,9 @@
 //! failing with "name is reserved" (the containerd complaint).
 
 mod nested;
+mod recovery;
 mod sandbox;
+mod supervision;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +31,7 @@ use super::exits::ExitWatcher;
 use super::records::{ContainerRecord, PodRecord};
 use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
+use crate::failpoint;
 use crate::flags::Flags;
 use crate::inflight::Inflight;
 use crate::isolators::chain::{
@@ -46,6 +49,9 @@ use crate::state;
 
 /// How long a container may take to set itself up before CreateContainer gives up.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Releasing a launched container's pipe: it only has to exec by then. A stopped
+/// (SIGSTOP) supervisor must not hold StartContainer for the whole launch timeout.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// kubelet's default /dev/shm size.
 const SHM_SIZE: &str = "65536k";
@@ -442,26 +448,7 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 #[tonic::async_trait]
 impl super::Containerizer for MesosContainerizer {
     async fn recover(&self) -> Result<()> {
-        self.recover_checkpoints()?;
-        let sockets: Vec<PathBuf> = self
-            .tables()
-            .pods
-            .values()
-            .map(|p| p.supervisor_socket.clone())
-            .collect();
-        self.launcher.recover(&sockets).await?;
-        let known: Vec<String> = self.tables().containers.keys().cloned().collect();
-        for isolator in &self.isolators {
-            isolator.recover(&known).await?;
-        }
-        // Exits that happened while the daemon was away: their OOM answer is read now,
-        // while their cgroups still hold it.
-        for id in &known {
-            if let Err(e) = self.observe_exit(id).await {
-                tracing::warn!(container_id = %id, error = %e, "exit not observed");
-            }
-        }
-        Ok(())
+        self.recover_all().await
     }
 
     async fn launch(self: Arc<Self>, config: super::LaunchConfig) -> Result<super::ContainerId> {
@@ -558,6 +545,7 @@ impl super::Containerizer for MesosContainerizer {
             "mesosState": pod.mesos_state,
             "supervisorPid": pod.supervisor_pid,
             "supervisorSocket": pod.supervisor_socket,
+            "lost": pod.lost,
             "cgroup": pod.info.cgroup.relative,
             "netNamespace": pod.info.net_ns,
             "utsNamespace": pod.info.uts_ns,

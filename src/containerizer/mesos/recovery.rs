@@ -1,0 +1,239 @@
+//! Recovery after a restart (or a crash), in Mesos's order, each step named below. What
+//! a crash cut off half-way is finished or rolled back here, never left as something a
+//! client cannot start, inspect or remove: a creation that was not answered is undone
+//! (the client retries it), a start the supervisor carried out is recorded, a removal
+//! that began is completed.
+
+use cri_mesos_supervisor::protocol::{ContainerState as Supervised, ContainerStatus};
+
+use super::*;
+
+impl MesosContainerizer {
+    pub(super) async fn recover_all(&self) -> Result<()> {
+        // Step 1: load the checkpoints, pods then containers.
+        self.recover_checkpoints()?;
+        // Step 2: the launcher reattaches to the pods' supervisors.
+        let sockets: Vec<PathBuf> = self
+            .tables()
+            .pods
+            .values()
+            .map(|p| p.supervisor_socket.clone())
+            .collect();
+        self.launcher.recover(&sockets).await?;
+        // Step 3: ask each supervisor what it holds; finish or roll back what a crash
+        // cut off.
+        self.recover_half_done().await;
+        // Step 4: each isolator's recover with the containers that are known.
+        let known: Vec<String> = self.tables().containers.keys().cloned().collect();
+        for isolator in &self.isolators {
+            isolator.recover(&known).await?;
+        }
+        // Step 5: exits that happened while the daemon was away; their OOM answer is
+        // read now, while their cgroups still hold it.
+        for id in &known {
+            if let Err(e) = self.observe_exit(id).await {
+                tracing::warn!(container_id = %id, error = %e, "exit not observed");
+            }
+        }
+        // Step 6: each live supervisor is watched from now on; one that died while the
+        // daemon was away has its pod marked before the first CRI call sees it.
+        let supervised: Vec<(String, i32)> = self
+            .tables()
+            .pods
+            .values()
+            .filter(|p| {
+                p.supervisor_pid > 0 && p.lost.is_none() && p.mesos_state == MesosState::Running
+            })
+            .map(|p| (p.info.id.clone(), p.supervisor_pid))
+            .collect();
+        for (pod_id, pid) in supervised {
+            if !self.watch_supervisor(&pod_id, pid) {
+                self.supervisor_died(&pod_id, pid).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3 of the recovery, pod by pod.
+    async fn recover_half_done(&self) {
+        let pods: Vec<PodRecord> = self.tables().pods.values().cloned().collect();
+        for pod in pods {
+            let span = tracing::info_span!("pod", pod_id = %pod.info.id);
+            self.recover_pod(pod).instrument(span).await;
+        }
+    }
+
+    async fn recover_pod(&self, pod: PodRecord) {
+        {
+            match pod.mesos_state {
+                MesosState::Running => {}
+                MesosState::Destroying => {
+                    self.finish_pod_stop(&pod).await;
+                    self.recover_containers(&pod, None).await;
+                    return;
+                }
+                // RunPodSandbox never answered: undone, its retry makes a new one.
+                _ => {
+                    tracing::warn!("RunPodSandbox was cut off by the crash: undoing it");
+                    self.roll_back_pod(&pod).await;
+                    return;
+                }
+            }
+            let states = if pod.supervisor_pid > 0 {
+                match self.launcher.state(&pod.supervisor_socket).await {
+                    Ok(states) => Some(states),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "supervisor state not read");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            self.recover_containers(&pod, states.as_deref()).await;
+        }
+    }
+
+    /// A StopPodSandbox cut off before the end: whatever it had not released yet (a
+    /// pinned namespace, the supervisor's socket) is released now.
+    async fn finish_pod_stop(&self, pod: &PodRecord) {
+        let info = &pod.info;
+        let held = [&info.net_ns, &info.uts_ns, &info.ipc_ns]
+            .into_iter()
+            .flatten()
+            .any(|p| p.exists())
+            || pod.supervisor_socket.exists();
+        if !held {
+            return;
+        }
+        tracing::warn!("StopPodSandbox was cut off by the crash: finishing it");
+        if let Err(e) = self.teardown_pod(pod).await {
+            tracing::warn!(error = %e, "pod not torn down; StopPodSandbox will retry");
+        }
+    }
+
+    async fn roll_back_pod(&self, pod: &PodRecord) {
+        let id = pod.info.id.clone();
+        for cid in self.container_ids_of(&id) {
+            if let Ok(c) = self.find_container(&cid) {
+                self.roll_back_container(&c, pod).await;
+            }
+        }
+        match self.teardown_pod(pod).await {
+            Ok(()) => {
+                if let Err(e) = self.remove_pod_leftovers(pod) {
+                    tracing::warn!(error = %e, "pod cgroups not removed");
+                }
+                self.forget_pod(&id);
+                self.events.deleted(&id);
+            }
+            Err(e) => {
+                // As a failed launch: kept NOTREADY for StopPodSandbox to retry the DEL.
+                tracing::warn!(error = %e, "pod network not released; sandbox kept NOTREADY");
+                let mut kept = pod.clone();
+                kept.ready = false;
+                kept.mesos_state = MesosState::Destroying;
+                if let Err(e) = self.checkpoint_pod(&kept).await {
+                    tracing::warn!(error = %e, "pod not checkpointed");
+                }
+                let mut tables = self.tables();
+                tables.pods.insert(id.clone(), kept);
+                tables.pod_names.retain(|_, r| r.id != id);
+            }
+        }
+    }
+
+    /// The containers of `pod`, with what its supervisor said of them (`None`: it could
+    /// not be asked).
+    async fn recover_containers(&self, pod: &PodRecord, states: Option<&[Supervised]>) {
+        for id in self.container_ids_of(&pod.info.id) {
+            let Ok(record) = self.find_container(&id) else {
+                continue;
+            };
+            let span = tracing::info_span!("container", container_id = %id);
+            let state = states.and_then(|s| s.iter().find(|s| s.id == id));
+            if let Err(e) = self
+                .recover_container(record, pod, state)
+                .instrument(span)
+                .await
+            {
+                tracing::warn!(error = %e, "container not recovered");
+            }
+        }
+    }
+
+    async fn recover_container(
+        &self,
+        mut record: ContainerRecord,
+        pod: &PodRecord,
+        state: Option<&Supervised>,
+    ) -> Result<()> {
+        if record.mesos_state == MesosState::Destroying {
+            tracing::warn!("RemoveContainer was cut off by the crash: finishing it");
+            return self.remove_container_locked(&record.id).await;
+        }
+        let exit = record.exit();
+        if record.pid <= 0 && exit.is_none() && record.start_error.is_none() {
+            tracing::warn!("CreateContainer was cut off by the crash: undoing it");
+            self.roll_back_container(&record, pod).await;
+            return Ok(());
+        }
+        if record.started_at > 0 || record.start_error.is_some() {
+            return Ok(());
+        }
+        // Checkpointed CREATED: a StartContainer the crash cut off may have got through.
+        let started_at = match (&exit, state) {
+            (Some(exit), _) => exit.started_at_ns,
+            (None, Some(s)) => s.started_at_ns,
+            (None, None) => 0,
+        };
+        let start_error = match (&exit, state) {
+            (None, Some(s)) if s.status == ContainerStatus::Exited && s.started_at_ns == 0 => {
+                s.error.clone()
+            }
+            _ => None,
+        };
+        if started_at == 0 && start_error.is_none() {
+            return Ok(());
+        }
+        tracing::warn!("StartContainer was cut off by the crash after the start: recording it");
+        let _writing = self.record_writes.lock().await;
+        if started_at > 0 {
+            record.started_at = started_at;
+            record.mesos_state = MesosState::Running;
+            if let Some(s) = state.filter(|s| s.pid > 0) {
+                record.pid = s.pid;
+            }
+        }
+        record.start_error = start_error;
+        self.checkpoint_container(&record).await?;
+        let phase = match (record.started_at > 0, exit.is_some()) {
+            (true, false) => Phase::Started,
+            _ => Phase::Stopped,
+        };
+        self.events.recovered(&record.id, &record.pod_id, phase);
+        self.tables().containers.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    /// Undoes a creation the client never heard of: its processes (a fork the supervisor
+    /// made), the supervisor's record, the isolators' work, cgroup, rootfs, checkpoint.
+    async fn roll_back_container(&self, record: &ContainerRecord, pod: &PodRecord) {
+        self.destroy_container_resources(record).await;
+        if pod.supervisor_pid > 0 {
+            let _ = self
+                .launcher
+                .forget(&pod.supervisor_socket, &record.id)
+                .await;
+        }
+        let dir = meta_dir(&self.flags).join("containers").join(&record.id);
+        if let Err(e) = std::fs::remove_dir_all(&dir).or_else(ignore_missing) {
+            tracing::warn!(error = %e, "container checkpoint not removed");
+        }
+        let mut tables = self.tables();
+        tables.containers.remove(&record.id);
+        tables.container_names.retain(|_, r| r.id != record.id);
+        drop(tables);
+        self.events.deleted(&record.id);
+    }
+}
