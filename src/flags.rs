@@ -153,6 +153,18 @@ struct Cli {
         env = "CRI_MESOS_NETWORK_CNI_DEFAULT_SUBNET"
     )]
     network_cni_default_subnet: Option<String>,
+    /// Boolean; keep the CNI state under the work dir, so a reboot can DEL (Mesos's flag).
+    #[arg(
+        long = "network_cni_root_dir_persist",
+        visible_alias = "network-cni-root-dir-persist",
+        env = "CRI_MESOS_NETWORK_CNI_ROOT_DIR_PERSIST",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    network_cni_root_dir_persist: Option<String>,
+    /// `reconnect` or `cleanup` (Mesos's flag).
+    #[arg(long = "recover", env = "CRI_MESOS_RECOVER")]
+    recover: Option<String>,
     #[arg(
         long = "fetcher_cache_dir",
         visible_alias = "fetcher-cache-dir",
@@ -300,6 +312,9 @@ struct FileConfig {
     network_cni_default: Option<Scalar>,
     #[serde(alias = "network-cni-default-subnet")]
     network_cni_default_subnet: Option<String>,
+    #[serde(alias = "network-cni-root-dir-persist")]
+    network_cni_root_dir_persist: Option<Scalar>,
+    recover: Option<String>,
     #[serde(alias = "fetcher-cache-dir")]
     fetcher_cache_dir: Option<PathBuf>,
     #[serde(alias = "fetcher-cache-size")]
@@ -516,6 +531,11 @@ pub struct Flags {
     pub network_cni_plugin_timeout: Duration,
     pub network_cni_default: bool,
     pub network_cni_default_subnet: String,
+    /// CNI state under `<work_dir>/isolators/network/cni` (survives a reboot, so the
+    /// networks of pods a reboot ended get their DEL), else under the runtime dir.
+    pub network_cni_root_dir_persist: bool,
+    /// What a start does with what it finds (Mesos's `--recover`).
+    pub recover: Recover,
     pub fetcher_cache_dir: PathBuf,
     pub fetcher_cache_size: u64,
     #[serde(serialize_with = "serialize_duration")]
@@ -783,6 +803,31 @@ impl Flags {
             value: default_text.clone(),
             reason: "expected true or false".into(),
         })?;
+        let persist_text = cli
+            .network_cni_root_dir_persist
+            .or(file.network_cni_root_dir_persist.map(Scalar::into_text))
+            .unwrap_or_else(|| "true".into());
+        let network_cni_root_dir_persist =
+            parse_bool(&persist_text).ok_or_else(|| FlagError::Invalid {
+                flag: "network_cni_root_dir_persist",
+                value: persist_text.clone(),
+                reason: "expected true or false".into(),
+            })?;
+        let recover_text = cli
+            .recover
+            .or(file.recover)
+            .unwrap_or_else(|| "reconnect".into());
+        let recover = match recover_text.trim() {
+            "reconnect" => Recover::Reconnect,
+            "cleanup" => Recover::Cleanup,
+            _ => {
+                return Err(FlagError::Invalid {
+                    flag: "recover",
+                    value: recover_text,
+                    reason: "expected reconnect or cleanup".into(),
+                });
+            }
+        };
         let network_cni_default_subnet = cli
             .network_cni_default_subnet
             .or(file.network_cni_default_subnet)
@@ -1004,6 +1049,8 @@ impl Flags {
             network_cni_plugin_timeout,
             network_cni_default,
             network_cni_default_subnet,
+            network_cni_root_dir_persist,
+            recover,
             fetcher_cache_dir,
             fetcher_cache_size,
             container_disk_watch_interval,
@@ -1213,6 +1260,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must not be negative".into());
     }
     Ok(Duration::from_secs_f64(number * seconds_per_unit))
+}
+
+/// Mesos's `--recover`: `reconnect` to what runs (the default), or `cleanup`: destroy
+/// every pod and container found at start (their networks released), then start empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recover {
+    Reconnect,
+    Cleanup,
 }
 
 fn parse_bool(text: &str) -> Option<bool> {

@@ -110,7 +110,7 @@ async fn version_status_and_runtime_config() {
 
 #[tokio::test]
 async fn update_runtime_config_stores_the_pod_cidr() {
-    let daemon = Daemon::start(BIN).await.unwrap();
+    let mut daemon = Daemon::start(BIN).await.unwrap();
     let mut client = daemon.runtime_client().await.unwrap();
     let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
         runtime_config: Some(cri::RuntimeConfig {
@@ -123,6 +123,16 @@ async fn update_runtime_config_stores_the_pod_cidr() {
         .update_runtime_config(update("10.244.3.0/24"))
         .await
         .unwrap();
+    let status = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.info["podCIDR"], "\"10.244.3.0/24\"");
+    // kubelet does not send it again after a runtime restart: it was checkpointed.
+    daemon.kill9().unwrap();
+    daemon.restart().await.unwrap();
+    let mut client = daemon.runtime_client().await.unwrap();
     let status = client
         .status(cri::StatusRequest { verbose: true })
         .await
@@ -290,6 +300,8 @@ fn bad_flags_exit_2_naming_the_value() {
         (&["--http_address=localhost"], "localhost"),
         (&["--work_dir=relative/dir"], "relative/dir"),
         (&["--cgroup_driver=sysv"], "sysv"),
+        (&["--network_cni_root_dir_persist=maybe"], "maybe"),
+        (&["--recover=reattach"], "reattach"),
         (&["--cgroups_pids_limit=-1"], "-1"),
         (
             &[

@@ -437,7 +437,10 @@ impl RuntimeService for CriRuntime {
             Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {reason}"))
         })?;
         tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
-        self.containerizer.set_pod_cidr(Some(cidr));
+        self.containerizer
+            .set_pod_cidr(Some(cidr))
+            .await
+            .map_err(|e| Status::internal(format!("pod CIDR not kept: {e}")))?;
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 

@@ -642,10 +642,15 @@ impl super::Containerizer for MesosContainerizer {
         self.events.subscribe()
     }
 
-    fn set_pod_cidr(&self, cidr: Option<String>) {
+    async fn set_pod_cidr(&self, cidr: Option<String>) -> Result<()> {
+        let config = recovery::RuntimeConfig {
+            pod_cidr: cidr.clone(),
+        };
+        state::checkpoint_async(&recovery::runtime_config_path(&self.flags), &config).await?;
         for isolator in &self.isolators {
             isolator.set_pod_cidr(cidr.as_deref());
         }
+        Ok(())
     }
 
     fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -5,13 +5,56 @@
 //! that began is completed.
 
 use cri_mesos_supervisor::protocol::{ContainerState as Supervised, ContainerStatus};
+use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::flags::Recover;
+
+/// ContainerStatus.reason of a container (and the pod's `lost`) a reboot ended.
+pub(super) const NODE_REBOOTED: &str = "NodeRebooted";
+/// The exit code of a container whose end nobody saw (containerd's "unknown exit code").
+const UNKNOWN_EXIT: i32 = 255;
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Node-wide settings a client gave that must outlive a restart (kubelet does not send
+/// the pod CIDR again): `<work_dir>/meta/runtime_config.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct RuntimeConfig {
+    pub pod_cidr: Option<String>,
+}
+
+pub(super) fn runtime_config_path(flags: &Flags) -> PathBuf {
+    meta_dir(flags).join("runtime_config.json")
+}
+
+fn boot_id_path(flags: &Flags) -> PathBuf {
+    meta_dir(flags).join("boot_id")
+}
+
+fn current_boot_id() -> Result<String> {
+    std::fs::read_to_string(BOOT_ID)
+        .map(|s| s.trim().to_string())
+        .map_err(ContainerizerError::io(BOOT_ID))
+}
 
 impl MesosContainerizer {
     pub(super) async fn recover_all(&self) -> Result<()> {
-        // Step 1: load the checkpoints, pods then containers.
+        // Step 1: load the checkpoints, pods then containers, and the node's settings.
         self.recover_checkpoints()?;
+        self.recover_runtime_config()?;
+        // Step 1b: a reboot since the checkpoints were written ended all they name.
+        let boot_id = current_boot_id()?;
+        let recorded = std::fs::read_to_string(boot_id_path(&self.flags))
+            .ok()
+            .map(|s| s.trim().to_string());
+        if let Some(recorded) = recorded.filter(|r| *r != boot_id) {
+            tracing::warn!(previous = %recorded, current = %boot_id, "the node rebooted: every pod and container ended");
+            self.recover_reboot(&recorded, &boot_id).await;
+        }
+        // Step 1c: `--recover=cleanup` destroys all that was found.
+        if self.flags.recover == Recover::Cleanup {
+            self.recover_cleanup().await?;
+        }
         // Step 2: the launcher reattaches to the pods' supervisors.
         let sockets: Vec<PathBuf> = self
             .tables()
@@ -50,6 +93,86 @@ impl MesosContainerizer {
             if !self.watch_supervisor(&pod_id, pid) {
                 self.supervisor_died(&pod_id, pid).await?;
             }
+        }
+        // Last: a crash before this point has the next start see the reboot again.
+        state::write_async(
+            &boot_id_path(&self.flags),
+            format!("{boot_id}\n").into_bytes(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn recover_runtime_config(&self) -> Result<()> {
+        let config: Option<RuntimeConfig> = state::recover(&runtime_config_path(&self.flags))?;
+        if let Some(cidr) = config.and_then(|c| c.pod_cidr) {
+            tracing::info!(pod_cidr = %cidr, "pod CIDR recovered");
+            for isolator in &self.isolators {
+                isolator.set_pod_cidr(Some(&cidr));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a reboot nothing of a pod runs: each is NOTREADY, each container EXITED
+    /// with the reboot as its reason, and what a pod held outside the volatile dirs is
+    /// released now (its networks' DEL, from the CNI state kept under the work dir).
+    async fn recover_reboot(&self, previous: &str, current: &str) {
+        let pods: Vec<PodRecord> = self.tables().pods.values().cloned().collect();
+        let limitation = Limitation {
+            reason: NODE_REBOOTED.into(),
+            message: format!(
+                "the node rebooted (boot {previous} -> {current}); the container did not survive it"
+            ),
+        };
+        for mut pod in pods {
+            let id = pod.info.id.clone();
+            let span = tracing::info_span!("pod", pod_id = %id);
+            async {
+                pod.ready = false;
+                pod.mesos_state = MesosState::Destroying;
+                if pod.lost.is_none() {
+                    pod.lost = Some(format!("{NODE_REBOOTED}: boot {previous} -> {current}"));
+                }
+                if let Err(e) = self.checkpoint_pod(&pod).await {
+                    tracing::warn!(error = %e, "pod not checkpointed");
+                }
+                self.tables().pods.insert(id.clone(), pod.clone());
+                self.events.recovered(&id, &id, Phase::Stopped);
+                for cid in self.container_ids_of(&id) {
+                    let Ok(c) = self.find_container(&cid) else {
+                        continue;
+                    };
+                    if c.exit().is_some() || c.start_error.is_some() {
+                        continue;
+                    }
+                    if let Err(e) = self.record_end(&cid, &limitation, UNKNOWN_EXIT, None).await {
+                        tracing::warn!(container_id = %cid, error = %e, "end not recorded");
+                    }
+                    self.events.recovered(&cid, &id, Phase::Stopped);
+                }
+                if let Err(e) = self.teardown_pod(&pod).await {
+                    tracing::warn!(error = %e, "pod not torn down; StopPodSandbox will retry");
+                }
+            }
+            .instrument(span)
+            .await;
+        }
+    }
+
+    /// `--recover=cleanup`: every pod removed with its containers, as RemovePodSandbox
+    /// would, then any container left without a pod.
+    async fn recover_cleanup(&self) -> Result<()> {
+        let pods: Vec<String> = self.tables().pods.keys().cloned().collect();
+        tracing::warn!(pods = pods.len(), "--recover=cleanup: destroying every pod");
+        for id in pods {
+            self.remove_pod(&id)
+                .instrument(tracing::info_span!("pod", pod_id = %id))
+                .await?;
+        }
+        let containers: Vec<String> = self.tables().containers.keys().cloned().collect();
+        for id in containers {
+            self.remove_container_locked(&id).await?;
         }
         Ok(())
     }

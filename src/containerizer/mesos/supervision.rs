@@ -92,15 +92,29 @@ impl MesosContainerizer {
             return Ok(());
         }
         self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await?;
+        self.record_end(id, limitation, 128 + libc::SIGKILL, Some(libc::SIGKILL))
+            .await?;
+        self.observe_exit(id).await?;
+        Ok(())
+    }
+
+    /// Records the end of a container no supervisor will report on: why (`limitation`),
+    /// then the exit record, so that whoever sees the exit sees why. Announced.
+    pub(super) async fn record_end(
+        &self,
+        id: &str,
+        limitation: &Limitation,
+        exit_code: i32,
+        signal: Option<i32>,
+    ) -> Result<()> {
         {
             let _writing = self.record_writes.lock().await;
             let mut current = self.find_container(id)?;
-            // The reason first, then the exit: whoever sees the exit sees why.
             current.limitation = Some(limitation.clone());
             self.checkpoint_container(&current).await?;
             let exit = cri_mesos_supervisor::protocol::ExitRecord {
-                exit_code: 128 + libc::SIGKILL,
-                signal: Some(libc::SIGKILL),
+                exit_code,
+                signal,
                 finished_at_ns: now_ns(),
                 started_at_ns: current.started_at,
                 oom_killed: false,
@@ -110,7 +124,6 @@ impl MesosContainerizer {
             self.tables().containers.insert(current.id.clone(), current);
         }
         let record = self.find_container(id)?;
-        self.observe_exit(id).await?;
         self.announce_stop(&record);
         Ok(())
     }

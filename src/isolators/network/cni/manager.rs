@@ -1,6 +1,8 @@
 //! The pod side of `network/cni`: attaching a sandbox's network namespace to its networks
 //! when it runs and detaching it when it stops, with Mesos's checkpoints under
-//! `<runtime_dir>/isolators/network/cni/<pod-id>/`:
+//! `<work_dir>/isolators/network/cni/<pod-id>/` (`--network_cni_root_dir_persist`, the
+//! default: it survives a reboot, so a pod the reboot ended still gets its DEL and its IPs
+//! back), else `<runtime_dir>/isolators/network/cni/<pod-id>/`:
 //!
 //! ```text
 //! ns                               the pinned network namespace (`ip netns`-usable)
@@ -88,6 +90,9 @@ struct Joined {
 #[derive(Debug)]
 pub struct CniManager {
     root: PathBuf,
+    /// The root of the other `--network_cni_root_dir_persist` setting: a pod attached by a
+    /// daemon that had it is still found there.
+    other_root: PathBuf,
     configs: ConfigStore,
     invoker: Invoker,
     /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig).
@@ -102,8 +107,18 @@ impl CniManager {
                 .join("isolators/network/cni")
                 .join(format!("{}.conflist", config::DEFAULT_NETWORK))
         });
+        let (persistent, volatile) = (
+            flags.work_dir.join("isolators/network/cni"),
+            flags.runtime_dir.join("isolators/network/cni"),
+        );
+        let (root, other_root) = if flags.network_cni_root_dir_persist {
+            (persistent, volatile)
+        } else {
+            (volatile, persistent)
+        };
         CniManager {
-            root: flags.runtime_dir.join("isolators/network/cni"),
+            root,
+            other_root,
             configs: ConfigStore::new(
                 flags.network_cni_config_dir.clone(),
                 default_file,
@@ -123,7 +138,12 @@ impl CniManager {
     }
 
     fn pod_dir(&self, pod_id: &str) -> PathBuf {
-        self.root.join(pod_id)
+        let dir = self.root.join(pod_id);
+        let other = self.other_root.join(pod_id);
+        if !dir.exists() && other.exists() {
+            return other;
+        }
+        dir
     }
 
     pub fn pod_cidr(&self) -> Option<String> {
