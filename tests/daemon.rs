@@ -410,3 +410,27 @@ async fn a_stale_socket_is_replaced() {
         .await
         .unwrap();
 }
+
+/// Two daemons on one work dir would each recover (and roll back) the other's work: the
+/// second is refused, naming the lock.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_work_dir_refuses_to_start() {
+    let daemon = Daemon::start(BIN).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = run_once(
+        BIN,
+        [
+            format!("--listen={}", other.path().join("cri.sock").display()),
+            format!("--work_dir={}", daemon.work_dir().display()),
+            format!("--runtime_dir={}", other.path().join("run").display()),
+            "--http_address=127.0.0.1:0".to_string(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another daemon uses this work dir"),
+        "{}",
+        out.stderr
+    );
+}

@@ -413,23 +413,19 @@ async fn two_pods_get_ips_on_a_bridge_talk_and_are_reachable_through_host_ports(
     assert_eq!(info["network"]["networks"][0]["name"], "pair");
     assert_eq!(info["network"]["networks"][0]["ifname"], "eth0");
     let netns = PathBuf::from(info["netNamespace"].as_str().unwrap());
-    // --network_cni_root_dir_persist (the default): where a reboot leaves it.
     assert_eq!(
         netns,
         env.daemon
-            .work_dir()
+            .runtime_dir()
             .join("isolators/network/cni")
             .join(&a)
             .join("ns")
     );
-    assert!(netns.parent().unwrap().join("pair/network.conf").exists());
-    assert!(
-        netns
-            .parent()
-            .unwrap()
-            .join("pair/eth0/network.info")
-            .exists()
-    );
+    // --network_cni_root_dir_persist (the default): the checkpoints where a reboot
+    // leaves them.
+    let checkpoints = env.daemon.work_dir().join("isolators/network/cni").join(&a);
+    assert!(checkpoints.join("pair/network.conf").exists());
+    assert!(checkpoints.join("pair/eth0/network.info").exists());
 
     // The statistics function, inside the pod's namespace.
     let stats = cri_mesos::isolators::network::cni::stats::read(&netns).unwrap();

@@ -232,4 +232,8 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
 
     /// The isolators' node-wide figures, by isolator name (verbose runtime status).
     fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// What the last recovery set aside or destroyed (verbose runtime status).
+    fn recovery_status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }

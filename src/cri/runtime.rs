@@ -376,6 +376,10 @@ impl RuntimeService for CriRuntime {
                 serde_json::Value::Object(self.containerizer.isolator_status()).to_string(),
             );
             info.insert(
+                "recovery".to_string(),
+                self.containerizer.recovery_status().to_string(),
+            );
+            info.insert(
                 "streaming".to_string(),
                 serde_json::json!({"address": self.streaming.address().to_string()}).to_string(),
             );

@@ -101,6 +101,10 @@ pub struct MesosContainerizer {
     record_writes: tokio::sync::Mutex<()>,
     /// Itself, for the tasks it starts (an isolator's `watch` of a running container).
     me: std::sync::Weak<MesosContainerizer>,
+    /// What the recovery quarantined and destroyed, for the verbose Status.
+    recovery: Mutex<recovery::RecoveryReport>,
+    /// The lock on `<work_dir>/meta/lock`, taken at recovery.
+    work_dir_lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 impl std::fmt::Debug for MesosContainerizer {
@@ -233,6 +237,8 @@ impl MesosContainerizer {
             exits: exit_watcher,
             events,
             record_writes: tokio::sync::Mutex::new(()),
+            recovery: Mutex::default(),
+            work_dir_lock: Mutex::default(),
         });
         if let Some(mut exited) = exited {
             // The exit is announced once the OOM killer's part is known, so that the
@@ -260,7 +266,15 @@ impl MesosContainerizer {
             .map_err(ContainerizerError::io(meta.join("pods")))?
             .flatten()
         {
-            if let Ok(Some(pod)) = state::recover::<PodRecord>(&entry.path()) {
+            let path = entry.path();
+            if self.is_write_leftover(&path) {
+                continue;
+            }
+            let read = state::recover::<PodRecord>(&path);
+            if let Err(e) = &read {
+                self.quarantine(&path, "pods", e.to_string());
+            }
+            if let Ok(Some(pod)) = read {
                 if let Some(meta) = &pod.info.config.metadata {
                     tables.pod_names.insert(
                         pod_key(meta),
@@ -278,9 +292,18 @@ impl MesosContainerizer {
             .map_err(ContainerizerError::io(&containers))?
             .flatten()
         {
-            if let Ok(Some(c)) =
-                state::recover::<ContainerRecord>(&entry.path().join("container.json"))
-            {
+            let read = state::recover::<ContainerRecord>(&entry.path().join("container.json"));
+            match &read {
+                Err(e) => self.quarantine(&entry.path(), "containers", e.to_string()),
+                // The crash came between its directory and its first checkpoint.
+                Ok(None) => self.destroy_orphan(
+                    "container directory without a checkpoint",
+                    &entry.path(),
+                    || std::fs::remove_dir_all(entry.path()),
+                ),
+                Ok(Some(_)) => {}
+            }
+            if let Ok(Some(c)) = read {
                 if let Some(meta) = &c.config.metadata {
                     tables.container_names.insert(
                         container_key(&c.pod_id, meta),
@@ -651,6 +674,11 @@ impl super::Containerizer for MesosContainerizer {
             isolator.set_pod_cidr(cidr.as_deref());
         }
         Ok(())
+    }
+
+    fn recovery_status(&self) -> serde_json::Value {
+        let report = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_value(&*report).unwrap_or_default()
     }
 
     fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -23,6 +23,22 @@ pub(super) struct RuntimeConfig {
     pub pod_cidr: Option<String>,
 }
 
+/// What a recovery set aside and destroyed (verbose Status: `recovery`).
+#[derive(Debug, Default, Serialize)]
+pub(super) struct RecoveryReport {
+    /// Checkpoints that could not be read, moved under `<work_dir>/meta/quarantine/`.
+    pub quarantined: Vec<Quarantined>,
+    /// What no checkpoint named and was destroyed.
+    pub orphans: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Quarantined {
+    pub checkpoint: PathBuf,
+    pub moved_to: PathBuf,
+    pub reason: String,
+}
+
 pub(super) fn runtime_config_path(flags: &Flags) -> PathBuf {
     meta_dir(flags).join("runtime_config.json")
 }
@@ -39,6 +55,9 @@ fn current_boot_id() -> Result<String> {
 
 impl MesosContainerizer {
     pub(super) async fn recover_all(&self) -> Result<()> {
+        // Step 0: this daemon alone recovers (and later changes) these checkpoints: a
+        // second one on the same work dir would undo the first's creations in flight.
+        self.lock_work_dir()?;
         // Step 1: load the checkpoints, pods then containers, and the node's settings.
         self.recover_checkpoints()?;
         self.recover_runtime_config()?;
@@ -94,6 +113,8 @@ impl MesosContainerizer {
                 self.supervisor_died(&pod_id, pid).await?;
             }
         }
+        // Step 7: orphans (no checkpoint names them) destroyed and logged.
+        self.destroy_orphans().await;
         // Last: a crash before this point has the next start see the reboot again.
         state::write_async(
             &boot_id_path(&self.flags),
@@ -101,6 +122,172 @@ impl MesosContainerizer {
         )
         .await?;
         Ok(())
+    }
+
+    fn lock_work_dir(&self) -> Result<()> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = meta_dir(&self.flags).join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ContainerizerError::io(&path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            ContainerizerError::FailedPrecondition(format!(
+                "{}: another daemon uses this work dir ({e})",
+                path.display()
+            ))
+        })?;
+        // Held for the daemon's life: released by the kernel when it exits, however.
+        *self.work_dir_lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(lock);
+        Ok(())
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, RecoveryReport> {
+        self.recovery.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets an unreadable checkpoint aside (never skipped silently): logged, moved to
+    /// `<work_dir>/meta/quarantine/<kind>/`, and listed in the verbose Status.
+    pub(super) fn quarantine(&self, path: &Path, kind: &str, reason: String) {
+        let dir = meta_dir(&self.flags).join("quarantine").join(kind);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let moved_to = dir.join(format!("{name}.{}", now_ns()));
+        let moved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(path, &moved_to));
+        match moved {
+            Ok(()) => {
+                tracing::error!(checkpoint = %path.display(), moved_to = %moved_to.display(), %reason, "unreadable checkpoint quarantined")
+            }
+            Err(e) => {
+                tracing::error!(checkpoint = %path.display(), %reason, error = %e, "unreadable checkpoint, and it could not be moved aside")
+            }
+        }
+        self.report().quarantined.push(Quarantined {
+            checkpoint: path.to_path_buf(),
+            moved_to,
+            reason,
+        });
+    }
+
+    /// Destroys something no checkpoint names (`what` says what), logged and listed.
+    pub(super) fn destroy_orphan(
+        &self,
+        what: &str,
+        path: &Path,
+        destroy: impl FnOnce() -> std::io::Result<()>,
+    ) {
+        match destroy() {
+            Ok(()) => tracing::warn!(path = %path.display(), "orphan destroyed: {what}"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "orphan not destroyed: {what}")
+            }
+        }
+        self.report()
+            .orphans
+            .push(format!("{what}: {}", path.display()));
+    }
+
+    /// The temp file of a checkpoint write a crash cut off (`.<name>.tmp-<uuid>`): the
+    /// checkpoint itself is intact (written by rename). Removed.
+    pub(super) fn is_write_leftover(&self, path: &Path) -> bool {
+        let leftover = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+        if leftover {
+            self.destroy_orphan("half-written checkpoint", path, || {
+                std::fs::remove_file(path)
+            });
+        }
+        leftover
+    }
+
+    /// Step 7: what no checkpoint names: rootfses, the pod runtime dirs and supervisor
+    /// sockets, container cgroups inside known pods' cgroups.
+    async fn destroy_orphans(&self) {
+        let (pods, containers): (Vec<PodRecord>, std::collections::HashSet<String>) = {
+            let tables = self.tables();
+            (
+                tables.pods.values().cloned().collect(),
+                tables.containers.keys().cloned().collect(),
+            )
+        };
+        let pod_ids: std::collections::HashSet<&str> = pods.iter().map(|p| p.id()).collect();
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        };
+        let rootfses = self.flags.work_dir.join("provisioner/containers");
+        for cid in names(&rootfses) {
+            if !containers.contains(&cid) {
+                let result = self.provisioner.destroy(&cid).await;
+                self.destroy_orphan("rootfs without a container", &rootfses.join(&cid), || {
+                    result.map_err(std::io::Error::other)
+                });
+            }
+        }
+        let pod_dirs = self.flags.runtime_dir.join("pods");
+        for id in names(&pod_dirs) {
+            if !pod_ids.contains(id.as_str()) {
+                let dir = pod_dirs.join(&id);
+                self.pod_host.unmount_shm(&dir.join("shm"));
+                self.pod_host.unpin(&namespaces::Pinned {
+                    net: None,
+                    uts: Some(dir.join("ns/uts")),
+                    ipc: Some(dir.join("ns/ipc")),
+                });
+                self.destroy_orphan("pod directory without a pod", &dir, || {
+                    std::fs::remove_dir_all(&dir)
+                });
+            }
+        }
+        let sockets: std::collections::HashSet<&Path> =
+            pods.iter().map(|p| p.supervisor_socket.as_path()).collect();
+        let sv = self.flags.runtime_dir.join("sv");
+        for name in names(&sv) {
+            let socket = sv.join(&name);
+            if !sockets.contains(socket.as_path()) {
+                let _ = self.launcher.shutdown(&socket).await;
+                self.destroy_orphan("supervisor socket without a pod", &socket, || {
+                    std::fs::remove_file(&socket)
+                });
+            }
+        }
+        // Cgroups inside our pods' own (a container whose creation a crash cut off before
+        // its checkpoint). Pod cgroups under `--cgroups_root` that no checkpoint names
+        // are not swept: several daemons (the tests') may share that root.
+        for pod in &pods {
+            let Some(dir) = pod.info.cgroup.dirs.first().cloned() else {
+                continue;
+            };
+            for name in names(&dir) {
+                let known = containers.contains(&name) || name == pod.info.id;
+                if known || !dir.join(&name).is_dir() {
+                    continue;
+                }
+                // Only cgroups named like our ids: a cgroup_parent may hold kubelet's.
+                if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    continue;
+                }
+                let Ok(cgroup) = pod.info.cgroup.child(&name) else {
+                    continue;
+                };
+                let _ = self.launcher.kill_all(&cgroup, KILL_TIMEOUT).await;
+                self.destroy_orphan(
+                    "container cgroup without a container",
+                    &cgroup.relative,
+                    || cgroup.destroy().map_err(std::io::Error::other),
+                );
+            }
+        }
     }
 
     fn recover_runtime_config(&self) -> Result<()> {

@@ -51,6 +51,10 @@ impl MesosContainerizer {
     /// The supervisor `pid` of `pod_id` is gone. Nothing to do when the pod is being torn
     /// down (that is who ended it) or has another supervisor by now.
     pub(super) async fn supervisor_died(&self, pod_id: &str, pid: i32) -> Result<()> {
+        // A removed pod's lock is gone with it and must not be made again.
+        if self.find_pod(pod_id).is_err() {
+            return Ok(());
+        }
         let lock = self.lock_of(pod_id);
         let _guard = lock.lock().await;
         let Ok(mut pod) = self.find_pod(pod_id) else {

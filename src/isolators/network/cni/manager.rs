@@ -2,7 +2,8 @@
 //! when it runs and detaching it when it stops, with Mesos's checkpoints under
 //! `<work_dir>/isolators/network/cni/<pod-id>/` (`--network_cni_root_dir_persist`, the
 //! default: it survives a reboot, so a pod the reboot ended still gets its DEL and its IPs
-//! back), else `<runtime_dir>/isolators/network/cni/<pod-id>/`:
+//! back), else `<runtime_dir>/isolators/network/cni/<pod-id>/`; the namespace is always
+//! pinned under the runtime dir:
 //!
 //! ```text
 //! ns                               the pinned network namespace (`ip netns`-usable)
@@ -93,6 +94,9 @@ pub struct CniManager {
     /// The root of the other `--network_cni_root_dir_persist` setting: a pod attached by a
     /// daemon that had it is still found there.
     other_root: PathBuf,
+    /// Where network namespaces are pinned: always the runtime dir (a pin cannot outlive
+    /// a reboot anyway; the DEL after one needs only the checkpoints).
+    ns_root: PathBuf,
     configs: ConfigStore,
     invoker: Invoker,
     /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig).
@@ -117,6 +121,7 @@ impl CniManager {
             (volatile, persistent)
         };
         CniManager {
+            ns_root: flags.runtime_dir.join("isolators/network/cni"),
             root,
             other_root,
             configs: ConfigStore::new(
@@ -134,13 +139,15 @@ impl CniManager {
 
     /// Where a pod's network namespace is pinned.
     pub fn netns_path(&self, pod_id: &str) -> PathBuf {
-        self.pod_dir(pod_id).join("ns")
+        self.ns_root.join(pod_id).join("ns")
     }
 
     fn pod_dir(&self, pod_id: &str) -> PathBuf {
         let dir = self.root.join(pod_id);
         let other = self.other_root.join(pod_id);
-        if !dir.exists() && other.exists() {
+        // Under the runtime root the directory also holds the netns pin: only a
+        // checkpoint says the pod was attached there.
+        if !dir.exists() && other.join(POD_CHECKPOINT).exists() {
             return other;
         }
         dir
@@ -295,6 +302,7 @@ impl CniManager {
             return;
         }
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(self.ns_root.join(pod_id));
     }
 
     /// CHECK of every network of a running pod with its ADD result.
