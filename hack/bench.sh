@@ -5,6 +5,8 @@
 #           side by side (same CRI workload, registry and CNI conflist)
 #   stats - what kubelet's stats calls cost with 100 running containers (ListContainerStats,
 #           ContainerStats, ListPodSandboxStats, ListPodSandboxMetrics, ImageFsInfo)
+#   recovery - a pod supervisor killed with kill -9: time until the CRI shows the pod
+#           NOTREADY and its container EXITED, and the StopPodSandbox + RemovePodSandbox after
 #   soak  - 1000 pod cycles with a kill -9 and restart of the daemon every 100: the daemon's
 #           RSS and descriptors per stretch, then what was left (must be nothing)
 # Pass bench names to run a subset: hack/bench.sh pods
@@ -41,7 +43,7 @@ fi
 
 cargo build --release --workspace --bins
 benches=("$@")
-[ "${#benches[@]}" -gt 0 ] || benches=(pull pods)
+[ "${#benches[@]}" -gt 0 ] || benches=(pull pods recovery)
 for b in "${benches[@]}"; do
   if [ "$b" = soak ]; then
     # The test suite's soak at the bench's count (the tests run 300).

@@ -9,8 +9,9 @@ results, and any layer below it):
 
 `flags` (plain values; components take their own config from them) and `sys` (the
 system calls that need `unsafe`) are the bottom: they use no other module. `quote`,
-`inflight` and `metrics` (the process-wide counters every layer bumps) are helpers
-outside the layers. Exits 1 naming each upward use or same-layer cycle.
+`inflight`, `failpoint` (test crash points) and `metrics` (the process-wide counters
+every layer bumps) are helpers outside the layers. Exits 1 naming each upward use or
+same-layer cycle.
 """
 import pathlib
 import re
@@ -24,7 +25,7 @@ LAYER = {
     "cgroups": 4, "state": 4,
     "flags": 5, "sys": 5,
 }
-HELPERS = {"quote", "inflight", "metrics", "fetcher"}
+HELPERS = {"quote", "inflight", "metrics", "fetcher", "failpoint"}
 PATH = re.compile(r"\bcrate::(\w+)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)

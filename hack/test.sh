@@ -8,8 +8,9 @@ cargo fmt --all -- --check
 hack/layers.py
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests spawn both binaries: build them first (a test target alone does
-# not rebuild another package's binary).
-cargo build --workspace --bins
+# not rebuild another package's binary). With the `failpoints` feature: the recovery tests
+# crash the daemon at named steps (CRI_MESOS_FAILPOINT, src/failpoint.rs).
+cargo build --workspace --bins --features cri-mesos/failpoints
 # Tests that need root are `#[ignore = "needs root"]`: a root run (CI's) runs them, a
 # non-root run shows them as ignored.
 ignored=()
@@ -18,7 +19,7 @@ if [ "$(id -u)" -eq 0 ]; then
   # The streaming tests drive crictl as a user would: build it first (idempotent).
   ../shared/critest/build-cri-tools.sh /usr/local/bin
 fi
-cargo test --workspace --no-fail-fast -- "${ignored[@]}"
+cargo test --workspace --features cri-mesos/failpoints --no-fail-fast -- "${ignored[@]}"
 # The Helm chart, linted, rendered and checked through the Helm SDK; hack/install.sh
 # installing, starting and removing the runtime here, and the installer image built
 # from the release binaries, pushed, pulled and run by cri-mesos (both root only).

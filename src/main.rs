@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         eprintln!("cri-mesos: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = cri_mesos::failpoint::check() {
+        eprintln!("cri-mesos: {e}");
+        return ExitCode::from(2);
+    }
     init_tracing(&flags);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

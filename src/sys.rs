@@ -95,6 +95,18 @@ pub fn bpf_new_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A descriptor of process `pid` (pidfd_open(2)), readable once the process ended.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor (or -1); no
+    // memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// An anonymous memory file (memfd_create(2)), close-on-exec.
 pub fn memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name and flags; the returned descriptor is new and ours.

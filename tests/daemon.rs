@@ -110,7 +110,7 @@ async fn version_status_and_runtime_config() {
 
 #[tokio::test]
 async fn update_runtime_config_stores_the_pod_cidr() {
-    let daemon = Daemon::start(BIN).await.unwrap();
+    let mut daemon = Daemon::start(BIN).await.unwrap();
     let mut client = daemon.runtime_client().await.unwrap();
     let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
         runtime_config: Some(cri::RuntimeConfig {
@@ -123,6 +123,16 @@ async fn update_runtime_config_stores_the_pod_cidr() {
         .update_runtime_config(update("10.244.3.0/24"))
         .await
         .unwrap();
+    let status = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.info["podCIDR"], "\"10.244.3.0/24\"");
+    // kubelet does not send it again after a runtime restart: it was checkpointed.
+    daemon.kill9().unwrap();
+    daemon.restart().await.unwrap();
+    let mut client = daemon.runtime_client().await.unwrap();
     let status = client
         .status(cri::StatusRequest { verbose: true })
         .await
@@ -293,6 +303,8 @@ fn bad_flags_exit_2_naming_the_value() {
         (&["--http_address=localhost"], "localhost"),
         (&["--work_dir=relative/dir"], "relative/dir"),
         (&["--cgroup_driver=sysv"], "sysv"),
+        (&["--network_cni_root_dir_persist=maybe"], "maybe"),
+        (&["--recover=reattach"], "reattach"),
         (&["--cgroups_pids_limit=-1"], "-1"),
         (
             &[
@@ -461,4 +473,28 @@ async fn a_stale_socket_is_replaced() {
         .version(cri::VersionRequest::default())
         .await
         .unwrap();
+}
+
+/// Two daemons on one work dir would each recover (and roll back) the other's work: the
+/// second is refused, naming the lock.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_work_dir_refuses_to_start() {
+    let daemon = Daemon::start(BIN).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = run_once(
+        BIN,
+        [
+            format!("--listen={}", other.path().join("cri.sock").display()),
+            format!("--work_dir={}", daemon.work_dir().display()),
+            format!("--runtime_dir={}", other.path().join("run").display()),
+            "--http_address=127.0.0.1:0".to_string(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another daemon uses this work dir"),
+        "{}",
+        out.stderr
+    );
 }

@@ -226,7 +226,9 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
     fn network_ready(&self) -> std::result::Result<(), String>;
     /// The node's pod CIDR as kubelet pushed it (UpdateRuntimeConfig).
     fn pod_cidr(&self) -> Option<String>;
-    fn set_pod_cidr(&self, cidr: Option<String>);
+    /// Sets it and checkpoints it before returning: kubelet does not send it again after
+    /// a runtime restart.
+    async fn set_pod_cidr(&self, cidr: Option<String>) -> Result<()>;
 
     /// The isolators' node-wide figures, by isolator name (verbose runtime status).
     fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value>;
@@ -234,4 +236,9 @@ pub trait Containerizer: Send + Sync + std::fmt::Debug {
     /// Bytes and inodes of every container's writable layer, from the chain's disk
     /// isolator's last measures; `None` without one.
     fn writable_usage(&self) -> Option<(u64, u64)>;
+
+    /// What the last recovery set aside or destroyed (verbose runtime status).
+    fn recovery_status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }

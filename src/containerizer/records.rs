@@ -29,6 +29,10 @@ pub struct PodRecord {
     /// host-network pods.
     #[serde(default)]
     pub network: Option<crate::isolators::network::cni::PodNetwork>,
+    /// Why the pod went NOTREADY without a StopPodSandbox (its supervisor died), shown in
+    /// its verbose status.
+    #[serde(default)]
+    pub lost: Option<String>,
 }
 
 impl PodRecord {

@@ -221,6 +221,10 @@ impl RuntimeService for CriRuntime {
                 serde_json::Value::Object(self.containerizer.isolator_status()).to_string(),
             );
             info.insert(
+                "recovery".to_string(),
+                self.containerizer.recovery_status().to_string(),
+            );
+            info.insert(
                 "streaming".to_string(),
                 serde_json::json!({"address": self.streaming.address().to_string()}).to_string(),
             );
@@ -282,7 +286,10 @@ impl RuntimeService for CriRuntime {
             Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {reason}"))
         })?;
         tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
-        self.containerizer.set_pod_cidr(Some(cidr));
+        self.containerizer
+            .set_pod_cidr(Some(cidr))
+            .await
+            .map_err(|e| Status::internal(format!("pod CIDR not kept: {e}")))?;
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 

@@ -158,6 +158,15 @@ fn parse_one<T>(
 }
 
 /// A value as the verbose status shows it (durations in Mesos's `secs`).
+/// Mesos's `--recover`: `reconnect` to what runs (the default), or `cleanup`: destroy
+/// every pod and container found at start (their networks released), then start empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recover {
+    Reconnect,
+    Cleanup,
+}
+
 trait Show {
     fn show(&self) -> serde_json::Value;
 }
@@ -180,7 +189,8 @@ show_as_json!(
     std::net::SocketAddr,
     Vec<String>,
     Vec<PathBuf>,
-    Vec<(String, String)>
+    Vec<(String, String)>,
+    Recover
 );
 
 impl Show for std::time::Duration {

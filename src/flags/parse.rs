@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use super::DEFAULT_ISOLATION;
+use super::Recover;
 
 /// Why a value is refused: a bad value, or one whose feature is not built (exit 2 with
 /// "not supported yet" either way, naming the flag).
@@ -211,6 +212,14 @@ pub fn duration(t: &str) -> Parsed<Duration> {
 
 pub fn bytes(t: &str) -> Parsed<u64> {
     Ok(parse_bytes(t)?)
+}
+
+pub fn recover(t: &str) -> Parsed<Recover> {
+    match t.trim() {
+        "reconnect" => Ok(Recover::Reconnect),
+        "cleanup" => Ok(Recover::Cleanup),
+        _ => Err("expected reconnect or cleanup".into()),
+    }
 }
 
 pub fn boolean(t: &str) -> Parsed<bool> {

@@ -64,6 +64,10 @@ flag_table! {
     network_cni_default: bool = default("false") => boolean;
     /// subnet of the embedded network when kubelet sent no pod CIDR
     network_cni_default_subnet: String = default("10.88.0.0/16") => subnet;
+    /// keep the CNI checkpoints under the work dir, so the networks of pods a reboot ended get their DEL (else under the runtime dir)
+    network_cni_root_dir_persist: bool = default("true") => boolean;
+    /// `reconnect` to what runs, or `cleanup`: destroy every pod and container found at start, then start empty
+    recover: Recover = default("reconnect") => recover;
     /// fetcher cache
     fetcher_cache_dir: PathBuf = computed("`<work_dir>/fetch`", work_dir.join("fetch")) => absolute_path;
     /// fetcher cache size (B, KB, MB, GB, TB)

@@ -16,8 +16,10 @@ use super::sysctls::{Sysctl, SysctlError};
 use super::{Launcher, PodHost, SupervisorSpec};
 use crate::cgroups::{Cgroup, CgroupError};
 
-/// Supervisor requests that return at once.
-const QUICK: Duration = Duration::from_secs(30);
+/// Supervisor requests that return at once (Ping, Signal, State, Forget, ReopenLog,
+/// Shutdown): a stopped (SIGSTOP) supervisor fails them after this, instead of hanging
+/// the CRI call; a dead one fails them at once (its socket refuses).
+const QUICK: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct LinuxLauncher {
@@ -74,6 +76,35 @@ impl Launcher for LinuxLauncher {
         self.binary
             .spawn(spec.pod_id, spec.socket, spec.state_dir, spec.new_pid_ns)
             .await
+    }
+
+    fn watch_supervisor(
+        &self,
+        pid: i32,
+        pod_id: &str,
+    ) -> std::io::Result<futures_util::future::BoxFuture<'static, ()>> {
+        let fd = super::pidfd::PidFd::open_supervisor(pid, pod_id)?;
+        Ok(Box::pin(async move {
+            if let Err(e) = fd.exited().await {
+                // Not a death: killing a living pod's containers on a registration
+                // failure would be worse than noticing a death late (at its next call).
+                tracing::warn!(pid, error = %e, "supervisor pidfd not watched");
+                std::future::pending::<()>().await;
+            }
+        }))
+    }
+
+    async fn state(
+        &self,
+        socket: &Path,
+    ) -> Result<Vec<cri_mesos_supervisor::protocol::ContainerState>, SupervisorError> {
+        match SupervisorClient::new(socket)
+            .call(&Request::State, QUICK)
+            .await?
+        {
+            Response::StateReply { containers } => Ok(containers),
+            other => Err(unexpected(socket, &other)),
+        }
     }
 
     fn charge(&self, cgroup: &Cgroup, pid: i32) -> Result<(), CgroupError> {

@@ -8,6 +8,7 @@
 
 pub mod linux;
 pub mod namespaces;
+pub mod pidfd;
 pub mod propagation;
 pub mod supervisor;
 pub mod sysctls;
@@ -40,6 +41,24 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
     /// supervisors). Nothing is killed: supervisors outlive the daemon.
     async fn recover(&self, _sockets: &[PathBuf]) -> Result<(), SupervisorError> {
         Ok(())
+    }
+    /// Watches the supervisor of `pod_id` running as `pid`: the future resolves when it
+    /// ends. An error means it is not running now (or `pid` is another process). The
+    /// default never resolves (launchers without a way to watch).
+    fn watch_supervisor(
+        &self,
+        _pid: i32,
+        _pod_id: &str,
+    ) -> std::io::Result<futures_util::future::BoxFuture<'static, ()>> {
+        Ok(Box::pin(std::future::pending()))
+    }
+    /// What the supervisor knows of its containers (asked at recovery, to finish or roll
+    /// back what a crash cut off). The default knows nothing.
+    async fn state(
+        &self,
+        _socket: &Path,
+    ) -> Result<Vec<cri_mesos_supervisor::protocol::ContainerState>, SupervisorError> {
+        Ok(Vec::new())
     }
     /// Starts a pod's supervisor; its host pid once it serves its socket.
     async fn spawn_supervisor(&self, spec: &SupervisorSpec<'_>) -> Result<i32, SupervisorError>;

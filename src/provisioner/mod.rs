@@ -518,6 +518,7 @@ impl Provisioner {
                 path: blob.clone(),
                 source,
             })?;
+            crate::failpoint::hit("pull.staged");
             store.commit_layer(&layer, &staging, &summary)?;
             Ok(())
         })

@@ -210,6 +210,14 @@ impl Daemon {
         Ok(child.wait()?)
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next
+    /// [`restart`](Self::restart) and after (a failpoint the crashed daemon was started with).
+    pub fn set_env(&mut self, key: impl AsRef<OsStr>, value: Option<&str>) {
+        self.config
+            .envs
+            .push((key.as_ref().to_owned(), value.map(OsString::from)));
+    }
+
     /// Starts the daemon again on the same dirs and flags (after [`stop`](Self::stop) or
     /// [`kill9`](Self::kill9); a still running daemon is stopped first) and waits until ready.
     pub async fn restart(&mut self) -> Result<()> {

@@ -30,6 +30,11 @@ pub struct Env {
 impl Env {
     /// A registry with every harness image and a daemon allowed to pull from it.
     pub async fn start(extra_args: &[&str]) -> Env {
+        Env::start_with_env(extra_args, &[]).await
+    }
+
+    /// [`start`](Self::start) with environment variables for the daemon.
+    pub async fn start_with_env(extra_args: &[&str], envs: &[(&str, &str)]) -> Env {
         let registry = Registry::start().await.expect("registry");
         let images = test_support::push_all(&registry)
             .await
@@ -38,6 +43,9 @@ impl Env {
         let mut builder = Daemon::builder(BIN)
             .arg(format!("--insecure_registries={}", registry.addr()))
             .args(extra_args);
+        for (key, value) in envs {
+            builder = builder.env(key, value);
+        }
         // Pods join no CNI network unless the test configures one: what the machine has
         // in /etc/cni/net.d must not change what the tests see.
         if !extra_args

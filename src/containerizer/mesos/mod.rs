@@ -10,7 +10,9 @@
 //! failing with "name is reserved" (the containerd complaint).
 
 mod nested;
+mod recovery;
 mod sandbox;
+mod supervision;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +31,7 @@ use super::exits::ExitWatcher;
 use super::records::{ContainerRecord, PodRecord};
 use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
+use crate::failpoint;
 use crate::flags::Flags;
 use crate::inflight::Inflight;
 use crate::isolators::chain::{
@@ -46,6 +49,9 @@ use crate::state;
 
 /// How long a container may take to set itself up before CreateContainer gives up.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Releasing a launched container's pipe: it only has to exec by then. A stopped
+/// (SIGSTOP) supervisor must not hold StartContainer for the whole launch timeout.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// kubelet's default /dev/shm size.
 const SHM_SIZE: &str = "65536k";
@@ -95,6 +101,10 @@ pub struct MesosContainerizer {
     record_writes: tokio::sync::Mutex<()>,
     /// Itself, for the tasks it starts (an isolator's `watch` of a running container).
     me: std::sync::Weak<MesosContainerizer>,
+    /// What the recovery quarantined and destroyed, for the verbose Status.
+    recovery: Mutex<recovery::RecoveryReport>,
+    /// The lock on `<work_dir>/meta/lock`, taken at recovery.
+    work_dir_lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 impl std::fmt::Debug for MesosContainerizer {
@@ -231,6 +241,8 @@ impl MesosContainerizer {
             exits: exit_watcher,
             events,
             record_writes: tokio::sync::Mutex::new(()),
+            recovery: Mutex::default(),
+            work_dir_lock: Mutex::default(),
         });
         if let Some(mut exited) = exited {
             // The exit is announced once the OOM killer's part is known, so that the
@@ -258,7 +270,15 @@ impl MesosContainerizer {
             .map_err(ContainerizerError::io(meta.join("pods")))?
             .flatten()
         {
-            if let Ok(Some(pod)) = state::recover::<PodRecord>(&entry.path()) {
+            let path = entry.path();
+            if self.is_write_leftover(&path) {
+                continue;
+            }
+            let read = state::recover::<PodRecord>(&path);
+            if let Err(e) = &read {
+                self.quarantine(&path, "pods", e.to_string());
+            }
+            if let Ok(Some(pod)) = read {
                 if let Some(meta) = &pod.info.config.metadata {
                     tables.pod_names.insert(
                         pod_key(meta),
@@ -276,9 +296,18 @@ impl MesosContainerizer {
             .map_err(ContainerizerError::io(&containers))?
             .flatten()
         {
-            if let Ok(Some(c)) =
-                state::recover::<ContainerRecord>(&entry.path().join("container.json"))
-            {
+            let read = state::recover::<ContainerRecord>(&entry.path().join("container.json"));
+            match &read {
+                Err(e) => self.quarantine(&entry.path(), "containers", e.to_string()),
+                // The crash came between its directory and its first checkpoint.
+                Ok(None) => self.destroy_orphan(
+                    "container directory without a checkpoint",
+                    &entry.path(),
+                    || std::fs::remove_dir_all(entry.path()),
+                ),
+                Ok(Some(_)) => {}
+            }
+            if let Ok(Some(c)) = read {
                 if let Some(meta) = &c.config.metadata {
                     tables.container_names.insert(
                         container_key(&c.pod_id, meta),
@@ -446,26 +475,7 @@ fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
 #[tonic::async_trait]
 impl super::Containerizer for MesosContainerizer {
     async fn recover(&self) -> Result<()> {
-        self.recover_checkpoints()?;
-        let sockets: Vec<PathBuf> = self
-            .tables()
-            .pods
-            .values()
-            .map(|p| p.supervisor_socket.clone())
-            .collect();
-        self.launcher.recover(&sockets).await?;
-        let known: Vec<String> = self.tables().containers.keys().cloned().collect();
-        for isolator in &self.isolators {
-            isolator.recover(&known).await?;
-        }
-        // Exits that happened while the daemon was away: their OOM answer is read now,
-        // while their cgroups still hold it.
-        for id in &known {
-            if let Err(e) = self.observe_exit(id).await {
-                tracing::warn!(container_id = %id, error = %e, "exit not observed");
-            }
-        }
-        Ok(())
+        self.recover_all().await
     }
 
     async fn launch(self: Arc<Self>, config: super::LaunchConfig) -> Result<super::ContainerId> {
@@ -562,6 +572,7 @@ impl super::Containerizer for MesosContainerizer {
             "mesosState": pod.mesos_state,
             "supervisorPid": pod.supervisor_pid,
             "supervisorSocket": pod.supervisor_socket,
+            "lost": pod.lost,
             "cgroup": pod.info.cgroup.relative,
             "netNamespace": pod.info.net_ns,
             "utsNamespace": pod.info.uts_ns,
@@ -658,10 +669,20 @@ impl super::Containerizer for MesosContainerizer {
         self.events.subscribe()
     }
 
-    fn set_pod_cidr(&self, cidr: Option<String>) {
+    async fn set_pod_cidr(&self, cidr: Option<String>) -> Result<()> {
+        let config = recovery::RuntimeConfig {
+            pod_cidr: cidr.clone(),
+        };
+        state::checkpoint_async(&recovery::runtime_config_path(&self.flags), &config).await?;
         for isolator in &self.isolators {
             isolator.set_pod_cidr(cidr.as_deref());
         }
+        Ok(())
+    }
+
+    fn recovery_status(&self) -> serde_json::Value {
+        let report = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_value(&*report).unwrap_or_default()
     }
 
     fn isolator_status(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -101,6 +101,7 @@ impl MesosContainerizer {
         self.tables()
             .containers
             .insert(id.to_string(), record.clone());
+        failpoint::hit("create.checkpointed");
 
         let result = self.prepare_and_fork(&mut record, &pod, &image_name).await;
         match result {
@@ -135,6 +136,7 @@ impl MesosContainerizer {
         // PREPARING: isolators in chain order, each adding to one launch info.
         record.mesos_state = MesosState::Preparing;
         self.checkpoint_container(record).await?;
+        failpoint::hit("create.provisioned");
         record.cgroup.create()?;
         let mut launch = LaunchInfo {
             container_id: record.id.clone(),
@@ -170,6 +172,7 @@ impl MesosContainerizer {
             .launcher
             .fork(&pod.supervisor_socket, launch, LAUNCH_TIMEOUT)
             .await?;
+        failpoint::hit("create.forked");
         Ok(())
     }
 
@@ -231,14 +234,16 @@ impl MesosContainerizer {
         for result in futures_util::future::join_all(isolations).await {
             result?;
         }
+        failpoint::hit("start.isolated");
         // Nothing to fetch yet: URIs come with the fetcher.
         record.mesos_state = MesosState::Fetching;
         match self
             .launcher
-            .start(&pod.supervisor_socket, &record.id, LAUNCH_TIMEOUT)
+            .start(&pod.supervisor_socket, &record.id, START_TIMEOUT)
             .await
         {
             Ok(pid) => {
+                failpoint::hit("start.started");
                 // A quick exit's watcher may be writing the OOM answer meanwhile: one
                 // writer at a time, each on the latest record.
                 let _writing = self.record_writes.lock().await;
@@ -311,6 +316,7 @@ impl MesosContainerizer {
         {
             tracing::debug!(error = %e, "stop signal");
         }
+        failpoint::hit("stop.signaled");
         // terminationGracePeriodSeconds has no upper bound; a year is forever enough.
         let grace = Duration::from_secs(timeout.clamp(0, 365 * 24 * 3600) as u64);
         let deadline = tokio::time::Instant::now() + grace;
@@ -345,6 +351,7 @@ impl MesosContainerizer {
             tracing::debug!(error = %e, "kill through the supervisor");
         }
         self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await?;
+        failpoint::hit("stop.killed");
         // The supervisor writes the exit status once it reaped the init.
         let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
         while record.exit().is_none() && tokio::time::Instant::now() < deadline {
@@ -489,7 +496,7 @@ impl MesosContainerizer {
     /// A stop or removal under the pod's lock found the container ended: say so before
     /// anything later (its deletion) is announced. No start is in flight under the lock,
     /// so a container that never started ended unstarted.
-    fn announce_stop(&self, record: &ContainerRecord) {
+    pub(super) fn announce_stop(&self, record: &ContainerRecord) {
         if record.exit().is_none() && record.start_error.is_none() {
             return;
         }
@@ -515,11 +522,21 @@ impl MesosContainerizer {
             return Ok(());
         };
         self.stop_container_locked(id).await?;
-        record.mesos_state = MesosState::Destroying;
+        if record.mesos_state != MesosState::Destroying {
+            // Checkpointed first: a crash from here on has the recovery finish the removal.
+            let _writing = self.record_writes.lock().await;
+            record = self.find_container(id)?;
+            record.mesos_state = MesosState::Destroying;
+            self.checkpoint_container(&record).await?;
+            self.tables()
+                .containers
+                .insert(record.id.clone(), record.clone());
+        }
         if let Ok(pod) = self.find_pod(&record.pod_id) {
             let _ = self.launcher.forget(&pod.supervisor_socket, id).await;
         }
         self.destroy_container_resources(&record).await;
+        failpoint::hit("remove_container.destroyed");
         // A writer outside the pod's lock (the exit watcher's OOM answer) must find the
         // record gone, not checkpoint it back into a removed directory.
         let _writing = self.record_writes.lock().await;

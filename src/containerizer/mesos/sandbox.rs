@@ -134,11 +134,13 @@ impl MesosContainerizer {
             supervisor_cgroup,
             owns_pod_cgroup,
             network: None,
+            lost: None,
         };
         // The checkpoint comes first, so that a crash at any later step leaves a record
         // that StopPodSandbox/RemovePodSandbox can clean up from.
         self.checkpoint_pod(&record).await?;
         self.tables().pods.insert(id.to_string(), record.clone());
+        failpoint::hit("run_pod.checkpointed");
 
         let result = self.prepare_pod(&mut record, &hostname).await;
         match result {
@@ -146,7 +148,12 @@ impl MesosContainerizer {
                 record.ready = true;
                 record.mesos_state = MesosState::Running;
                 self.checkpoint_pod(&record).await?;
+                let pid = record.supervisor_pid;
                 self.tables().pods.insert(id.to_string(), record);
+                if !self.watch_supervisor(id, pid) {
+                    // Dead already: handled once this launch let go of the pod's lock.
+                    self.on_supervisor_exit(id, pid, Box::pin(std::future::ready(())));
+                }
                 // As containerd: the sandbox's own events carry its id as the container's.
                 self.events.created(id, id);
                 self.events.started(id);
@@ -216,6 +223,7 @@ impl MesosContainerizer {
         record.info.uts_ns = pinned.uts;
         record.info.ipc_ns = pinned.ipc;
         self.checkpoint_pod(record).await?;
+        failpoint::hit("run_pod.namespaces");
         let mut isolation = PodIsolation::default();
         for isolator in &self.isolators {
             isolator.isolate_pod(&record.info, &mut isolation).await?;
@@ -224,6 +232,7 @@ impl MesosContainerizer {
             record.network = isolation.network;
             self.checkpoint_pod(record).await?;
         }
+        failpoint::hit("run_pod.network");
         self.write_pod_sysctls(record).await?;
         let (info, host, network) = (
             record.info.clone(),
@@ -258,6 +267,7 @@ impl MesosContainerizer {
         self.checkpoint_pod(record).await?;
         // Charged to the pod, as the pause container is under containerd.
         self.launcher.charge(&record.supervisor_cgroup, pid)?;
+        failpoint::hit("run_pod.supervisor");
         Ok(())
     }
 
@@ -339,6 +349,7 @@ impl MesosContainerizer {
             self.checkpoint_pod(&record).await?;
             self.tables().pods.insert(id.to_string(), record.clone());
         }
+        failpoint::hit("stop_pod.marked");
         self.events.stopped(id);
         self.teardown_pod(&record).await
     }
@@ -360,6 +371,7 @@ impl MesosContainerizer {
             tracing::debug!(error = %e, "supervisor cgroup kill");
         }
         let _ = std::fs::remove_file(&record.supervisor_socket);
+        failpoint::hit("stop_pod.supervisor");
         // Reverse chain order, while the namespaces still exist; each isolator tries even
         // when one before it failed, and the first failure is returned.
         let mut failed = None;
@@ -382,7 +394,7 @@ impl MesosContainerizer {
     }
 
     /// Removes the pod's cgroups (ours only) and its directory, once nothing runs in them.
-    fn remove_pod_leftovers(&self, record: &PodRecord) -> Result<()> {
+    pub(super) fn remove_pod_leftovers(&self, record: &PodRecord) -> Result<()> {
         record.supervisor_cgroup.destroy()?;
         if record.owns_pod_cgroup {
             record.info.cgroup.destroy()?;
@@ -405,7 +417,9 @@ impl MesosContainerizer {
         for cid in containers {
             self.remove_container_locked(&cid).await?;
         }
+        failpoint::hit("remove_pod.containers");
         self.remove_pod_leftovers(&record)?;
+        failpoint::hit("remove_pod.leftovers");
         self.forget_pod(&id);
         self.events.deleted(&id);
         self.locks

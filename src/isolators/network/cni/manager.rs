@@ -1,6 +1,9 @@
 //! The pod side of `network/cni`: attaching a sandbox's network namespace to its networks
 //! when it runs and detaching it when it stops, with Mesos's checkpoints under
-//! `<runtime_dir>/isolators/network/cni/<pod-id>/`:
+//! `<work_dir>/isolators/network/cni/<pod-id>/` (`--network_cni_root_dir_persist`, the
+//! default: it survives a reboot, so a pod the reboot ended still gets its DEL and its IPs
+//! back), else `<runtime_dir>/isolators/network/cni/<pod-id>/`; the namespace is always
+//! pinned under the runtime dir:
 //!
 //! ```text
 //! ns                               the pinned network namespace (`ip netns`-usable)
@@ -88,8 +91,11 @@ struct Joined {
 pub struct CniConfig {
     /// The embedded default network's file is kept under it.
     pub work_dir: PathBuf,
-    /// Pinned network namespaces and checkpoints go under it.
+    /// Pinned network namespaces go under it (and the checkpoints, unless `persist`).
     pub runtime_dir: PathBuf,
+    /// `--network_cni_root_dir_persist`: checkpoints under the work dir, so the DEL after
+    /// a reboot still knows each pod's network.
+    pub persist: bool,
     pub config_dir: PathBuf,
     pub plugins_dirs: Vec<PathBuf>,
     pub plugin_timeout: std::time::Duration,
@@ -103,6 +109,7 @@ impl CniConfig {
         CniConfig {
             work_dir: flags.work_dir.clone(),
             runtime_dir: flags.runtime_dir.clone(),
+            persist: flags.network_cni_root_dir_persist,
             config_dir: flags.network_cni_config_dir.clone(),
             plugins_dirs: flags.network_cni_plugins_dir.clone(),
             plugin_timeout: flags.network_cni_plugin_timeout,
@@ -116,6 +123,12 @@ impl CniConfig {
 #[derive(Debug)]
 pub struct CniManager {
     root: PathBuf,
+    /// The root of the other `--network_cni_root_dir_persist` setting: a pod attached by a
+    /// daemon that had it is still found there.
+    other_root: PathBuf,
+    /// Where network namespaces are pinned: always the runtime dir (a pin cannot outlive
+    /// a reboot anyway; the DEL after one needs only the checkpoints).
+    ns_root: PathBuf,
     configs: ConfigStore,
     invoker: Invoker,
     /// The node's pod CIDR as pushed by kubelet (UpdateRuntimeConfig).
@@ -130,8 +143,19 @@ impl CniManager {
                 .join("isolators/network/cni")
                 .join(format!("{}.conflist", config::DEFAULT_NETWORK))
         });
+        let (persistent, volatile) = (
+            config.work_dir.join("isolators/network/cni"),
+            config.runtime_dir.join("isolators/network/cni"),
+        );
+        let (root, other_root) = if config.persist {
+            (persistent, volatile)
+        } else {
+            (volatile, persistent)
+        };
         CniManager {
-            root: config.runtime_dir.join("isolators/network/cni"),
+            ns_root: config.runtime_dir.join("isolators/network/cni"),
+            root,
+            other_root,
             configs: ConfigStore::new(
                 config.config_dir.clone(),
                 default_file,
@@ -144,11 +168,18 @@ impl CniManager {
 
     /// Where a pod's network namespace is pinned.
     pub fn netns_path(&self, pod_id: &str) -> PathBuf {
-        self.pod_dir(pod_id).join("ns")
+        self.ns_root.join(pod_id).join("ns")
     }
 
     fn pod_dir(&self, pod_id: &str) -> PathBuf {
-        self.root.join(pod_id)
+        let dir = self.root.join(pod_id);
+        let other = self.other_root.join(pod_id);
+        // Under the runtime root the directory also holds the netns pin: only a
+        // checkpoint says the pod was attached there.
+        if !dir.exists() && other.join(POD_CHECKPOINT).exists() {
+            return other;
+        }
+        dir
     }
 
     pub fn pod_cidr(&self) -> Option<String> {
@@ -300,6 +331,7 @@ impl CniManager {
             return;
         }
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(self.ns_root.join(pod_id));
     }
 
     /// CHECK of every network of a running pod with its ADD result.
