@@ -4,7 +4,8 @@
 Layers, top down (a module may use its own layer's siblings only where no cycle
 results, and any layer below it):
 
-    main, server, http  ->  cri, stream  ->  containerizer  ->  isolators, provisioner, launcher
+    main, server, http  ->  cri, stream  ->  containerizer  ->  isolators, provisioner, launcher,
+                  fetcher (which reads with the provisioner's HTTP client and layer walk)
                   ->  cgroups, state (and the supervisor crate's protocol)
 
 `flags`, `quote`, `inflight` and `metrics` (the process-wide counters every layer
@@ -19,10 +20,10 @@ LAYER = {
     "main": 0, "server": 0, "http": 0,
     "cri": 1, "stream": 1,
     "containerizer": 2,
-    "isolators": 3, "provisioner": 3, "launcher": 3,
+    "isolators": 3, "provisioner": 3, "launcher": 3, "fetcher": 3,
     "cgroups": 4, "state": 4,
 }
-HELPERS = {"flags", "quote", "inflight", "metrics", "fetcher"}
+HELPERS = {"flags", "quote", "inflight", "metrics"}
 PATH = re.compile(r"\bcrate::(\w+)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)

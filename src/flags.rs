@@ -166,6 +166,26 @@ struct Cli {
     )]
     fetcher_cache_size: Option<String>,
     #[arg(
+        long = "fetcher_stall_timeout",
+        visible_alias = "fetcher-stall-timeout",
+        env = "CRI_MESOS_FETCHER_STALL_TIMEOUT"
+    )]
+    fetcher_stall_timeout: Option<String>,
+    /// Comma list of host directories `file` fetch URIs may read from (default: none).
+    #[arg(
+        long = "fetcher_file_allowlist",
+        visible_alias = "fetcher-file-allowlist",
+        env = "CRI_MESOS_FETCHER_FILE_ALLOWLIST"
+    )]
+    fetcher_file_allowlist: Option<String>,
+    /// Where each container sees its sandbox (`MESOS_SANDBOX`).
+    #[arg(
+        long = "sandbox_directory",
+        visible_alias = "sandbox-directory",
+        env = "CRI_MESOS_SANDBOX_DIRECTORY"
+    )]
+    sandbox_directory: Option<PathBuf>,
+    #[arg(
         long = "container_disk_watch_interval",
         visible_alias = "container-disk-watch-interval",
         env = "CRI_MESOS_CONTAINER_DISK_WATCH_INTERVAL"
@@ -304,6 +324,13 @@ struct FileConfig {
     fetcher_cache_dir: Option<PathBuf>,
     #[serde(alias = "fetcher-cache-size")]
     fetcher_cache_size: Option<Scalar>,
+    #[serde(alias = "fetcher-stall-timeout")]
+    fetcher_stall_timeout: Option<Scalar>,
+    /// A YAML list of directories, or the flag's comma list.
+    #[serde(alias = "fetcher-file-allowlist")]
+    fetcher_file_allowlist: Option<StringList>,
+    #[serde(alias = "sandbox-directory")]
+    sandbox_directory: Option<PathBuf>,
     #[serde(alias = "container-disk-watch-interval")]
     container_disk_watch_interval: Option<Scalar>,
     #[serde(alias = "enforce-container-disk-quota")]
@@ -342,6 +369,23 @@ enum Scalar {
     Int(i64),
     Float(f64),
     Text(String),
+}
+
+/// A list in the config file, or the comma list the flag takes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl StringList {
+    fn into_text(self) -> String {
+        match self {
+            StringList::List(items) => items.join(","),
+            StringList::Text(s) => s,
+        }
+    }
 }
 
 impl Scalar {
@@ -518,6 +562,13 @@ pub struct Flags {
     pub network_cni_default_subnet: String,
     pub fetcher_cache_dir: PathBuf,
     pub fetcher_cache_size: u64,
+    /// A download with no byte for this long fails (Mesos's rule).
+    #[serde(serialize_with = "serialize_duration")]
+    pub fetcher_stall_timeout: Duration,
+    /// Host directories `file` URIs may read from.
+    pub fetcher_file_allowlist: Vec<PathBuf>,
+    /// The container path of each container's sandbox.
+    pub sandbox_directory: PathBuf,
     #[serde(serialize_with = "serialize_duration")]
     pub container_disk_watch_interval: Duration,
     pub enforce_container_disk_quota: bool,
@@ -814,6 +865,79 @@ impl Flags {
             value: size_text.clone(),
             reason,
         })?;
+        // The directory is emptied at start: it must not hold what the daemon keeps.
+        for (flag, kept) in [
+            ("work_dir", &work_dir),
+            ("runtime_dir", &runtime_dir),
+            ("docker_store_dir", &docker_store_dir),
+        ] {
+            if fetcher_cache_size > 0 && kept.starts_with(&fetcher_cache_dir) {
+                return Err(FlagError::Invalid {
+                    flag: "fetcher_cache_dir",
+                    value: fetcher_cache_dir.display().to_string(),
+                    reason: format!(
+                        "is emptied when the daemon starts, and holds --{flag} {}",
+                        kept.display()
+                    ),
+                });
+            }
+        }
+        let stall_text = cli
+            .fetcher_stall_timeout
+            .or(file.fetcher_stall_timeout.map(Scalar::into_text))
+            .unwrap_or_else(|| "1mins".into());
+        let fetcher_stall_timeout = parse_duration(&stall_text)
+            .and_then(|d| {
+                // The HTTP client gives up on a read after 5 minutes anyway; kubelet on
+                // the whole StartContainer after 2.
+                if d.is_zero() || d > Duration::from_secs(300) {
+                    Err("must be more than 0 and at most 5mins".into())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|reason| FlagError::Invalid {
+                flag: "fetcher_stall_timeout",
+                value: stall_text.clone(),
+                reason,
+            })?;
+        let allow_text = cli
+            .fetcher_file_allowlist
+            .or(file.fetcher_file_allowlist.map(StringList::into_text))
+            .unwrap_or_default();
+        let mut fetcher_file_allowlist = Vec::new();
+        for dir in allow_text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let path = PathBuf::from(dir);
+            absolute("fetcher_file_allowlist", &path)?;
+            if path.parent().is_none()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(FlagError::Invalid {
+                    flag: "fetcher_file_allowlist",
+                    value: dir.to_string(),
+                    reason: "must name a directory other than / and without '..'".into(),
+                });
+            }
+            fetcher_file_allowlist.push(path);
+        }
+        let sandbox_directory = cli
+            .sandbox_directory
+            .or(file.sandbox_directory)
+            .unwrap_or_else(|| PathBuf::from("/mnt/mesos/sandbox"));
+        absolute("sandbox_directory", &sandbox_directory)?;
+        if sandbox_directory.parent().is_none()
+            || sandbox_directory
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(FlagError::Invalid {
+                flag: "sandbox_directory",
+                value: sandbox_directory.display().to_string(),
+                reason: "must be a container path other than / and without '..'".into(),
+            });
+        }
 
         let interval_text = cli
             .container_disk_watch_interval
@@ -1006,6 +1130,9 @@ impl Flags {
             network_cni_default_subnet,
             fetcher_cache_dir,
             fetcher_cache_size,
+            fetcher_stall_timeout,
+            fetcher_file_allowlist,
+            sandbox_directory,
             container_disk_watch_interval,
             enforce_container_disk_quota,
             seccomp_default_when_empty,
@@ -1302,6 +1429,9 @@ mod tests {
         );
         assert_eq!(flags.launcher, Launcher::Linux);
         assert_eq!(flags.fetcher_cache_size, 2 << 30);
+        assert_eq!(flags.fetcher_stall_timeout, Duration::from_secs(60));
+        assert!(flags.fetcher_file_allowlist.is_empty());
+        assert_eq!(flags.sandbox_directory, PathBuf::from("/mnt/mesos/sandbox"));
         assert_eq!(flags.streaming_address, "127.0.0.1:0".parse().unwrap());
         assert_eq!(flags.streaming_idle_timeout, Duration::from_secs(4 * 3600));
     }
@@ -1327,6 +1457,40 @@ mod tests {
                 .to_string();
             assert!(err.contains("streaming_"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn fetcher_flags_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "fetcher_file_allowlist: [/srv/artifacts, /data/x]\nfetcher_stall_timeout: 10secs\n",
+        )
+        .unwrap();
+        let flags = Flags::from_args(["cri-mesos", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            flags.fetcher_file_allowlist,
+            [PathBuf::from("/srv/artifacts"), PathBuf::from("/data/x")]
+        );
+        assert_eq!(flags.fetcher_stall_timeout, Duration::from_secs(10));
+        let flags = Flags::from_args(["cri-mesos", "--fetcher_file_allowlist=/a,/b"]).unwrap();
+        assert_eq!(flags.fetcher_file_allowlist.len(), 2);
+        for (bad, needle) in [
+            ("--fetcher_stall_timeout=0secs", "fetcher_stall_timeout"),
+            ("--fetcher_stall_timeout=10mins", "at most 5mins"),
+            ("--fetcher_file_allowlist=rel/dir", "fetcher_file_allowlist"),
+            ("--fetcher_file_allowlist=/", "other than /"),
+            ("--sandbox_directory=/", "sandbox_directory"),
+            ("--sandbox_directory=mnt/sandbox", "sandbox_directory"),
+            ("--fetcher_cache_dir=/var/lib", "emptied"),
+        ] {
+            let err = Flags::from_args(["cri-mesos", bad]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        // Without a cache nothing is emptied.
+        Flags::from_args(["cri-mesos", "--fetcher_cache_dir=/var/lib", "--fetcher_cache_size=0"])
+            .unwrap();
     }
 
     #[test]

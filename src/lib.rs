@@ -3,6 +3,7 @@
 pub mod cgroups;
 pub mod containerizer;
 pub mod cri;
+pub mod fetcher;
 pub mod flags;
 pub mod http;
 pub mod inflight;

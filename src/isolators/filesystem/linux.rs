@@ -121,6 +121,21 @@ fn pod_mounts(container: &ContainerPrep<'_>, readonly_rootfs: bool) -> Vec<Mount
             create: CreateKind::File,
         });
     }
+    // Mesos's filesystem/linux mounts the sandbox into the container; read-write even in
+    // a read-only rootfs, as it is the container's work directory.
+    if let Some(sandbox) = container.sandbox
+        && sandbox.container.to_str().is_some_and(is_free)
+    {
+        mounts.push(MountSpec {
+            source: sandbox.host.to_path_buf(),
+            destination: sandbox.container.to_path_buf(),
+            fstype: None,
+            options: ["rbind", "rprivate", "nosuid", "nodev"]
+                .map(String::from)
+                .to_vec(),
+            create: CreateKind::Dir,
+        });
+    }
     if is_free("/dev/shm") {
         mounts.push(MountSpec {
             source: pod.shm(),
