@@ -906,7 +906,11 @@ impl Flags {
             .or(file.fetcher_file_allowlist.map(StringList::into_text))
             .unwrap_or_default();
         let mut fetcher_file_allowlist = Vec::new();
-        for dir in allow_text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        for dir in allow_text
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
             let path = PathBuf::from(dir);
             absolute("fetcher_file_allowlist", &path)?;
             if path.parent().is_none()
@@ -1485,12 +1489,18 @@ mod tests {
             ("--sandbox_directory=mnt/sandbox", "sandbox_directory"),
             ("--fetcher_cache_dir=/var/lib", "emptied"),
         ] {
-            let err = Flags::from_args(["cri-mesos", bad]).unwrap_err().to_string();
+            let err = Flags::from_args(["cri-mesos", bad])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{bad}: {err}");
         }
         // Without a cache nothing is emptied.
-        Flags::from_args(["cri-mesos", "--fetcher_cache_dir=/var/lib", "--fetcher_cache_size=0"])
-            .unwrap();
+        Flags::from_args([
+            "cri-mesos",
+            "--fetcher_cache_dir=/var/lib",
+            "--fetcher_cache_size=0",
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -21,14 +21,13 @@ const FETCH: &str = "cri-mesos.io/fetch";
 
 /// A small HTTP/1.1 server: `/files/NAME` serves a file (404 when unknown),
 /// `/gate/NAME` holds it back until [`Server::open`], `/stall/NAME` sends the head and
-/// a few bytes then nothing.
+/// a few bytes then nothing for 30 s. Its threads live as long as the test process.
 #[derive(Clone)]
 struct Server {
     addr: String,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     counts: Arc<Mutex<HashMap<String, usize>>>,
     gate: Arc<(Mutex<bool>, Condvar)>,
-    stop: Arc<Mutex<bool>>,
 }
 
 impl Server {
@@ -39,15 +38,11 @@ impl Server {
             files: Arc::default(),
             counts: Arc::default(),
             gate: Arc::default(),
-            stop: Arc::default(),
         };
         let s = server.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                if *s.stop.lock().unwrap() {
-                    return;
-                }
                 let s = s.clone();
                 std::thread::spawn(move || s.serve(conn));
             }
@@ -113,10 +108,8 @@ impl Server {
                 let _ = conn.write_all(head.as_bytes());
                 let _ = conn.write_all(&data[..10]);
                 let _ = conn.flush();
-                let until = Instant::now() + Duration::from_secs(60);
-                while Instant::now() < until && !*self.stop.lock().unwrap() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                // Longer than any stall timeout of these tests; the thread ends with it.
+                std::thread::sleep(Duration::from_secs(30));
                 return;
             }
             _ => {}
@@ -127,14 +120,6 @@ impl Server {
         );
         let _ = conn.write_all(head.as_bytes());
         let _ = conn.write_all(&data);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // The last clone (the accept thread holds one) is never dropped: stop the stalls.
-        *self.stop.lock().unwrap() = true;
-        self.open();
     }
 }
 
@@ -157,10 +142,18 @@ fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 fn uris(list: &[serde_json::Value]) -> HashMap<String, String> {
-    HashMap::from([(FETCH.to_string(), serde_json::Value::from(list.to_vec()).to_string())])
+    HashMap::from([(
+        FETCH.to_string(),
+        serde_json::Value::from(list.to_vec()).to_string(),
+    )])
 }
 
-fn fetching(name: &str, image: &str, list: &[serde_json::Value], cmd: &str) -> cri::ContainerConfig {
+fn fetching(
+    name: &str,
+    image: &str,
+    list: &[serde_json::Value],
+    cmd: &str,
+) -> cri::ContainerConfig {
     let mut c = container(name, image, &["sh", "-c", cmd]);
     c.annotations = uris(list);
     c
@@ -188,7 +181,12 @@ async fn sandbox_of(env: &mut Env, id: &str) -> PathBuf {
 
 async fn exec_out(env: &mut Env, id: &str, cmd: &str) -> String {
     let r = env.exec(id, &["sh", "-c", cmd], 10).await.unwrap();
-    assert_eq!(r.exit_code, 0, "{cmd}: {}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{cmd}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     String::from_utf8_lossy(&r.stdout).into_owned()
 }
 
@@ -218,8 +216,9 @@ async fn a_tarball_is_extracted_and_a_script_made_executable_in_the_sandbox() {
     env.pull(&image).await;
     let mut pod = env.pod_config("fetch");
     // The pod's URIs reach each of its containers; the container adds its own.
-    pod.annotations
-        .extend(uris(&[serde_json::json!({"value": server.url("/files/app.tar.gz")})]));
+    pod.annotations.extend(uris(&[
+        serde_json::json!({"value": server.url("/files/app.tar.gz")}),
+    ]));
     let pod_id = env.run_pod(&pod).await;
     let mut config = fetching(
         "app",
@@ -244,9 +243,17 @@ async fn a_tarball_is_extracted_and_a_script_made_executable_in_the_sandbox() {
     ] {
         assert!(text.contains(expected), "{expected:?} not in:\n{text}");
     }
-    let listing = exec_out(&mut env, &id, "ls -ln $MESOS_SANDBOX/bin/run.sh $MESOS_SANDBOX/app.tar.gz").await;
+    let listing = exec_out(
+        &mut env,
+        &id,
+        "ls -ln $MESOS_SANDBOX/bin/run.sh $MESOS_SANDBOX/app.tar.gz",
+    )
+    .await;
     assert!(listing.contains("-rwxr-xr-x"), "{listing}");
-    assert!(listing.contains(" 1000 "), "owned by the container's user: {listing}");
+    assert!(
+        listing.contains(" 1000 "),
+        "owned by the container's user: {listing}"
+    );
     // On the host, under the work dir, and gone with the container.
     let sandbox = sandbox_of(&mut env, &id).await;
     assert!(sandbox.starts_with(env.daemon.work_dir().join("sandboxes").join(&pod_id)));
@@ -261,7 +268,13 @@ async fn a_tarball_is_extracted_and_a_script_made_executable_in_the_sandbox() {
     remove(&mut env, &id).await;
     assert!(!sandbox.exists(), "the sandbox goes with the container");
     env.stop_remove_pod(&pod_id).await;
-    assert!(!env.daemon.work_dir().join("sandboxes").join(&pod_id).exists());
+    assert!(
+        !env.daemon
+            .work_dir()
+            .join("sandboxes")
+            .join(&pod_id)
+            .exists()
+    );
     assert_eq!(server.count("/files/app.tar.gz"), 1);
 }
 
@@ -299,7 +312,10 @@ async fn two_pods_fetching_one_uri_at_once_download_it_once() {
     while server.count("/gate/shared.bin") == 0
         || metric(&mut env, "cri_mesos_fetcher_cache_hits_total").await == hits_before
     {
-        assert!(Instant::now() < deadline, "the starts never met in the cache");
+        assert!(
+            Instant::now() < deadline,
+            "the starts never met in the cache"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.open();
@@ -331,17 +347,35 @@ async fn a_small_cache_evicts_the_least_recently_used_and_never_a_file_in_use() 
     let p2 = env.pod_config("lru2");
     let p2_id = env.run_pod(&p2).await;
 
-    env.run(&p1_id, &p1, fetching("c1", &image, &[cached("a.bin")], "sleep 1000"))
-        .await;
-    env.run(&p1_id, &p1, fetching("c2", &image, &[cached("b.bin")], "sleep 1000"))
-        .await;
-    assert_eq!(metric(&mut env, "cri_mesos_fetcher_cache_evictions_total").await, 1);
+    env.run(
+        &p1_id,
+        &p1,
+        fetching("c1", &image, &[cached("a.bin")], "sleep 1000"),
+    )
+    .await;
+    env.run(
+        &p1_id,
+        &p1,
+        fetching("c2", &image, &[cached("b.bin")], "sleep 1000"),
+    )
+    .await;
+    assert_eq!(
+        metric(&mut env, "cri_mesos_fetcher_cache_evictions_total").await,
+        1
+    );
     // a was the least recently used: evicted for b, so it is downloaded again (and b
     // goes for it).
-    env.run(&p1_id, &p1, fetching("c3", &image, &[cached("a.bin")], "sleep 1000"))
-        .await;
+    env.run(
+        &p1_id,
+        &p1,
+        fetching("c3", &image, &[cached("a.bin")], "sleep 1000"),
+    )
+    .await;
     assert_eq!(server.count("/files/a.bin"), 2);
-    assert_eq!(metric(&mut env, "cri_mesos_fetcher_cache_evictions_total").await, 2);
+    assert_eq!(
+        metric(&mut env, "cri_mesos_fetcher_cache_evictions_total").await,
+        2
+    );
 
     // c4 holds a (a hit) while its second URI is held at the server.
     let c4 = env
@@ -351,7 +385,10 @@ async fn a_small_cache_evicts_the_least_recently_used_and_never_a_file_in_use() 
             fetching(
                 "c4",
                 &image,
-                &[cached("a.bin"), serde_json::json!({"value": server.url("/gate/slow.txt")})],
+                &[
+                    cached("a.bin"),
+                    serde_json::json!({"value": server.url("/gate/slow.txt")}),
+                ],
                 "sleep 1000",
             ),
         )
@@ -373,20 +410,40 @@ async fn a_small_cache_evicts_the_least_recently_used_and_never_a_file_in_use() 
     }
     // b needs a's room, but a is in use: b bypasses the cache, and c5 still gets it.
     let c5 = env
-        .run(&p2_id, &p2, fetching("c5", &image, &[cached("b.bin")], "sleep 1000"))
+        .run(
+            &p2_id,
+            &p2,
+            fetching("c5", &image, &[cached("b.bin")], "sleep 1000"),
+        )
         .await;
     assert_eq!(
         exec_out(&mut env, &c5, "head -c 3 $MESOS_SANDBOX/b.bin").await,
         "bbb"
     );
     assert_eq!(server.count("/files/b.bin"), 2);
-    assert_eq!(metric(&mut env, "cri_mesos_fetcher_cache_evictions_total").await, 2);
+    assert_eq!(
+        metric(&mut env, "cri_mesos_fetcher_cache_evictions_total").await,
+        2
+    );
     server.open();
     c4_start.await.unwrap().unwrap();
-    assert_eq!(server.count("/files/a.bin"), 2, "c4 was served from the cache");
+    assert_eq!(
+        server.count("/files/a.bin"),
+        2,
+        "c4 was served from the cache"
+    );
     // a is still there, b never got in.
-    env.run(&p2_id, &p2, fetching("c6", &image, &[cached("a.bin"), cached("b.bin")], "sleep 1000"))
-        .await;
+    env.run(
+        &p2_id,
+        &p2,
+        fetching(
+            "c6",
+            &image,
+            &[cached("a.bin"), cached("b.bin")],
+            "sleep 1000",
+        ),
+    )
+    .await;
     assert_eq!(server.count("/files/a.bin"), 2);
     assert_eq!(server.count("/files/b.bin"), 3);
     assert!(metric(&mut env, "cri_mesos_fetcher_cache_bytes").await <= 150 * 1024);
@@ -405,14 +462,22 @@ async fn assert_fails(
 ) {
     let image = env.images.busybox.reference();
     let id = env
-        .create(pod_id, pod, fetching(name, &image, list, "echo ran; sleep 1000"))
+        .create(
+            pod_id,
+            pod,
+            fetching(name, &image, list, "echo ran; sleep 1000"),
+        )
         .await
         .unwrap();
     let pid = env.verbose_info(&id).await["pid"].as_i64().unwrap() as i32;
     let err = env.start_container(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     for needle in needles {
-        assert!(err.message().contains(needle), "{needle:?} not in {:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{needle:?} not in {:?}",
+            err.message()
+        );
     }
     let status = env.status(&id).await;
     assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
@@ -420,14 +485,25 @@ async fn assert_fails(
     assert!(status.message.contains(needles[0]), "{}", status.message);
     let deadline = Instant::now() + T;
     while common::process_alive(pid) {
-        assert!(Instant::now() < deadline, "the blocked process {pid} was not killed");
+        assert!(
+            Instant::now() < deadline,
+            "the blocked process {pid} was not killed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let sandbox = sandbox_of(env, &id).await;
     let left: Vec<_> = std::fs::read_dir(&sandbox).unwrap().collect();
     assert!(left.is_empty(), "{name}: the sandbox still has {left:?}");
-    assert!(!std::fs::read_to_string(common::log_path(&status)).unwrap_or_default().contains("ran"));
-    assert_eq!(metric(env, "cri_mesos_fetcher_cache_bytes").await, 3, "{name}");
+    assert!(
+        !std::fs::read_to_string(common::log_path(&status))
+            .unwrap_or_default()
+            .contains("ran")
+    );
+    assert_eq!(
+        metric(env, "cri_mesos_fetcher_cache_bytes").await,
+        3,
+        "{name}"
+    );
     remove(env, &id).await;
     assert!(!sandbox.exists());
 }
@@ -458,7 +534,10 @@ async fn failed_fetches_fail_start_container_naming_the_uri_and_leave_nothing() 
         &pod_id,
         &pod,
         "missing",
-        &[ok.clone(), serde_json::json!({"value": missing, "cache": true})],
+        &[
+            ok.clone(),
+            serde_json::json!({"value": missing, "cache": true}),
+        ],
         &[missing.as_str(), "404"],
     )
     .await;
@@ -468,7 +547,10 @@ async fn failed_fetches_fail_start_container_naming_the_uri_and_leave_nothing() 
         &pod_id,
         &pod,
         "stalled",
-        &[ok.clone(), serde_json::json!({"value": stall, "cache": true})],
+        &[
+            ok.clone(),
+            serde_json::json!({"value": stall, "cache": true}),
+        ],
         &[stall.as_str(), "stalled", "--fetcher_stall_timeout"],
     )
     .await;
@@ -492,7 +574,9 @@ async fn failed_fetches_fail_start_container_naming_the_uri_and_leave_nothing() 
     )
     .await;
     let sandboxes = env.daemon.work_dir().join("sandboxes");
-    assert!(!sandboxes.join("escaped").exists() && !sandboxes.join(&pod_id).join("escaped").exists());
+    assert!(
+        !sandboxes.join("escaped").exists() && !sandboxes.join(&pod_id).join("escaped").exists()
+    );
     // ok.txt was fetched (and cached) once for each run and released: a cache hit.
     assert_eq!(server.count("/files/ok.txt"), 1);
 }
@@ -514,14 +598,22 @@ async fn malformed_or_forbidden_uris_are_refused_at_create_naming_the_annotation
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("config.annotations[cri-mesos.io/fetch]"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("config.annotations[cri-mesos.io/fetch]"),
+        "{}",
+        err.message()
+    );
 
     let pod = env.pod_config("refusals");
     let pod_id = env.run_pod(&pod).await;
     for (i, (value, needle)) in [
         (r#"[{"value": "http://h/x", "extract": "yes"}]"#, "extract"),
         (r#"[{"value": "s3://bucket/x"}]"#, "scheme"),
-        (r#"[{"value": "http://h/x", "output_file": "../../x"}]"#, "'..'"),
+        (
+            r#"[{"value": "http://h/x", "output_file": "../../x"}]"#,
+            "'..'",
+        ),
         (r#"[{"value": "/etc/shadow"}]"#, "--fetcher_file_allowlist"),
     ]
     .into_iter()
@@ -532,7 +624,8 @@ async fn malformed_or_forbidden_uris_are_refused_at_create_naming_the_annotation
         let err = env.create(&pod_id, &pod, c).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{value}: {err:?}");
         assert!(
-            err.message().contains("config.annotations[cri-mesos.io/fetch]")
+            err.message()
+                .contains("config.annotations[cri-mesos.io/fetch]")
                 && err.message().contains(needle),
             "{value}: {}",
             err.message()
@@ -540,7 +633,9 @@ async fn malformed_or_forbidden_uris_are_refused_at_create_naming_the_annotation
     }
     assert!(env.containers().await.is_empty());
     assert_eq!(
-        std::fs::read_dir(env.daemon.work_dir().join("meta/containers")).unwrap().count(),
+        std::fs::read_dir(env.daemon.work_dir().join("meta/containers"))
+            .unwrap()
+            .count(),
         0
     );
 }

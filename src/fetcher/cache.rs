@@ -293,7 +293,9 @@ impl Lease {
             if let Some(entry) = state.entries.remove(&key) {
                 let used = state.used.saturating_sub(entry.size);
                 state.set_used(used);
-                METRICS.fetcher_cache_evictions.fetch_add(1, Ordering::Relaxed);
+                METRICS
+                    .fetcher_cache_evictions
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(uri = %key.uri, uid = key.uid, bytes = entry.size, "fetcher cache eviction");
                 freed_files.push(entry.path);
             }
@@ -348,8 +350,7 @@ impl Drop for Lease {
         entry.last_used = clock;
         // The downloader went away (its request was cancelled) before finishing.
         let abandoned = self.owner && *entry.status.borrow() == Status::Pending;
-        if abandoned && let Some(path) = state.drop_entry(&self.key, self.serial, Status::Bypass)
-        {
+        if abandoned && let Some(path) = state.drop_entry(&self.key, self.serial, Status::Bypass) {
             drop(state);
             remove_files(vec![path]);
         }

@@ -44,8 +44,7 @@ impl Archive {
     pub fn of(name: &str) -> Option<Archive> {
         let lower = name.to_ascii_lowercase();
         const TARS: &[&str] = &[
-            ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
-            ".tzst",
+            ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tzst",
         ];
         if TARS.iter().any(|s| lower.ends_with(s)) {
             Some(Archive::Tar)
@@ -115,7 +114,12 @@ impl Target {
         })
     }
 
-    fn chown(&self, fd: BorrowedFd<'_>, name: Option<&[u8]>, entry: &str) -> Result<(), ExtractError> {
+    fn chown(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+        entry: &str,
+    ) -> Result<(), ExtractError> {
         let Some((uid, gid)) = self.owner else {
             return Ok(());
         };
@@ -128,14 +132,11 @@ impl Target {
 
     /// The directory `comps` below the sandbox, made (0755, the user's) where missing.
     fn dir(&self, comps: &[Vec<u8>], entry: &str) -> Result<OwnedFd, ExtractError> {
-        let mut cur = self
-            .root
-            .try_clone()
-            .map_err(|e| ExtractError::Io {
-                entry: entry.to_string(),
-                op: "opening the sandbox",
-                source: e,
-            })?;
+        let mut cur = self.root.try_clone().map_err(|e| ExtractError::Io {
+            entry: entry.to_string(),
+            op: "opening the sandbox",
+            source: e,
+        })?;
         for comp in comps {
             let next = match open_dir(cur.as_fd(), comp) {
                 Ok(fd) => fd,
@@ -144,7 +145,8 @@ impl Target {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(io_err(entry, "creating a directory")(e)),
                     }
-                    let fd = open_dir(cur.as_fd(), comp).map_err(io_err(entry, "opening a directory"))?;
+                    let fd = open_dir(cur.as_fd(), comp)
+                        .map_err(io_err(entry, "opening a directory"))?;
                     fchmod(&fd, Mode::from_bits_truncate(0o755))
                         .map_err(io_err(entry, "setting a directory's mode"))?;
                     self.chown(fd.as_fd(), None, entry)?;
@@ -196,7 +198,12 @@ impl Target {
         self.create_file_at(&comps, mode, &shown)
     }
 
-    fn create_file_at(&self, comps: &[Vec<u8>], mode: u32, entry: &str) -> Result<File, ExtractError> {
+    fn create_file_at(
+        &self,
+        comps: &[Vec<u8>],
+        mode: u32,
+        entry: &str,
+    ) -> Result<File, ExtractError> {
         let (last, parents) = comps
             .split_last()
             .ok_or_else(|| refused(entry, "names the sandbox itself"))?;
@@ -209,7 +216,8 @@ impl Target {
             Mode::from_bits_truncate(0o600),
         )
         .map_err(io_err(entry, "creating the file"))?;
-        fchmod(&fd, Mode::from_bits_truncate(mode & 0o777)).map_err(io_err(entry, "setting the mode"))?;
+        fchmod(&fd, Mode::from_bits_truncate(mode & 0o777))
+            .map_err(io_err(entry, "setting the mode"))?;
         self.chown(fd.as_fd(), None, entry)?;
         Ok(File::from(fd))
     }
@@ -296,9 +304,10 @@ impl Target {
                         .ok_or_else(|| refused(&shown, "hardlink without a target"))?
                         .into_owned();
                     let mut tcomps = base.to_vec();
-                    tcomps.extend(components(&target).map_err(|r| {
-                        refused(&shown, format!("hardlink target: {r}"))
-                    })?);
+                    tcomps.extend(
+                        components(&target)
+                            .map_err(|r| refused(&shown, format!("hardlink target: {r}")))?,
+                    );
                     self.hardlink(&comps, &tcomps, &shown)?;
                 }
                 T::Char | T::Block | T::Fifo => {
@@ -343,7 +352,10 @@ impl Target {
                 if let Some(m) = unix
                     && !matches!(m & 0o170000, 0 | 0o100000)
                 {
-                    return Err(refused(&shown, "only files, directories and symlinks are unpacked"));
+                    return Err(refused(
+                        &shown,
+                        "only files, directories and symlinks are unpacked",
+                    ));
                 }
                 let mut out = self.create_file_at(&comps, unix.unwrap_or(0o644), &shown)?;
                 io::copy(&mut entry, &mut out).map_err(|e| ExtractError::Io {
@@ -385,11 +397,17 @@ impl Target {
             .ok_or_else(|| refused(entry, "a symlink cannot replace the sandbox"))?;
         let parent = self.dir(parents, entry)?;
         Self::clear(&parent, last, false, entry)?;
-        symlinkat(target, &parent, last.as_slice()).map_err(io_err(entry, "creating the symlink"))?;
+        symlinkat(target, &parent, last.as_slice())
+            .map_err(io_err(entry, "creating the symlink"))?;
         self.chown(parent.as_fd(), Some(last), entry)
     }
 
-    fn hardlink(&self, comps: &[Vec<u8>], target: &[Vec<u8>], entry: &str) -> Result<(), ExtractError> {
+    fn hardlink(
+        &self,
+        comps: &[Vec<u8>],
+        target: &[Vec<u8>],
+        entry: &str,
+    ) -> Result<(), ExtractError> {
         let (last, parents) = comps
             .split_last()
             .ok_or_else(|| refused(entry, "a hardlink cannot replace the sandbox"))?;
@@ -409,8 +427,14 @@ impl Target {
         }
         let parent = self.dir(parents, entry)?;
         Self::clear(&parent, last, false, entry)?;
-        linkat(&tparent, tlast.as_slice(), &parent, last.as_slice(), AtFlags::empty())
-            .map_err(io_err(entry, "creating the hardlink"))
+        linkat(
+            &tparent,
+            tlast.as_slice(),
+            &parent,
+            last.as_slice(),
+            AtFlags::empty(),
+        )
+        .map_err(io_err(entry, "creating the hardlink"))
     }
 
     /// An existing directory, reached without symlinks.
@@ -422,9 +446,10 @@ impl Target {
         })?;
         for comp in comps {
             cur = open_dir(cur.as_fd(), comp).map_err(|e| match e {
-                Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR => {
-                    refused(entry, "hardlink target is not in the sandbox (or behind a symlink)")
-                }
+                Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR => refused(
+                    entry,
+                    "hardlink target is not in the sandbox (or behind a symlink)",
+                ),
                 e => io_err(entry, "opening a directory")(e),
             })?;
         }
@@ -466,7 +491,11 @@ mod tests {
         for (name, kind, data, link) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
-            h.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o4755 });
+            h.set_mode(if *kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o4755
+            });
             h.set_size(data.len() as u64);
             // Raw names: the builder's own checks would refuse the hostile ones.
             let bytes = name.as_bytes();
@@ -546,9 +575,15 @@ mod tests {
                 std::fs::read_link(base.join("d/l")).unwrap(),
                 Path::new("/etc/passwd")
             );
-            let mode = std::fs::metadata(base.join("d/f")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(base.join("d/f"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o7777, 0o755, "{name}: set-id bits dropped");
-            assert!(dir.path().join(name).exists(), "the archive stays, as Mesos leaves it");
+            assert!(
+                dir.path().join(name).exists(),
+                "the archive stays, as Mesos leaves it"
+            );
         }
     }
 
@@ -558,7 +593,10 @@ mod tests {
         let dir = outer.path().join("sandbox");
         std::fs::create_dir(&dir).unwrap();
         let cases: &[(&str, Vec<u8>)] = &[
-            ("dotdot.tar", tar_of(&[("../escaped", tar::EntryType::Regular, b"x", None)])),
+            (
+                "dotdot.tar",
+                tar_of(&[("../escaped", tar::EntryType::Regular, b"x", None)]),
+            ),
             (
                 "through-link.tar",
                 tar_of(&[
@@ -574,8 +612,14 @@ mod tests {
                 "hardlink-abs.tar",
                 tar_of(&[("h", tar::EntryType::Link, b"", Some("/etc/passwd"))]),
             ),
-            ("device.tar", tar_of(&[("dev", tar::EntryType::Char, b"", None)])),
-            ("fifo.tar", tar_of(&[("p", tar::EntryType::Fifo, b"", None)])),
+            (
+                "device.tar",
+                tar_of(&[("dev", tar::EntryType::Char, b"", None)]),
+            ),
+            (
+                "fifo.tar",
+                tar_of(&[("p", tar::EntryType::Fifo, b"", None)]),
+            ),
         ];
         for (name, bytes) in cases {
             let err = extract_into(&dir, name, bytes).unwrap_err();
@@ -618,6 +662,9 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(b"plain data").unwrap();
         extract_into(dir.path(), "data.txt.gz", &e.finish().unwrap()).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("data.txt")).unwrap(), b"plain data");
+        assert_eq!(
+            std::fs::read(dir.path().join("data.txt")).unwrap(),
+            b"plain data"
+        );
     }
 }

@@ -130,12 +130,8 @@ impl Fetcher {
     /// The fetcher, its cache directory emptied (Mesos does at agent start). Blocking.
     pub fn new(config: FetcherConfig) -> Result<Fetcher, String> {
         let cache = if config.cache_size > 0 {
-            let cache = Cache::open(&config.cache_dir, config.cache_size).map_err(|e| {
-                format!(
-                    "--fetcher_cache_dir {}: {e}",
-                    config.cache_dir.display()
-                )
-            })?;
+            let cache = Cache::open(&config.cache_dir, config.cache_size)
+                .map_err(|e| format!("--fetcher_cache_dir {}: {e}", config.cache_dir.display()))?;
             Some(Arc::new(cache))
         } else {
             None
@@ -298,10 +294,7 @@ impl Fetcher {
     }
 
     /// Streams the rest of `opened` into `out`, returning it as a std file.
-    async fn stream(
-        mut opened: Opened,
-        mut out: tokio::fs::File,
-    ) -> Result<std::fs::File, String> {
+    async fn stream(mut opened: Opened, mut out: tokio::fs::File) -> Result<std::fs::File, String> {
         while let Some(chunk) = opened.chunk().await? {
             out.write_all(&chunk)
                 .await
@@ -371,16 +364,19 @@ impl Fetcher {
             Status::Ready => {
                 let from = leases.last().expect("pushed above").path().to_path_buf();
                 let (target2, dest2) = (target.clone(), dest.to_path_buf());
-                let copied = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
-                    let mut src = std::fs::File::open(&from)
-                        .map_err(|e| format!("cache file {}: {e}", from.display()))?;
-                    let mut out = target2.create_file(&dest2, 0o644).map_err(|e| e.to_string())?;
-                    std::io::copy(&mut src, &mut out)
-                        .map_err(|e| format!("copying from the cache: {e}"))?;
-                    Ok(out)
-                })
-                .await
-                .map_err(join_error)?;
+                let copied =
+                    tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
+                        let mut src = std::fs::File::open(&from)
+                            .map_err(|e| format!("cache file {}: {e}", from.display()))?;
+                        let mut out = target2
+                            .create_file(&dest2, 0o644)
+                            .map_err(|e| e.to_string())?;
+                        std::io::copy(&mut src, &mut out)
+                            .map_err(|e| format!("copying from the cache: {e}"))?;
+                        Ok(out)
+                    })
+                    .await
+                    .map_err(join_error)?;
                 match copied {
                     Ok(file) => Ok(file),
                     // A cache failure falls back to fetching directly.
@@ -449,7 +445,10 @@ impl Fetcher {
                     }
                     Err(evicted) => {
                         remove_files(evicted);
-                        tracing::info!(bytes = written + len, "larger than the cache can hold: bypassing it");
+                        tracing::info!(
+                            bytes = written + len,
+                            "larger than the cache can hold: bypassing it"
+                        );
                         return self
                             .divert(lease, file.take(), Some(chunk), opened, dest, target)
                             .await;
@@ -471,7 +470,9 @@ impl Fetcher {
             Some(mut f) => {
                 if let Err(e) = f.flush().await {
                     tracing::warn!(error = %e, "writing the fetcher cache; bypassing it");
-                    return self.divert(lease, Some(f), None, opened, dest, target).await;
+                    return self
+                        .divert(lease, Some(f), None, opened, dest, target)
+                        .await;
                 }
                 lease.ready(written);
                 Ok(Filled::Cached)
@@ -517,11 +518,10 @@ impl Fetcher {
 /// Opens the regular file `path` below the allowed directory `dir` without following a
 /// symlink at any step below it (a link planted there cannot reach other host files).
 fn open_beneath(dir: &Path, path: &Path) -> Result<(std::fs::File, u64), String> {
-    let rel = path.strip_prefix(dir).map_err(|_| "not allowed".to_string())?;
-    let comps: Vec<&[u8]> = rel
-        .components()
-        .map(|c| c.as_os_str().as_bytes())
-        .collect();
+    let rel = path
+        .strip_prefix(dir)
+        .map_err(|_| "not allowed".to_string())?;
+    let comps: Vec<&[u8]> = rel.components().map(|c| c.as_os_str().as_bytes()).collect();
     let Some((last, parents)) = comps.split_last() else {
         return Err("names no file".into());
     };
@@ -587,10 +587,17 @@ mod tests {
             cache: false,
             output_file: None,
         };
-        assert!(fetcher.check(&[uri(&format!("{}/sub/ok", allowed.display()))]).is_ok());
+        assert!(
+            fetcher
+                .check(&[uri(&format!("{}/sub/ok", allowed.display()))])
+                .is_ok()
+        );
         let err = fetcher
             .check(&[uri(&format!("{}/secret", dir.path().display()))])
             .unwrap_err();
-        assert!(err.to_string().contains("--fetcher_file_allowlist"), "{err}");
+        assert!(
+            err.to_string().contains("--fetcher_file_allowlist"),
+            "{err}"
+        );
     }
 }

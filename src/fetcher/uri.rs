@@ -76,7 +76,10 @@ impl FetchUri {
                 Ok(Source::Http(url))
             }
             "file" => {
-                if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
                     return Err("a file URI names a host path; it cannot name another host".into());
                 }
                 let path = url
@@ -122,10 +125,7 @@ impl FetchUri {
 /// An absolute host path of a `file` URI: no `..`, which could leave an allowed directory.
 fn file_path(text: &str) -> Result<PathBuf, String> {
     let path = Path::new(text);
-    if path
-        .components()
-        .any(|c| matches!(c, Component::ParentDir))
-    {
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err("a host path must not contain '..'".into());
     }
     if text.contains('\0') {
@@ -229,17 +229,18 @@ mod tests {
     use super::*;
 
     fn one(json: &str) -> Result<Vec<FetchUri>, UriError> {
-        parse(&HashMap::from([(FETCH_ANNOTATION.to_string(), json.to_string())]))
+        parse(&HashMap::from([(
+            FETCH_ANNOTATION.to_string(),
+            json.to_string(),
+        )]))
     }
 
     #[test]
     fn mesos_defaults_and_destinations() {
-        let uris = one(
-            r#"[{"value": "http://h:8080/a/b/app.tar.gz"},
+        let uris = one(r#"[{"value": "http://h:8080/a/b/app.tar.gz"},
                 {"value": "https://h/run%20me.sh", "executable": true, "cache": true},
                 {"value": "file:///srv/x/data.bin", "output_file": "d/data"},
-                {"value": "/srv/x/plain"}]"#,
-        )
+                {"value": "/srv/x/plain"}]"#)
         .unwrap();
         assert!(uris[0].extract && !uris[0].executable && !uris[0].cache);
         let dest: Vec<PathBuf> = uris.iter().map(|u| u.destination().unwrap()).collect();
@@ -260,8 +261,14 @@ mod tests {
             (r#"[{"value": "http://h/x", "bogus": 1}]"#, "bogus"),
             (r#"[{"value": "ftp://h/x"}]"#, "scheme \"ftp\""),
             (r#"[{"value": "http://h/dir/"}]"#, "set output_file"),
-            (r#"[{"value": "http://h/x", "output_file": "../x"}]"#, "'..'"),
-            (r#"[{"value": "http://h/x", "output_file": "/etc/x"}]"#, "relative"),
+            (
+                r#"[{"value": "http://h/x", "output_file": "../x"}]"#,
+                "'..'",
+            ),
+            (
+                r#"[{"value": "http://h/x", "output_file": "/etc/x"}]"#,
+                "relative",
+            ),
             (r#"[{"value": "/srv/../etc/shadow"}]"#, "'..'"),
             (r#"[{"value": "file://other/etc/x"}]"#, "another host"),
             (r#"[{"value": ""}]"#, "empty"),
@@ -289,6 +296,10 @@ mod tests {
             all.iter().map(|u| u.value.as_str()).collect::<Vec<_>>(),
             ["http://h/a", "http://h/b"]
         );
-        assert!(for_container(&HashMap::new(), &HashMap::new()).unwrap().is_empty());
+        assert!(
+            for_container(&HashMap::new(), &HashMap::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

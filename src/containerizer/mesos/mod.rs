@@ -175,8 +175,8 @@ impl MesosContainerizer {
         };
         let isolators = registry::build(&flags.isolation, &context);
         let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
-        let fetcher =
-            Fetcher::new(FetcherConfig::from_flags(&flags)).map_err(ContainerizerError::Internal)?;
+        let fetcher = Fetcher::new(FetcherConfig::from_flags(&flags))
+            .map_err(ContainerizerError::Internal)?;
         Self::with_parts(Parts {
             flags,
             provisioner,

@@ -178,7 +178,10 @@ impl MesosContainerizer {
         } else {
             sandbox.clone()
         };
-        launch.process.env.retain(|e| !e.starts_with("MESOS_SANDBOX="));
+        launch
+            .process
+            .env
+            .retain(|e| !e.starts_with("MESOS_SANDBOX="));
         launch
             .process
             .env
