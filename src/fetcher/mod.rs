@@ -143,11 +143,6 @@ impl Fetcher {
         })
     }
 
-    /// The cache's capacity and use, for the runtime's verbose status.
-    pub fn cache_usage(&self) -> Option<(u64, u64)> {
-        self.cache.as_ref().map(|c| (c.used(), c.capacity()))
-    }
-
     /// Refuses `file` URIs outside the allow-list (before anything is created for them).
     pub fn check(&self, uris: &[FetchUri]) -> Result<(), UriError> {
         for (i, uri) in uris.iter().enumerate() {
@@ -438,10 +433,20 @@ impl Fetcher {
             };
             let len = chunk.len() as u64;
             if written + len > reserved {
-                match lease.reserve((written + len - reserved).max(RESERVE_STEP)) {
-                    Ok(evicted) => {
+                let need = written + len - reserved;
+                // A step ahead when there is room for it, else just what this chunk needs.
+                let step = need.max(RESERVE_STEP);
+                let got = match lease.reserve(step) {
+                    Ok(evicted) => Ok((evicted, step)),
+                    Err(evicted) => {
                         remove_files(evicted);
-                        reserved = reserved.max(written + len).max(reserved + RESERVE_STEP);
+                        lease.reserve(need).map(|e| (e, need))
+                    }
+                };
+                match got {
+                    Ok((evicted, n)) => {
+                        remove_files(evicted);
+                        reserved += n;
                     }
                     Err(evicted) => {
                         remove_files(evicted);
@@ -505,7 +510,12 @@ impl Fetcher {
                     .map_err(|e| format!("copying from the cache: {e}"))?;
             }
         }
-        remove_files(cache_file.into_iter().collect());
+        if let Some(path) = &cache_file
+            && let Err(e) = tokio::fs::remove_file(path).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cache file not removed");
+        }
         if let Some(chunk) = pending {
             out.write_all(&chunk)
                 .await
@@ -557,6 +567,59 @@ fn open_beneath(dir: &Path, path: &Path) -> Result<(std::fs::File, u64), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// Serves `body` to every connection without a Content-Length (the end is the close).
+    fn unannounced(body: Vec<u8>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                let _ = conn.write_all(&body);
+            }
+        });
+        format!("http://{addr}/data.bin")
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_length_are_cached_while_they_fit_and_diverted_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(FetcherConfig {
+            cache_dir: dir.path().join("fetch"),
+            cache_size: 150 << 10,
+            stall_timeout: Duration::from_secs(5),
+            file_allowlist: Vec::new(),
+            cas: HashMap::new(),
+        })
+        .unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let uri = |value: String| FetchUri {
+            value,
+            executable: false,
+            extract: true,
+            cache: true,
+            output_file: None,
+        };
+        for (size, cached) in [(300usize << 10, 0u64), (100 << 10, 100 << 10)] {
+            let sandbox = tempfile::tempdir().unwrap();
+            let url = unannounced(vec![b'x'; size]);
+            fetcher
+                .fetch(&[uri(url)], sandbox.path(), (uid, gid))
+                .await
+                .unwrap();
+            let got = std::fs::read(sandbox.path().join("data.bin")).unwrap();
+            assert_eq!(got.len(), size);
+            let cache = fetcher.cache.as_ref().unwrap();
+            assert_eq!(cache.used(), cached, "{size} bytes");
+            let files = std::fs::read_dir(dir.path().join("fetch")).unwrap().count();
+            assert_eq!(files, usize::from(cached > 0));
+        }
+    }
 
     #[test]
     fn file_uris_stay_in_their_allowed_directory() {

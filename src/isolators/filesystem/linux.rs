@@ -350,6 +350,52 @@ mod tests {
         );
     }
 
+    async fn prepare_with_sandbox(f: &Fixture, host: &Path, at: &Path) -> LaunchInfo {
+        let rootfs = f.rootfs();
+        let prep = ContainerPrep {
+            id: "c1",
+            pod: &f.pod,
+            config: &f.config,
+            image: &f.image,
+            rootfs: &rootfs,
+            writable: None,
+            cgroup: &f.cgroup,
+            peers: &f.peers,
+            sandbox: Some(crate::isolators::chain::SandboxMount {
+                host,
+                container: at,
+            }),
+        };
+        let mut launch = LaunchInfo::default();
+        LinuxFilesystem.prepare(&prep, &mut launch).await.unwrap();
+        launch
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_is_mounted_unless_a_cri_mount_takes_its_path() {
+        let mut f = Fixture::new();
+        let (host, at) = (
+            f.dir.path().join("sandbox"),
+            Path::new("/mnt/mesos/sandbox"),
+        );
+        let launch = prepare_with_sandbox(&f, &host, at).await;
+        let sandbox = launch
+            .mounts
+            .iter()
+            .find(|m| m.destination == at)
+            .expect("the sandbox is mounted");
+        assert_eq!(sandbox.source, host);
+        assert_eq!(sandbox.options, ["rbind", "rprivate", "nosuid", "nodev"]);
+        assert_eq!(sandbox.create, CreateKind::Dir);
+        f.config.mounts.push(cri::Mount {
+            container_path: "/mnt/mesos/sandbox/".into(),
+            host_path: "/srv".into(),
+            ..Default::default()
+        });
+        let launch = prepare_with_sandbox(&f, &host, at).await;
+        assert!(!launch.mounts.iter().any(|m| m.source == host));
+    }
+
     #[tokio::test]
     async fn readonly_rootfs_makes_pod_files_readonly() {
         let mut f = Fixture::new();
