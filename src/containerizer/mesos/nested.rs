@@ -170,22 +170,41 @@ impl MesosContainerizer {
         for isolator in &self.isolators {
             isolator.prepare(&prep, &mut launch).await?;
         }
-        make_sandbox(&sandbox, launch.process.uid, launch.process.gid).await?;
-        // As Mesos: the container finds its sandbox by MESOS_SANDBOX, where it is mounted
-        // (or on the host, without filesystem/linux).
+        // As Mesos: the container finds its sandbox by MESOS_SANDBOX, where it is mounted,
+        // or on the host when it has no rootfs of its own (no filesystem/linux).
         let seen_at = if launch.mounts.iter().any(|m| m.source == sandbox) {
-            self.flags.sandbox_directory.clone()
+            Some(self.flags.sandbox_directory.clone())
+        } else if launch.rootfs.as_os_str().is_empty() {
+            Some(sandbox.clone())
         } else {
-            sandbox.clone()
+            None
         };
+        let fetches = !crate::fetcher::uri::for_container(
+            &pod.info.config.annotations,
+            &record.config.annotations,
+        )
+        .unwrap_or_default()
+        .is_empty();
+        if seen_at.is_none() && fetches {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "{}: the container's sandbox cannot be mounted at {} (its rootfs is read-only, \
+                 as the bind backend makes it, and the image has no such directory), so \
+                 what the fetcher fetched would not reach it",
+                crate::fetcher::uri::field("config"),
+                self.flags.sandbox_directory.display()
+            )));
+        }
+        make_sandbox(&sandbox, launch.process.uid, launch.process.gid).await?;
         launch
             .process
             .env
             .retain(|e| !e.starts_with("MESOS_SANDBOX="));
-        launch
-            .process
-            .env
-            .push(format!("MESOS_SANDBOX={}", seen_at.display()));
+        if let Some(at) = seen_at {
+            launch
+                .process
+                .env
+                .push(format!("MESOS_SANDBOX={}", at.display()));
+        }
         record.process = launch.process.clone();
         record.stop_signal = launch.stop_signal.unwrap_or(libc::SIGTERM);
         self.checkpoint_container(record).await?;

@@ -122,9 +122,20 @@ fn pod_mounts(container: &ContainerPrep<'_>, readonly_rootfs: bool) -> Vec<Mount
         });
     }
     // Mesos's filesystem/linux mounts the sandbox into the container; read-write even in
-    // a read-only rootfs, as it is the container's work directory.
+    // a read-only rootfs, as it is the container's work directory. A rootfs that is
+    // read-only from the start (the bind backend) cannot get a mount point it lacks, so
+    // the sandbox is mounted there only where the image has one (as in Mesos); the
+    // containerizer refuses fetch URIs for such a container.
+    let mount_point_possible = |at: &Path| {
+        container.writable.is_some()
+            || container
+                .rootfs
+                .join(at.strip_prefix("/").unwrap_or(at))
+                .is_dir()
+    };
     if let Some(sandbox) = container.sandbox
         && sandbox.container.to_str().is_some_and(is_free)
+        && mount_point_possible(sandbox.container)
     {
         mounts.push(MountSpec {
             source: sandbox.host.to_path_buf(),
@@ -350,15 +361,23 @@ mod tests {
         );
     }
 
-    async fn prepare_with_sandbox(f: &Fixture, host: &Path, at: &Path) -> LaunchInfo {
+    /// `prepare` with a sandbox, over a writable rootfs or a read-only one (the bind
+    /// backend's).
+    async fn prepare_with_sandbox(
+        f: &Fixture,
+        host: &Path,
+        at: &Path,
+        writable: bool,
+    ) -> LaunchInfo {
         let rootfs = f.rootfs();
+        let writable = writable.then_some(rootfs.as_path());
         let prep = ContainerPrep {
             id: "c1",
             pod: &f.pod,
             config: &f.config,
             image: &f.image,
             rootfs: &rootfs,
-            writable: None,
+            writable,
             cgroup: &f.cgroup,
             peers: &f.peers,
             sandbox: Some(crate::isolators::chain::SandboxMount {
@@ -378,7 +397,7 @@ mod tests {
             f.dir.path().join("sandbox"),
             Path::new("/mnt/mesos/sandbox"),
         );
-        let launch = prepare_with_sandbox(&f, &host, at).await;
+        let launch = prepare_with_sandbox(&f, &host, at, true).await;
         let sandbox = launch
             .mounts
             .iter()
@@ -392,8 +411,22 @@ mod tests {
             host_path: "/srv".into(),
             ..Default::default()
         });
-        let launch = prepare_with_sandbox(&f, &host, at).await;
+        let launch = prepare_with_sandbox(&f, &host, at, true).await;
         assert!(!launch.mounts.iter().any(|m| m.source == host));
+    }
+
+    #[tokio::test]
+    async fn a_read_only_backend_gets_the_sandbox_only_where_the_image_has_its_mount_point() {
+        let f = Fixture::new();
+        let (host, at) = (
+            f.dir.path().join("sandbox"),
+            Path::new("/mnt/mesos/sandbox"),
+        );
+        let launch = prepare_with_sandbox(&f, &host, at, false).await;
+        assert!(!launch.mounts.iter().any(|m| m.source == host));
+        fs::create_dir_all(f.rootfs().join("mnt/mesos/sandbox")).unwrap();
+        let launch = prepare_with_sandbox(&f, &host, at, false).await;
+        assert!(launch.mounts.iter().any(|m| m.source == host));
     }
 
     #[tokio::test]
