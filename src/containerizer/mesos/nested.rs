@@ -187,9 +187,9 @@ impl MesosContainerizer {
         .is_empty();
         if seen_at.is_none() && fetches {
             return Err(ContainerizerError::FailedPrecondition(format!(
-                "{}: the container's sandbox cannot be mounted at {} (its rootfs is read-only, \
-                 as the bind backend makes it, and the image has no such directory), so \
-                 what the fetcher fetched would not reach it",
+                "{}: the container's sandbox cannot be mounted at {} (a CRI mount covers \
+                 it, or the rootfs is read-only, as the bind backend makes it, and the image \
+                 has no such directory), so what the fetcher fetched would not reach it",
                 crate::fetcher::uri::field("config"),
                 self.flags.sandbox_directory.display()
             )));

@@ -133,8 +133,13 @@ fn pod_mounts(container: &ContainerPrep<'_>, readonly_rootfs: bool) -> Vec<Mount
                 .join(at.strip_prefix("/").unwrap_or(at))
                 .is_dir()
     };
+    // Nor under a CRI mount (often read-only; a host directory either way, which the
+    // mount point would be made in).
+    let under_cri_mount = |at: &Path| taken.iter().any(|t| at.starts_with(t));
     if let Some(sandbox) = container.sandbox
-        && sandbox.container.to_str().is_some_and(is_free)
+        && !under_cri_mount(&super::clean_container_path(
+            &sandbox.container.to_string_lossy(),
+        ))
         && mount_point_possible(sandbox.container)
     {
         mounts.push(MountSpec {
@@ -406,13 +411,16 @@ mod tests {
         assert_eq!(sandbox.source, host);
         assert_eq!(sandbox.options, ["rbind", "rprivate", "nosuid", "nodev"]);
         assert_eq!(sandbox.create, CreateKind::Dir);
-        f.config.mounts.push(cri::Mount {
-            container_path: "/mnt/mesos/sandbox/".into(),
-            host_path: "/srv".into(),
-            ..Default::default()
-        });
-        let launch = prepare_with_sandbox(&f, &host, at, true).await;
-        assert!(!launch.mounts.iter().any(|m| m.source == host));
+        for path in ["/mnt/mesos/sandbox/", "/mnt"] {
+            f.config.mounts = vec![cri::Mount {
+                container_path: path.into(),
+                host_path: "/srv".into(),
+                readonly: true,
+                ..Default::default()
+            }];
+            let launch = prepare_with_sandbox(&f, &host, at, true).await;
+            assert!(!launch.mounts.iter().any(|m| m.source == host), "{path}");
+        }
     }
 
     #[tokio::test]
