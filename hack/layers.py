@@ -4,7 +4,8 @@
 Layers, top down (a module may use its own layer's siblings only where no cycle
 results, and any layer below it):
 
-    main, server, http  ->  cri, stream  ->  containerizer  ->  isolators, provisioner, launcher
+    main, server, http  ->  cri, stream  ->  containerizer  ->  isolators, provisioner, launcher,
+                  fetcher (which reads with the provisioner's HTTP client and layer walk)
                   ->  cgroups, state (and the supervisor crate's protocol)  ->  flags, sys
 
 `flags` (plain values; components take their own config from them) and `sys` (the
@@ -21,11 +22,11 @@ LAYER = {
     "main": 0, "server": 0, "http": 0,
     "cri": 1, "stream": 1,
     "containerizer": 2,
-    "isolators": 3, "provisioner": 3, "launcher": 3,
+    "isolators": 3, "provisioner": 3, "launcher": 3, "fetcher": 3,
     "cgroups": 4, "state": 4,
     "flags": 5, "sys": 5,
 }
-HELPERS = {"quote", "inflight", "metrics", "fetcher", "failpoint"}
+HELPERS = {"quote", "inflight", "metrics", "failpoint"}
 PATH = re.compile(r"\bcrate::(\w+)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)

@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod containerizer;
 pub mod cri;
 pub mod failpoint;
+pub mod fetcher;
 pub mod flags;
 pub mod http;
 pub mod inflight;

@@ -68,6 +68,15 @@ pub struct Metrics {
     rpc_latency: Mutex<BTreeMap<String, &'static Histogram>>,
     pub image_bytes_pulled: AtomicU64,
     pub oom_kills: AtomicU64,
+    /// Fetcher cache requests served by an entry (downloaded or being downloaded).
+    pub fetcher_cache_hits: AtomicU64,
+    /// Fetcher cache requests that made a new entry.
+    pub fetcher_cache_misses: AtomicU64,
+    pub fetcher_cache_evictions: AtomicU64,
+    /// Bytes the fetcher cache holds or has reserved now.
+    pub fetcher_cache_bytes: AtomicU64,
+    /// Bytes the fetcher read from URIs' sources (http(s), host files).
+    pub fetcher_bytes_fetched: AtomicU64,
     /// (plugin type, CNI command) → plugin run time.
     cni_plugin: Mutex<BTreeMap<(String, String), &'static Histogram>>,
 }
@@ -163,6 +172,44 @@ impl Metrics {
             "# HELP cri_mesos_oom_kills_total Containers found OOM-killed.\n# TYPE cri_mesos_oom_kills_total counter\ncri_mesos_oom_kills_total {}",
             self.oom_kills.load(Ordering::Relaxed)
         );
+        for (name, kind, help, value) in [
+            (
+                "cri_mesos_fetcher_cache_hits_total",
+                "counter",
+                "Fetcher cache requests served by a cached (or downloading) entry.",
+                &self.fetcher_cache_hits,
+            ),
+            (
+                "cri_mesos_fetcher_cache_misses_total",
+                "counter",
+                "Fetcher cache requests that had to download.",
+                &self.fetcher_cache_misses,
+            ),
+            (
+                "cri_mesos_fetcher_cache_evictions_total",
+                "counter",
+                "Fetcher cache entries evicted to make room.",
+                &self.fetcher_cache_evictions,
+            ),
+            (
+                "cri_mesos_fetcher_cache_bytes",
+                "gauge",
+                "Bytes the fetcher cache holds or has reserved.",
+                &self.fetcher_cache_bytes,
+            ),
+            (
+                "cri_mesos_fetcher_fetched_bytes_total",
+                "counter",
+                "Bytes the fetcher read from URIs (http(s) and host files).",
+                &self.fetcher_bytes_fetched,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP cri_mesos_cni_plugin_duration_seconds Run time of CNI plugins, by plugin and command.\n# TYPE cri_mesos_cni_plugin_duration_seconds histogram"

@@ -737,6 +737,21 @@ async fn bind_serves_one_layer_read_only_and_refuses_more() {
         "names the layer count: {}",
         err.message()
     );
+    // A read-only rootfs without /mnt/mesos/sandbox cannot show the container its
+    // sandbox: fetch URIs for it are refused, not fetched for nothing.
+    let mut fetching = container("fetching", &busybox.reference(), &["true"]);
+    fetching.annotations.insert(
+        "cri-mesos.io/fetch".into(),
+        r#"[{"value": "http://127.0.0.1:1/x"}]"#.into(),
+    );
+    let err = env.create(&pod_id, &pod, fetching).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("cri-mesos.io/fetch")
+            && err.message().contains("/mnt/mesos/sandbox"),
+        "{}",
+        err.message()
+    );
     env.stop_remove_pod(&pod_id).await;
 }
 

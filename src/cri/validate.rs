@@ -41,6 +41,14 @@ fn invalid(field: impl AsRef<str>, reason: impl AsRef<str>) -> Status {
     Status::invalid_argument(format!("{}: {}", field.as_ref(), reason.as_ref()))
 }
 
+/// The fetcher's `cri-mesos.io/fetch` annotation: a JSON list of Mesos URIs, each of a
+/// known scheme and landing inside the sandbox.
+fn fetch_uris(annotations: &HashMap<String, String>) -> Result<(), Status> {
+    crate::fetcher::uri::parse(annotations)
+        .map(|_| ())
+        .map_err(|e| invalid(crate::fetcher::uri::field("config"), e.reason))
+}
+
 /// RunPodSandbox's config.
 pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
     if !config.hostname.is_empty() {
@@ -53,6 +61,7 @@ pub fn pod_config(config: &cri::PodSandboxConfig) -> Result<(), Status> {
         ));
     }
     sizes("config", &config.labels, &config.annotations)?;
+    fetch_uris(&config.annotations)?;
     if let Some(dns) = &config.dns_config {
         dns_config(dns)?;
     }
@@ -210,6 +219,7 @@ pub fn container_config(config: &cri::ContainerConfig) -> Result<(), Status> {
         log_path(&config.log_path).map_err(|r| invalid("config.log_path", r))?;
     }
     sizes("config", &config.labels, &config.annotations)?;
+    fetch_uris(&config.annotations)?;
     if let Some(options) = config
         .linux
         .as_ref()

@@ -336,6 +336,23 @@ impl Flags {
                 .mirrors
                 .push(endpoint.clone());
         }
+        // The cache directory is emptied at start: it must not hold what the daemon keeps.
+        for (flag, kept) in [
+            ("work_dir", &self.work_dir),
+            ("runtime_dir", &self.runtime_dir),
+            ("docker_store_dir", &self.docker_store_dir),
+        ] {
+            if self.fetcher_cache_size > 0 && kept.starts_with(&self.fetcher_cache_dir) {
+                return Err(FlagError::Invalid {
+                    flag: "fetcher_cache_dir",
+                    value: self.fetcher_cache_dir.display().to_string(),
+                    reason: format!(
+                        "is emptied when the daemon starts, and holds --{flag} {}",
+                        kept.display()
+                    ),
+                });
+            }
+        }
         match (&self.streaming_tls_cert_file, &self.streaming_tls_key_file) {
             (Some(p), None) | (None, Some(p)) => {
                 let flag = if self.streaming_tls_cert_file.is_some() {
@@ -421,6 +438,19 @@ fn load_file(path: &Path) -> Result<FileConfig, FlagError> {
                     serde_norway::Value::Bool(b) => b.to_string(),
                     serde_norway::Value::Number(n) => n.to_string(),
                     serde_norway::Value::String(s) => s,
+                    // A YAML list for the comma-list flags.
+                    serde_norway::Value::Sequence(items) => {
+                        let mut parts = Vec::with_capacity(items.len());
+                        for item in items {
+                            parts.push(match item {
+                                serde_norway::Value::String(s) => s,
+                                serde_norway::Value::Number(n) => n.to_string(),
+                                serde_norway::Value::Bool(b) => b.to_string(),
+                                _ => return Err(bad(format!("{key}: expected a list of values"))),
+                            });
+                        }
+                        parts.join(",")
+                    }
                     _ => return Err(bad(format!("{key}: expected a single value"))),
                 };
                 file.flags.insert(name, text);
@@ -580,6 +610,46 @@ mod tests {
     }
 
     #[test]
+    fn fetcher_flags_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "fetcher_file_allowlist: [/srv/artifacts, /data/x]\nfetcher_stall_timeout: 10secs\n",
+        )
+        .unwrap();
+        let flags = Flags::from_args(["cri-mesos", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            flags.fetcher_file_allowlist,
+            [PathBuf::from("/srv/artifacts"), PathBuf::from("/data/x")]
+        );
+        assert_eq!(flags.fetcher_stall_timeout, Duration::from_secs(10));
+        let flags = Flags::from_args(["cri-mesos", "--fetcher_file_allowlist=/a,/b"]).unwrap();
+        assert_eq!(flags.fetcher_file_allowlist.len(), 2);
+        for (bad, needle) in [
+            ("--fetcher_stall_timeout=0secs", "fetcher_stall_timeout"),
+            ("--fetcher_stall_timeout=10mins", "at most 5mins"),
+            ("--fetcher_file_allowlist=rel/dir", "fetcher_file_allowlist"),
+            ("--fetcher_file_allowlist=/", "other than /"),
+            ("--sandbox_directory=/", "sandbox_directory"),
+            ("--sandbox_directory=mnt/sandbox", "sandbox_directory"),
+            ("--fetcher_cache_dir=/var/lib", "emptied"),
+        ] {
+            let err = Flags::from_args(["cri-mesos", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        // Without a cache nothing is emptied.
+        Flags::from_args([
+            "cri-mesos",
+            "--fetcher_cache_dir=/var/lib",
+            "--fetcher_cache_size=0",
+        ])
+        .unwrap();
+    }
+
+    #[test]
     fn defaults_resolve_without_any_source() {
         let flags = Flags::from_args(["cri-mesos"]).unwrap();
         assert_eq!(flags.work_dir, PathBuf::from("/var/lib/cri-mesos"));
@@ -589,6 +659,9 @@ mod tests {
         );
         assert_eq!(flags.launcher, "linux");
         assert_eq!(flags.fetcher_cache_size, 2 << 30);
+        assert_eq!(flags.fetcher_stall_timeout, Duration::from_secs(60));
+        assert!(flags.fetcher_file_allowlist.is_empty());
+        assert_eq!(flags.sandbox_directory, PathBuf::from("/mnt/mesos/sandbox"));
         assert_eq!(flags.streaming_address, "127.0.0.1:0".parse().unwrap());
         assert_eq!(flags.streaming_idle_timeout, Duration::from_secs(4 * 3600));
     }

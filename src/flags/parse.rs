@@ -214,6 +214,40 @@ pub fn bytes(t: &str) -> Parsed<u64> {
     Ok(parse_bytes(t)?)
 }
 
+pub fn stall_timeout(t: &str) -> Parsed<Duration> {
+    match parse_duration(t)? {
+        d if d.is_zero() || d > Duration::from_secs(300) => {
+            Err("must be more than 0 and at most 5mins".into())
+        }
+        d => Ok(d),
+    }
+}
+
+/// An absolute path other than `/`, without `..`.
+fn proper_dir(t: &str, what: &str) -> Parsed<PathBuf> {
+    let path = PathBuf::from(t);
+    check_absolute(&path)?;
+    let parent_dir = path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if path.parent().is_none() || parent_dir {
+        return Err(format!("must be {what} other than / and without '..'").into());
+    }
+    Ok(path)
+}
+
+pub fn allowlist(t: &str) -> Parsed<Vec<PathBuf>> {
+    t.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| proper_dir(d, "a directory"))
+        .collect()
+}
+
+pub fn sandbox_directory(t: &str) -> Parsed<PathBuf> {
+    proper_dir(t, "a container path")
+}
+
 pub fn recover(t: &str) -> Parsed<Recover> {
     match t.trim() {
         "reconnect" => Ok(Recover::Reconnect),

@@ -68,10 +68,16 @@ flag_table! {
     network_cni_root_dir_persist: bool = default("true") => boolean;
     /// `reconnect` to what runs, or `cleanup`: destroy every pod and container found at start, then start empty
     recover: Recover = default("reconnect") => recover;
-    /// fetcher cache
+    /// fetcher cache; emptied when the daemon starts (as Mesos does), so it may not hold the work, runtime or store dir
     fetcher_cache_dir: PathBuf = computed("`<work_dir>/fetch`", work_dir.join("fetch")) => absolute_path;
-    /// fetcher cache size (B, KB, MB, GB, TB)
+    /// fetcher cache size (B, KB, MB, GB, TB); `0` disables the cache
     fetcher_cache_size: u64 = default("2GB") => bytes;
+    /// a fetch with no byte for this long fails StartContainer naming the URI (more than 0, at most `5mins`: the HTTP client's own read timeout)
+    fetcher_stall_timeout: Duration = default("1mins") => stall_timeout;
+    /// comma list (a YAML list in the file) of host directories `file` fetch URIs may read from; none: `file` URIs are refused
+    fetcher_file_allowlist: Vec<PathBuf> = default("") => allowlist;
+    /// where each container sees its sandbox directory (`MESOS_SANDBOX`)
+    sandbox_directory: PathBuf = default("/mnt/mesos/sandbox") => sandbox_directory;
     /// how often `disk/du` measures each container (ns, us, ms, secs, mins, hrs, days, weeks)
     container_disk_watch_interval: Duration = default("15secs") => duration;
     /// kill containers past their disk limit (annotation `cri-mesos.io/disk-limit`)

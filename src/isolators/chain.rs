@@ -183,6 +183,16 @@ pub struct ContainerPrep<'a> {
     /// Every other container the containerizer knows, in any pod: what a container may
     /// refer to (the target of a TARGET pid namespace).
     pub peers: &'a [ContainerPeer],
+    /// The container's sandbox, where the fetcher puts its URIs; `None`: it has none.
+    pub sandbox: Option<SandboxMount<'a>>,
+}
+
+/// A container's sandbox: Mesos's per-container work directory on the host, and where
+/// the container sees it (`--sandbox_directory`, `MESOS_SANDBOX`).
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxMount<'a> {
+    pub host: &'a Path,
+    pub container: &'a Path,
 }
 
 /// What `update` sees of a container (UpdateContainerResources).

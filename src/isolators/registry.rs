@@ -300,6 +300,7 @@ nogroup:x:65534:
                 writable: Some(&rootfs),
                 cgroup: &self.cgroup,
                 peers: &self.peers,
+                sandbox: None,
             };
             isolator.prepare(&prep, launch).await
         }

@@ -32,11 +32,12 @@ use super::records::{ContainerRecord, PodRecord};
 use super::{ContainerizerError, MesosState, Result, new_id, now_ns};
 use crate::cgroups::{Cgroup, Hierarchies};
 use crate::failpoint;
+use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::flags::Flags;
 use crate::inflight::Inflight;
 use crate::isolators::chain::{
     ContainerPeer, ContainerPrep, Isolator, Limitation, NsMode, PodInfo, PodIsolation,
-    PodNamespaces, PodNetwork, PodPrep,
+    PodNamespaces, PodNetwork, PodPrep, SandboxMount,
 };
 use crate::isolators::registry::{self, IsolatorContext};
 use crate::launcher::linux::{LinuxLauncher, LinuxPodHost};
@@ -79,6 +80,7 @@ pub struct Parts {
     pub hierarchies: Hierarchies,
     pub launcher: Arc<dyn Launcher>,
     pub pod_host: Arc<dyn PodHost>,
+    pub fetcher: Arc<Fetcher>,
 }
 
 pub struct MesosContainerizer {
@@ -88,6 +90,7 @@ pub struct MesosContainerizer {
     hierarchies: Hierarchies,
     launcher: Arc<dyn Launcher>,
     pod_host: Arc<dyn PodHost>,
+    fetcher: Arc<Fetcher>,
     tables: Mutex<Tables>,
     /// Lifecycle calls of one pod (and its containers) take its lock in turn.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -186,6 +189,8 @@ impl MesosContainerizer {
         })?;
         let isolators = registry::build(&chain, &context);
         let launcher = LinuxLauncher::new(SupervisorBinary::in_dir(&flags.launcher_dir)?);
+        let fetcher = Fetcher::new(FetcherConfig::from_flags(&flags))
+            .map_err(ContainerizerError::Internal)?;
         Self::with_parts(Parts {
             flags,
             provisioner,
@@ -193,6 +198,7 @@ impl MesosContainerizer {
             hierarchies,
             launcher: Arc::new(launcher),
             pod_host: Arc::new(LinuxPodHost),
+            fetcher: Arc::new(fetcher),
         })
     }
 
@@ -205,12 +211,21 @@ impl MesosContainerizer {
             hierarchies,
             launcher,
             pod_host,
+            fetcher,
         } = parts;
         for dir in [
             meta_dir(&flags).join("pods"),
             meta_dir(&flags).join("containers"),
+            sandboxes_dir(&flags),
         ] {
             std::fs::create_dir_all(&dir).map_err(ContainerizerError::io(&dir))?;
+        }
+        // Sandboxes hold what pods fetched, possibly secrets: the host's root only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = sandboxes_dir(&flags);
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(ContainerizerError::io(&dir))?;
         }
         let events = Arc::new(Events::default());
         let exit_watcher = tokio::runtime::Handle::try_current().ok().and_then(|_| {
@@ -235,6 +250,7 @@ impl MesosContainerizer {
             hierarchies,
             launcher,
             pod_host,
+            fetcher,
             tables: Mutex::new(Tables::default()),
             locks: Mutex::new(HashMap::new()),
             creations: Inflight::default(),
@@ -457,6 +473,20 @@ fn meta_dir(flags: &Flags) -> PathBuf {
     flags.work_dir.join("meta")
 }
 
+/// Mesos's sandboxes, one directory per pod holding one per container.
+fn sandboxes_dir(flags: &Flags) -> PathBuf {
+    flags.work_dir.join("sandboxes")
+}
+
+/// A container's sandbox on the host: `<work_dir>/sandboxes/<pod>/containers/<cid>`, as
+/// Mesos nests a task's sandbox in its executor's.
+fn sandbox_dir(flags: &Flags, pod_id: &str, container_id: &str) -> PathBuf {
+    sandboxes_dir(flags)
+        .join(pod_id)
+        .join("containers")
+        .join(container_id)
+}
+
 /// Finds by full id or by a unique prefix (crictl shows shortened ids).
 fn find<'a, T>(map: &'a HashMap<String, T>, id: &str) -> Option<&'a T> {
     if let Some(found) = map.get(id) {
@@ -565,6 +595,7 @@ impl super::Containerizer for MesosContainerizer {
                 "isolatorStatus": isolators,
                 "process": record.process,
                 "stopSignal": record.stop_signal,
+                "sandbox": sandbox_dir(&self.flags, &record.pod_id, &record.id),
             }));
         }
         let pod = self.find_pod(&id.value)?;

@@ -20,6 +20,10 @@ impl MesosContainerizer {
             )));
         }
         check_log_path(&pod.info.config.log_directory, &config.log_path).await?;
+        // The CRI layer checked each annotation's shape; the allow-list is the fetcher's.
+        crate::fetcher::uri::for_container(&pod.info.config.annotations, &config.annotations)
+            .and_then(|uris| self.fetcher.check(&uris))
+            .map_err(|e| invalid(&crate::fetcher::uri::field("config"), &e.reason))?;
         let pod_id = pod.info.id.clone();
         let key = container_key(&pod_id, &meta);
         let id = reserve(
@@ -150,6 +154,7 @@ impl MesosContainerizer {
             ..Default::default()
         };
         let peers = self.peers_of(&record.id);
+        let sandbox = sandbox_dir(&self.flags, &pod.info.id, &record.id);
         let prep = ContainerPrep {
             id: &record.id,
             pod: &pod.info,
@@ -159,9 +164,48 @@ impl MesosContainerizer {
             writable: provisioned.writable.as_deref(),
             cgroup: &record.cgroup,
             peers: &peers,
+            sandbox: Some(SandboxMount {
+                host: &sandbox,
+                container: &self.flags.sandbox_directory,
+            }),
         };
         for isolator in &self.isolators {
             isolator.prepare(&prep, &mut launch).await?;
+        }
+        // As Mesos: the container finds its sandbox by MESOS_SANDBOX, where it is mounted,
+        // or on the host when it has no rootfs of its own (no filesystem/linux).
+        let seen_at = if launch.mounts.iter().any(|m| m.source == sandbox) {
+            Some(self.flags.sandbox_directory.clone())
+        } else if launch.rootfs.as_os_str().is_empty() {
+            Some(sandbox.clone())
+        } else {
+            None
+        };
+        let fetches = !crate::fetcher::uri::for_container(
+            &pod.info.config.annotations,
+            &record.config.annotations,
+        )
+        .unwrap_or_default()
+        .is_empty();
+        if seen_at.is_none() && fetches {
+            return Err(ContainerizerError::FailedPrecondition(format!(
+                "{}: the container's sandbox cannot be mounted at {} (a CRI mount covers \
+                 it, or the rootfs is read-only, as the bind backend makes it, and the image \
+                 has no such directory), so what the fetcher fetched would not reach it",
+                crate::fetcher::uri::field("config"),
+                self.flags.sandbox_directory.display()
+            )));
+        }
+        make_sandbox(&sandbox, launch.process.uid, launch.process.gid).await?;
+        launch
+            .process
+            .env
+            .retain(|e| !e.starts_with("MESOS_SANDBOX="));
+        if let Some(at) = seen_at {
+            launch
+                .process
+                .env
+                .push(format!("MESOS_SANDBOX={}", at.display()));
         }
         record.process = launch.process.clone();
         record.stop_signal = launch.stop_signal.unwrap_or(libc::SIGTERM);
@@ -235,8 +279,20 @@ impl MesosContainerizer {
             result?;
         }
         failpoint::hit("start.isolated");
-        // Nothing to fetch yet: URIs come with the fetcher.
+        // FETCHING: the URIs of the pod and the container, into its sandbox, as its user.
         record.mesos_state = MesosState::Fetching;
+        let uris = crate::fetcher::uri::for_container(
+            &pod.info.config.annotations,
+            &record.config.annotations,
+        )
+        .map_err(|e| invalid(&crate::fetcher::uri::field("config"), &e.reason))?;
+        if !uris.is_empty() {
+            let sandbox = sandbox_dir(&self.flags, &pod.info.id, &record.id);
+            let owner = (record.process.uid, record.process.gid);
+            if let Err(e) = self.fetcher.fetch(&uris, &sandbox, owner).await {
+                return self.fetch_failed(record, &pod, &sandbox, e).await;
+            }
+        }
         match self
             .launcher
             .start(&pod.supervisor_socket, &record.id, START_TIMEOUT)
@@ -273,6 +329,45 @@ impl MesosContainerizer {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A URI could not be fetched: the container never runs. Its blocked process is
+    /// killed, whatever was fetched goes, and it is EXITED with the start error.
+    async fn fetch_failed(
+        &self,
+        mut record: ContainerRecord,
+        pod: &PodRecord,
+        sandbox: &Path,
+        error: crate::fetcher::FetchError,
+    ) -> Result<()> {
+        tracing::warn!(error = %error, "fetch failed: the container does not start");
+        if let Err(e) = self
+            .launcher
+            .signal(&pod.supervisor_socket, &record.id, libc::SIGKILL, true)
+            .await
+        {
+            tracing::debug!(error = %e, "kill through the supervisor");
+        }
+        if let Err(e) = self.launcher.kill_all(&record.cgroup, KILL_TIMEOUT).await {
+            tracing::warn!(error = %e, "container processes not all killed");
+        }
+        let dir = sandbox.to_path_buf();
+        match tokio::task::spawn_blocking(move || empty_dir(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sandbox not emptied"),
+            Err(e) => tracing::warn!(error = %e, "sandbox not emptied"),
+        }
+        let message = error.to_string();
+        let _writing = self.record_writes.lock().await;
+        record.oom_killed = self.find_container(&record.id)?.oom_killed;
+        record.start_error = Some(message.clone());
+        self.checkpoint_container(&record).await?;
+        let cid = record.id.clone();
+        self.tables().containers.insert(cid.clone(), record);
+        self.events.ended_unstarted(&cid);
+        Err(ContainerizerError::FailedPrecondition(format!(
+            "failed to start container {cid}: {message}"
+        )))
     }
 
     /// StopContainer: the stop signal, then SIGKILL of the whole cgroup after `timeout`
@@ -572,6 +667,17 @@ impl MesosContainerizer {
         if let Err(e) = self.provisioner.destroy(&record.id).await {
             tracing::warn!(error = %e, "container rootfs not removed");
         }
+        // Removed with the container, as kubelet would expect of anything it cannot see.
+        let sandbox = sandbox_dir(&self.flags, &record.pod_id, &record.id);
+        match tokio::task::spawn_blocking(move || {
+            std::fs::remove_dir_all(&sandbox).or_else(ignore_missing)
+        })
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "container sandbox not removed"),
+            Err(e) => tracing::warn!(error = %e, "container sandbox not removed"),
+        }
     }
 
     /// ExecSync: runs a command in the container's namespaces and cgroup, with the
@@ -690,6 +796,45 @@ impl MesosContainerizer {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Creates a container's sandbox (its pod's directory too), owned by the container's
+/// user and private to it.
+async fn make_sandbox(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    let shown = dir.to_path_buf();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(parent) = dir.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o750).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))
+    })
+    .await
+    .map_err(|e| ContainerizerError::Internal(e.to_string()))?
+    .map_err(ContainerizerError::io(shown))
+}
+
+/// Removes everything in `dir` (never following a symlink), keeping `dir`.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// `log_path` must name a file inside the pod's `log_directory` (the CRI layer has refused

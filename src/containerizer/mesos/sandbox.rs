@@ -400,6 +400,10 @@ impl MesosContainerizer {
             record.info.cgroup.destroy()?;
         }
         let _ = std::fs::remove_dir_all(&record.info.dir);
+        let sandboxes = sandboxes_dir(&self.flags).join(&record.info.id);
+        std::fs::remove_dir_all(&sandboxes)
+            .or_else(ignore_missing)
+            .map_err(ContainerizerError::io(&sandboxes))?;
         Ok(())
     }
 

@@ -387,6 +387,10 @@ impl Env {
             pure_v2: true,
             v2_controllers: Vec::new(),
         };
+        let fetcher = Arc::new(
+            crate::fetcher::Fetcher::new(crate::fetcher::FetcherConfig::from_flags(&flags))
+                .unwrap(),
+        );
         let containerizer = MesosContainerizer::with_parts(Parts {
             flags,
             provisioner,
@@ -398,6 +402,7 @@ impl Env {
             hierarchies,
             launcher: launcher.clone(),
             pod_host: pod_host.clone(),
+            fetcher,
         })
         .unwrap();
         Env {

@@ -121,6 +121,37 @@ fn pod_mounts(container: &ContainerPrep<'_>, readonly_rootfs: bool) -> Vec<Mount
             create: CreateKind::File,
         });
     }
+    // Mesos's filesystem/linux mounts the sandbox into the container; read-write even in
+    // a read-only rootfs, as it is the container's work directory. A rootfs that is
+    // read-only from the start (the bind backend) cannot get a mount point it lacks, so
+    // the sandbox is mounted there only where the image has one (as in Mesos); the
+    // containerizer refuses fetch URIs for such a container.
+    let mount_point_possible = |at: &Path| {
+        container.writable.is_some()
+            || container
+                .rootfs
+                .join(at.strip_prefix("/").unwrap_or(at))
+                .is_dir()
+    };
+    // Nor under a CRI mount (often read-only; a host directory either way, which the
+    // mount point would be made in).
+    let under_cri_mount = |at: &Path| taken.iter().any(|t| at.starts_with(t));
+    if let Some(sandbox) = container.sandbox
+        && !under_cri_mount(&super::clean_container_path(
+            &sandbox.container.to_string_lossy(),
+        ))
+        && mount_point_possible(sandbox.container)
+    {
+        mounts.push(MountSpec {
+            source: sandbox.host.to_path_buf(),
+            destination: sandbox.container.to_path_buf(),
+            fstype: None,
+            options: ["rbind", "rprivate", "nosuid", "nodev"]
+                .map(String::from)
+                .to_vec(),
+            create: CreateKind::Dir,
+        });
+    }
     if is_free("/dev/shm") {
         mounts.push(MountSpec {
             source: pod.shm(),
@@ -333,6 +364,77 @@ mod tests {
             shm.options,
             ["rbind", "rprivate", "nosuid", "nodev", "noexec"]
         );
+    }
+
+    /// `prepare` with a sandbox, over a writable rootfs or a read-only one (the bind
+    /// backend's).
+    async fn prepare_with_sandbox(
+        f: &Fixture,
+        host: &Path,
+        at: &Path,
+        writable: bool,
+    ) -> LaunchInfo {
+        let rootfs = f.rootfs();
+        let writable = writable.then_some(rootfs.as_path());
+        let prep = ContainerPrep {
+            id: "c1",
+            pod: &f.pod,
+            config: &f.config,
+            image: &f.image,
+            rootfs: &rootfs,
+            writable,
+            cgroup: &f.cgroup,
+            peers: &f.peers,
+            sandbox: Some(crate::isolators::chain::SandboxMount {
+                host,
+                container: at,
+            }),
+        };
+        let mut launch = LaunchInfo::default();
+        LinuxFilesystem.prepare(&prep, &mut launch).await.unwrap();
+        launch
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_is_mounted_unless_a_cri_mount_takes_its_path() {
+        let mut f = Fixture::new();
+        let (host, at) = (
+            f.dir.path().join("sandbox"),
+            Path::new("/mnt/mesos/sandbox"),
+        );
+        let launch = prepare_with_sandbox(&f, &host, at, true).await;
+        let sandbox = launch
+            .mounts
+            .iter()
+            .find(|m| m.destination == at)
+            .expect("the sandbox is mounted");
+        assert_eq!(sandbox.source, host);
+        assert_eq!(sandbox.options, ["rbind", "rprivate", "nosuid", "nodev"]);
+        assert_eq!(sandbox.create, CreateKind::Dir);
+        for path in ["/mnt/mesos/sandbox/", "/mnt"] {
+            f.config.mounts = vec![cri::Mount {
+                container_path: path.into(),
+                host_path: "/srv".into(),
+                readonly: true,
+                ..Default::default()
+            }];
+            let launch = prepare_with_sandbox(&f, &host, at, true).await;
+            assert!(!launch.mounts.iter().any(|m| m.source == host), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_only_backend_gets_the_sandbox_only_where_the_image_has_its_mount_point() {
+        let f = Fixture::new();
+        let (host, at) = (
+            f.dir.path().join("sandbox"),
+            Path::new("/mnt/mesos/sandbox"),
+        );
+        let launch = prepare_with_sandbox(&f, &host, at, false).await;
+        assert!(!launch.mounts.iter().any(|m| m.source == host));
+        fs::create_dir_all(f.rootfs().join("mnt/mesos/sandbox")).unwrap();
+        let launch = prepare_with_sandbox(&f, &host, at, false).await;
+        assert!(launch.mounts.iter().any(|m| m.source == host));
     }
 
     #[tokio::test]

@@ -132,7 +132,7 @@ fn is_loopback(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn build_client(ca: Option<&Path>) -> Result<reqwest::Client, ProviderError> {
+pub(crate) fn build_client(ca: Option<&Path>) -> Result<reqwest::Client, ProviderError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("cri-mesos/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
