@@ -472,3 +472,80 @@ async fn a_disk_limit_without_enforcement_is_refused() {
     assert!(env.containers().await.is_empty());
     env.stop_remove_pod(&pod_id).await;
 }
+
+/// `disk/du` after a daemon crash: a container that ran on is measured again and held to
+/// its quota, as before (its state is rebuilt from the checkpoints at recovery).
+#[tokio::test]
+#[ignore = "needs root"]
+async fn disk_measures_and_quotas_survive_a_daemon_crash() {
+    let mut env = Env::start(&[
+        "--container_disk_watch_interval=1secs",
+        "--enforce_container_disk_quota",
+    ])
+    .await;
+    let image = env.images.busybox.reference();
+    env.pull(&image).await;
+    let pod = env.pod_config("disk-recovery");
+    let pod_id = env.run_pod(&pod).await;
+    // Within its quota until told (a file in its rootfs), then past it.
+    let mut hog = container(
+        "hog",
+        &image,
+        &[
+            "sh",
+            "-c",
+            "head -c 4194304 /dev/zero > /small; \
+             while [ ! -e /go ]; do sleep 0.2; done; \
+             head -c 20971520 /dev/zero > /data; sleep 1000",
+        ],
+    );
+    hog.annotations
+        .insert("cri-mesos.io/disk-limit".into(), "10Mi".into());
+    let hog = env.run(&pod_id, &pod, hog).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stats(&mut env, &hog)
+        .await
+        .writable_layer
+        .is_none_or(|l| l.used_bytes.unwrap().value < 4 * MIB)
+    {
+        assert!(std::time::Instant::now() < deadline, "no first measure");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    env.daemon.kill9().unwrap();
+    env.daemon.restart().await.unwrap();
+    env.runtime = env.daemon.runtime_client().await.unwrap();
+    env.image = env.daemon.image_client().await.unwrap();
+    // Measured again after the restart, without being created again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let layer = loop {
+        if let Some(layer) = stats(&mut env, &hog).await.writable_layer {
+            break layer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not measured after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(layer.used_bytes.unwrap().value >= 4 * MIB);
+    assert_eq!(
+        env.status(&hog).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+
+    // Past the quota now: killed, with the quota named, as before the crash.
+    let touched = env.exec(&hog, &["touch", "/go"], 10).await.unwrap();
+    assert_eq!(touched.exit_code, 0, "{touched:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = env.status(&hog).await;
+        if status.state == cri::ContainerState::ContainerExited as i32 {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.reason, "DiskQuotaExceeded", "{status:?}");
+    env.stop_remove_pod(&pod_id).await;
+}

@@ -195,6 +195,19 @@ pub struct SandboxMount<'a> {
     pub container: &'a Path,
 }
 
+/// What recovery knows of a checkpointed container, for an isolator to rebuild its state.
+#[derive(Debug)]
+pub struct RecoveredContainer<'a> {
+    pub id: &'a str,
+    pub pod: &'a PodInfo,
+    pub config: &'a cri::ContainerConfig,
+    /// Where its writes land on the host, as at its creation (`None`: read-only).
+    pub writable: Option<PathBuf>,
+    pub log: Option<&'a Path>,
+    /// Started and not exited: it runs on after the restart.
+    pub running: bool,
+}
+
 /// What `update` sees of a container (UpdateContainerResources).
 #[derive(Debug)]
 pub struct ContainerUpdate<'a> {
@@ -224,9 +237,9 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
     fn name(&self) -> IsolatorName;
 
     /// Rebuilds the isolator's state after a daemon restart from the checkpointed
-    /// containers (`known`); containers it holds state for but not in `known` are orphans
-    /// the isolator releases.
-    async fn recover(&self, _known: &[String]) -> Result<(), IsolatorError> {
+    /// containers (`known`, as Mesos hands isolators their `ContainerState`s); containers
+    /// it holds state for but not in `known` are orphans the isolator releases.
+    async fn recover(&self, _known: &[RecoveredContainer<'_>]) -> Result<(), IsolatorError> {
         Ok(())
     }
 

@@ -623,6 +623,21 @@ impl Provisioner {
         })
     }
 
+    /// Where container `cid`'s writes land, from its checkpoint, as `provision` said then
+    /// (recovery rebuilds what measures them); `None` for a read-only backend, a rootfs
+    /// another backend made, or none.
+    pub fn writable_of(&self, cid: &str) -> Option<PathBuf> {
+        let container_dir = self.containers_dir.join(cid);
+        let checkpoint: ContainerRootfs = state::recover(&container_dir.join("rootfs.json"))
+            .ok()
+            .flatten()?;
+        if checkpoint.backend != self.backend.name() {
+            return None;
+        }
+        let (rootfs, scratch) = paths(&container_dir, &checkpoint);
+        self.backend.writable(&rootfs, &scratch)
+    }
+
     /// Removes container `cid`'s rootfs (idempotent; unknown containers are fine).
     pub async fn destroy(&self, cid: &str) -> Result<(), ProvisionError> {
         let container_dir = self.containers_dir.join(cid);

@@ -547,7 +547,7 @@ impl MesosContainerizer {
     /// Mesos's `watch`: each isolator that enforces a limit (a disk quota) is awaited
     /// while the container runs; the first limit reached kills the container, and its
     /// status says which.
-    fn watch_limits(&self, id: &str) {
+    pub(super) fn watch_limits(&self, id: &str) {
         let Some(this) = self.me.upgrade() else {
             return;
         };

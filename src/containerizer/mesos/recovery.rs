@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::flags::Recover;
+use crate::isolators::chain::RecoveredContainer;
 
 /// ContainerStatus.reason of a container (and the pod's `lost`) a reboot ended.
 pub(super) const NODE_REBOOTED: &str = "NodeRebooted";
@@ -87,8 +88,36 @@ impl MesosContainerizer {
         self.recover_half_done().await;
         // Step 4: each isolator's recover with the containers that are known.
         let known: Vec<String> = self.tables().containers.keys().cloned().collect();
+        let (records, pods): (Vec<ContainerRecord>, HashMap<String, PodInfo>) = {
+            let tables = self.tables();
+            (
+                tables.containers.values().cloned().collect(),
+                tables
+                    .pods
+                    .iter()
+                    .map(|(id, p)| (id.clone(), p.info.clone()))
+                    .collect(),
+            )
+        };
+        let states: Vec<RecoveredContainer<'_>> = records
+            .iter()
+            .filter_map(|c| {
+                Some(RecoveredContainer {
+                    id: &c.id,
+                    pod: pods.get(&c.pod_id)?,
+                    config: &c.config,
+                    writable: self.provisioner.writable_of(&c.id),
+                    log: c.log_path.as_deref(),
+                    running: c.cri_state(&c.exit()) == cri::ContainerState::ContainerRunning,
+                })
+            })
+            .collect();
         for isolator in &self.isolators {
-            isolator.recover(&known).await?;
+            isolator.recover(&states).await?;
+        }
+        // What runs on is held to its limits again (Mesos's `watch` after recovery).
+        for c in states.iter().filter(|c| c.running) {
+            self.watch_limits(c.id);
         }
         // Step 5: exits that happened while the daemon was away; their OOM answer is
         // read now, while their cgroups still hold it.

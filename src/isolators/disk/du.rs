@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::isolators::IsolatorName;
 use crate::isolators::chain::{
-    ContainerPrep, Isolator, IsolatorError, Limitation, ResourceStatistics,
+    ContainerPrep, Isolator, IsolatorError, Limitation, PodInfo, RecoveredContainer,
+    ResourceStatistics,
 };
 
 /// The annotation that carries a container's (or its pod's) disk limit.
@@ -68,6 +69,56 @@ impl DiskDu {
 
     fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {
         self.watched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Measures the container every interval on a task of its own until it goes.
+    fn start_measuring(&self, container_id: &str) {
+        let (interval, enforce, watched) = (self.interval, self.enforce, self.watched.clone());
+        let id = container_id.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let paths = {
+                    let w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(entry) = w.get(&id) else { return };
+                    (entry.writable.clone(), entry.log.clone())
+                };
+                let (writable, log) = tokio::task::spawn_blocking(move || {
+                    let writable = paths.0.as_deref().map(measure).unwrap_or_default();
+                    let log = paths.1.as_deref().map(measure).unwrap_or_default();
+                    (writable, log.bytes)
+                })
+                .await
+                .unwrap_or_default();
+                let used = writable.bytes + log;
+                {
+                    let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(entry) = w.get_mut(&id) else { return };
+                    entry.used = Some(Measure {
+                        writable,
+                        with_log: used,
+                        at_ns: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as i64)
+                            .unwrap_or_default(),
+                    });
+                    if let Some(limit) = entry.limit.filter(|l| enforce && used > *l) {
+                        let _ = entry.limitation.send(Some(Limitation {
+                            reason: REASON.into(),
+                            message: format!(
+                                "the container used {used} bytes of disk, past its quota of {limit} bytes ({LIMIT_ANNOTATION})"
+                            ),
+                        }));
+                        return;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        if let Some(entry) = self.watched().get_mut(container_id) {
+            entry.task = Some(task);
+        } else {
+            task.abort();
+        }
     }
 }
 
@@ -124,16 +175,16 @@ pub fn measure(path: &Path) -> Usage {
     usage
 }
 
-fn limit_of(container: &ContainerPrep<'_>) -> Result<Option<u64>, IsolatorError> {
-    let found = container
-        .config
+fn limit_of(
+    config: &k8s_cri::v1::ContainerConfig,
+    pod: &PodInfo,
+) -> Result<Option<u64>, IsolatorError> {
+    let found = config
         .annotations
         .get(LIMIT_ANNOTATION)
         .map(|v| (format!("config.annotations[{LIMIT_ANNOTATION}]"), v))
         .or_else(|| {
-            container
-                .pod
-                .config
+            pod.config
                 .annotations
                 .get(LIMIT_ANNOTATION)
                 .map(|v| (format!("sandbox_config.annotations[{LIMIT_ANNOTATION}]"), v))
@@ -164,7 +215,7 @@ impl Isolator for DiskDu {
         container: &ContainerPrep<'_>,
         launch: &mut LaunchInfo,
     ) -> Result<(), IsolatorError> {
-        let limit = limit_of(container)?;
+        let limit = limit_of(container.config, container.pod)?;
         if limit.is_some() && !self.enforce {
             return Err(IsolatorError::FailedPrecondition {
                 field: format!("config.annotations[{LIMIT_ANNOTATION}]"),
@@ -185,57 +236,37 @@ impl Isolator for DiskDu {
         Ok(())
     }
 
-    /// The container runs: measure it from now on.
-    async fn isolate(&self, container_id: &str, _pid: i32) -> Result<(), IsolatorError> {
-        let (interval, enforce, watched) = (self.interval, self.enforce, self.watched.clone());
-        let id = container_id.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                let paths = {
-                    let w = watched.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(entry) = w.get(&id) else { return };
-                    (entry.writable.clone(), entry.log.clone())
-                };
-                let (writable, log) = tokio::task::spawn_blocking(move || {
-                    let writable = paths.0.as_deref().map(measure).unwrap_or_default();
-                    let log = paths.1.as_deref().map(measure).unwrap_or_default();
-                    (writable, log.bytes)
-                })
-                .await
-                .unwrap_or_default();
-                let used = writable.bytes + log;
-                {
-                    let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(entry) = w.get_mut(&id) else { return };
-                    entry.used = Some(Measure {
-                        writable,
-                        with_log: used,
-                        at_ns: std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos() as i64)
-                            .unwrap_or_default(),
-                    });
-                    if let Some(limit) = entry.limit.filter(|l| enforce && used > *l) {
-                        let _ = entry.limitation.send(Some(Limitation {
-                            reason: REASON.into(),
-                            message: format!(
-                                "the container used {used} bytes of disk, past its quota of {limit} bytes ({LIMIT_ANNOTATION})"
-                            ),
-                        }));
-                        return;
-                    }
-                }
-                tokio::time::sleep(interval).await;
-            }
-        });
-        if let Some(entry) = self.watched().get_mut(container_id) {
-            entry.task = Some(task);
-        } else {
-            task.abort();
+    /// The containers that ran on while the daemon was away are measured again and held
+    /// to their limits, as when they started.
+    async fn recover(&self, known: &[RecoveredContainer<'_>]) -> Result<(), IsolatorError> {
+        for c in known.iter().filter(|c| c.running) {
+            // A limit that was accepted at creation; one that no longer parses measures
+            // the container without holding it to anything rather than failing recovery.
+            let limit = limit_of(c.config, c.pod).unwrap_or_else(|e| {
+                tracing::warn!(container_id = c.id, error = %e, "disk limit not recovered");
+                None
+            });
+            self.watched().insert(
+                c.id.to_string(),
+                Watched {
+                    writable: c.writable.clone(),
+                    log: c.log.map(Path::to_path_buf),
+                    limit,
+                    used: None,
+                    limitation: watch::channel(None).0,
+                    task: None,
+                },
+            );
+            self.start_measuring(c.id);
         }
         Ok(())
     }
 
+    /// The container runs: measure it from now on.
+    async fn isolate(&self, container_id: &str, _pid: i32) -> Result<(), IsolatorError> {
+        self.start_measuring(container_id);
+        Ok(())
+    }
     async fn watch(&self, container_id: &str) -> Option<Limitation> {
         let mut rx = self.watched().get(container_id)?.limitation.subscribe();
         loop {
