@@ -1235,6 +1235,57 @@ async fn a_soak_with_daemon_kills_leaks_nothing() {
     );
 }
 
+/// A pod of the supervisor-death and reboot tests: one running container, one created.
+struct TwoContainerPod {
+    id: String,
+    config: cri::PodSandboxConfig,
+    running: String,
+    created: String,
+    supervisor: i32,
+    cgroup: String,
+    /// The running container's process.
+    pid: i32,
+}
+
+async fn pods_with_a_running_and_a_created_container(
+    env: &mut Env,
+    image: &str,
+    names: &[&str],
+) -> Vec<TwoContainerPod> {
+    let mut pods = Vec::new();
+    for name in names {
+        let config = pod(env, name, &[], None);
+        let id = env.run_pod(&config).await;
+        let running = env.run(&id, &config, sleeper(image)).await;
+        let created = env
+            .create(&id, &config, container("idle", image, &["sleep", "100000"]))
+            .await
+            .unwrap();
+        let (_, info) = status(env, &id).await;
+        let supervisor = info["supervisorPid"].as_i64().unwrap() as i32;
+        let cgroup = info["cgroup"].as_str().unwrap().to_string();
+        let pid = env.verbose_info(&running).await["pid"].as_i64().unwrap() as i32;
+        pods.push(TwoContainerPod {
+            id,
+            config,
+            running,
+            created,
+            supervisor,
+            cgroup,
+            pid,
+        });
+    }
+    pods
+}
+
+/// What a pod's network and namespaces leave when all went well: nothing.
+fn assert_no_network_left(env: &Env, bridge: &str) {
+    assert_eq!(env.mounts_under_daemon(), Vec::<String>::new());
+    assert_eq!(nsfs_mounts_under(env.daemon.dir()), Vec::<String>::new());
+    assert_eq!(cni_state(env), Vec::<String>::new());
+    assert_eq!(bridge_ports(bridge), Vec::<String>::new());
+}
+
 fn kill9(pid: i32) {
     use nix::sys::signal::{Signal, kill};
     kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
@@ -1281,40 +1332,35 @@ async fn a_dead_supervisor_turns_its_pod_notready_and_teardown_leaves_nothing() 
         .await
         .unwrap()
         .into_inner();
-    let mut pods = Vec::new();
-    for name in ["orphaned-live", "orphaned-away"] {
-        let config = pod(&env, name, &[], None);
-        let id = env.run_pod(&config).await;
-        let running = env.run(&id, &config, sleeper(&image)).await;
-        let created = env
-            .create(
-                &id,
-                &config,
-                container("idle", &image, &["sleep", "100000"]),
-            )
-            .await
-            .unwrap();
-        let (_, info) = status(&mut env, &id).await;
-        let supervisor = info["supervisorPid"].as_i64().unwrap() as i32;
-        let cgroup = info["cgroup"].as_str().unwrap().to_string();
-        let pid = env.verbose_info(&running).await["pid"].as_i64().unwrap() as i32;
-        pods.push((id, config, running, created, supervisor, cgroup, pid));
-    }
+    let pods = pods_with_a_running_and_a_created_container(
+        &mut env,
+        &image,
+        &["orphaned-live", "orphaned-away"],
+    )
+    .await;
     let leased = net.leased("svdeath");
     assert_eq!(leased.len(), 2, "{leased:?}");
 
     // One supervisor dies under the running daemon, the other while it is away.
-    kill9(pods[0].4);
-    let (id, _, running, created, ..) = &pods[0];
-    wait_lost(&mut env, id, &[running, created]).await;
+    kill9(pods[0].supervisor);
+    let p = &pods[0];
+    wait_lost(&mut env, &p.id, &[&p.running, &p.created]).await;
     env.daemon.kill9().unwrap();
-    kill9(pods[1].4);
+    kill9(pods[1].supervisor);
     env.daemon.restart().await.unwrap();
     env.runtime = env.daemon.runtime_client().await.unwrap();
-    let (id, _, running, created, ..) = &pods[1];
-    wait_lost(&mut env, id, &[running, created]).await;
+    let p = &pods[1];
+    wait_lost(&mut env, &p.id, &[&p.running, &p.created]).await;
 
-    for (id, config, running, created, _, _, pid) in &pods {
+    for TwoContainerPod {
+        id,
+        config,
+        running,
+        created,
+        pid,
+        ..
+    } in &pods
+    {
         assert!(
             !common::process_alive(*pid),
             "container process {pid} killed"
@@ -1340,7 +1386,7 @@ async fn a_dead_supervisor_turns_its_pod_notready_and_teardown_leaves_nothing() 
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     }
     // The live death was announced: the running container's stop and the pod's.
-    let (live_pod, live_container) = (pods[0].0.clone(), pods[0].2.clone());
+    let (live_pod, live_container) = (pods[0].id.clone(), pods[0].running.clone());
     let mut stopped = std::collections::HashSet::new();
     while !(stopped.contains(&live_pod) && stopped.contains(&live_container)) {
         let event = tokio::time::timeout(T, events.message())
@@ -1353,29 +1399,26 @@ async fn a_dead_supervisor_turns_its_pod_notready_and_teardown_leaves_nothing() 
         }
     }
 
-    let ids: std::collections::HashSet<String> = pods.iter().map(|p| p.0.clone()).collect();
-    for (id, _, running, ..) in &pods {
+    let ids: std::collections::HashSet<String> = pods.iter().map(|p| p.id.clone()).collect();
+    for p in &pods {
         env.runtime
             .remove_container(cri::RemoveContainerRequest {
-                container_id: running.clone(),
+                container_id: p.running.clone(),
             })
             .await
             .unwrap();
-        env.stop_remove_pod(id).await;
+        env.stop_remove_pod(&p.id).await;
     }
     assert!(env.pods().await.is_empty() && env.containers().await.is_empty());
     assert_eq!(net.leased("svdeath"), Vec::<String>::new());
-    assert_eq!(env.mounts_under_daemon(), Vec::<String>::new());
-    assert_eq!(nsfs_mounts_under(env.daemon.dir()), Vec::<String>::new());
-    assert_eq!(cni_state(&env), Vec::<String>::new());
-    assert_eq!(bridge_ports("cmt-svdeath"), Vec::<String>::new());
+    assert_no_network_left(&env, "cmt-svdeath");
     let ids_vec: Vec<String> = ids.iter().cloned().collect();
     assert_eq!(
         iptables_leftovers("svdeath", &ids_vec),
         Vec::<String>::new()
     );
     assert_eq!(cgroups_named(&ids), Vec::<PathBuf>::new());
-    for (.., cgroup, _) in &pods {
+    for TwoContainerPod { cgroup, .. } in &pods {
         for hierarchy in common::cgroup_hierarchies() {
             assert!(!hierarchy.join(cgroup).exists(), "cgroup {cgroup} left");
         }
@@ -1433,24 +1476,12 @@ async fn after_a_reboot_pods_are_notready_containers_exited_and_ips_released() {
     let config = net.bridge("reboot", "cmt-reboot", "10.217.0.0/24", Value::Null);
     net.write("10-reboot.conflist", &config);
     let (mut env, image) = start_env(&net, "30s").await;
-    let mut pods = Vec::new();
-    for name in ["rebooted-a", "rebooted-b"] {
-        let config = pod(&env, name, &[], None);
-        let id = env.run_pod(&config).await;
-        let running = env.run(&id, &config, sleeper(&image)).await;
-        let created = env
-            .create(
-                &id,
-                &config,
-                container("idle", &image, &["sleep", "100000"]),
-            )
-            .await
-            .unwrap();
-        let (_, info) = status(&mut env, &id).await;
-        let cgroup = info["cgroup"].as_str().unwrap().to_string();
-        let supervisor = info["supervisorPid"].as_i64().unwrap() as i32;
-        pods.push((id, running, created, cgroup, supervisor));
-    }
+    let pods = pods_with_a_running_and_a_created_container(
+        &mut env,
+        &image,
+        &["rebooted-a", "rebooted-b"],
+    )
+    .await;
     assert_eq!(net.leased("reboot").len(), 2);
     let boot_id_file = env.daemon.work_dir().join("meta/boot_id");
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
@@ -1462,14 +1493,14 @@ async fn after_a_reboot_pods_are_notready_containers_exited_and_ips_released() {
     env.daemon.kill9().unwrap();
     // The supervisors first, so that none records its containers' deaths: a reboot
     // gives them no chance to.
-    for (.., supervisor) in &pods {
-        kill9(*supervisor);
-        while common::process_alive(*supervisor) {
+    for p in &pods {
+        kill9(p.supervisor);
+        while common::process_alive(p.supervisor) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    for (.., cgroup, _) in &pods {
-        destroy_cgroup_tree(cgroup);
+    for p in &pods {
+        destroy_cgroup_tree(&p.cgroup);
     }
     let (work, run) = (
         env.daemon.work_dir().to_path_buf(),
@@ -1488,7 +1519,13 @@ async fn after_a_reboot_pods_are_notready_containers_exited_and_ips_released() {
         std::fs::read_to_string(&boot_id_file).unwrap().trim(),
         boot_id.trim()
     );
-    for (id, running, created, ..) in &pods {
+    for TwoContainerPod {
+        id,
+        running,
+        created,
+        ..
+    } in &pods
+    {
         let (status, info) = status(&mut env, id).await;
         assert_eq!(
             status.state,
@@ -1513,14 +1550,11 @@ async fn after_a_reboot_pods_are_notready_containers_exited_and_ips_released() {
             assert!(status.message.contains("rebooted"), "{status:?}");
         }
     }
-    for (id, ..) in &pods {
-        env.stop_remove_pod(id).await;
+    for p in &pods {
+        env.stop_remove_pod(&p.id).await;
     }
     assert!(env.pods().await.is_empty() && env.containers().await.is_empty());
-    assert_eq!(env.mounts_under_daemon(), Vec::<String>::new());
-    assert_eq!(nsfs_mounts_under(env.daemon.dir()), Vec::<String>::new());
-    assert_eq!(cni_state(&env), Vec::<String>::new());
-    assert_eq!(bridge_ports("cmt-reboot"), Vec::<String>::new());
+    assert_no_network_left(&env, "cmt-reboot");
     // No iptables check: a real reboot empties the kernel's tables, this simulation does
     // not, and the bridge plugin's DEL cannot find the ipMasq rules of an IP without the
     // namespace (it does release the IP, checked above).
@@ -1557,10 +1591,7 @@ async fn recover_cleanup_destroys_everything_at_start() {
     assert!(env.pods().await.is_empty() && env.containers().await.is_empty());
     assert!(!common::process_alive(pid) && !common::process_alive(supervisor));
     assert_eq!(net.leased("cleanup"), Vec::<String>::new());
-    assert_eq!(env.mounts_under_daemon(), Vec::<String>::new());
-    assert_eq!(nsfs_mounts_under(env.daemon.dir()), Vec::<String>::new());
-    assert_eq!(cni_state(&env), Vec::<String>::new());
-    assert_eq!(bridge_ports("cmt-cleanup"), Vec::<String>::new());
+    assert_no_network_left(&env, "cmt-cleanup");
     assert_eq!(
         iptables_leftovers("cleanup", std::slice::from_ref(&id)),
         Vec::<String>::new()

@@ -415,15 +415,7 @@ async fn disk_use_is_measured_and_a_quota_is_enforced() {
     hog.annotations
         .insert("cri-mesos.io/disk-limit".into(), "10Mi".into());
     let hog = env.run(&pod_id, &pod, hog).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = env.status(&hog).await;
-        if status.state == cri::ContainerState::ContainerExited as i32 {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "still {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = env.wait_exited(&hog, Duration::from_secs(30)).await;
     assert_eq!(status.reason, "DiskQuotaExceeded", "{status:?}");
     assert!(
         status.message.contains("10485760") && status.message.contains("disk-limit"),
@@ -537,15 +529,7 @@ async fn disk_measures_and_quotas_survive_a_daemon_crash() {
     // Past the quota now: killed, with the quota named, as before the crash.
     let touched = env.exec(&hog, &["touch", "/go"], 10).await.unwrap();
     assert_eq!(touched.exit_code, 0, "{touched:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = env.status(&hog).await;
-        if status.state == cri::ContainerState::ContainerExited as i32 {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "still {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = env.wait_exited(&hog, Duration::from_secs(30)).await;
     assert_eq!(status.reason, "DiskQuotaExceeded", "{status:?}");
     env.stop_remove_pod(&pod_id).await;
 }
