@@ -320,9 +320,8 @@ async fn stats_agree_with_the_cgroup_files() {
     env.stop_remove_pod(&pod_id).await;
 }
 
-#[tokio::test]
-#[ignore = "needs root"]
-async fn disk_use_is_measured_and_a_quota_is_enforced() {
+/// A daemon measuring disks every second and enforcing quotas, busybox pulled, and a pod.
+async fn quota_env(pod_name: &str) -> (Env, String, cri::PodSandboxConfig, String) {
     let mut env = Env::start(&[
         "--container_disk_watch_interval=1secs",
         "--enforce_container_disk_quota",
@@ -330,8 +329,15 @@ async fn disk_use_is_measured_and_a_quota_is_enforced() {
     .await;
     let image = env.images.busybox.reference();
     env.pull(&image).await;
-    let pod = env.pod_config("disk");
+    let pod = env.pod_config(pod_name);
     let pod_id = env.run_pod(&pod).await;
+    (env, image, pod, pod_id)
+}
+
+#[tokio::test]
+#[ignore = "needs root"]
+async fn disk_use_is_measured_and_a_quota_is_enforced() {
+    let (mut env, image, pod, pod_id) = quota_env("disk").await;
 
     // 8 MiB written into the rootfs land in the writable layer.
     let writer = env
@@ -470,15 +476,7 @@ async fn a_disk_limit_without_enforcement_is_refused() {
 #[tokio::test]
 #[ignore = "needs root"]
 async fn disk_measures_and_quotas_survive_a_daemon_crash() {
-    let mut env = Env::start(&[
-        "--container_disk_watch_interval=1secs",
-        "--enforce_container_disk_quota",
-    ])
-    .await;
-    let image = env.images.busybox.reference();
-    env.pull(&image).await;
-    let pod = env.pod_config("disk-recovery");
-    let pod_id = env.run_pod(&pod).await;
+    let (mut env, image, pod, pod_id) = quota_env("disk-recovery").await;
     // Within its quota until told (a file in its rootfs), then past it.
     let mut hog = container(
         "hog",
