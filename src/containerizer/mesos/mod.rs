@@ -9,9 +9,11 @@
 //! call with the same config waits for (or returns) the first one's result instead of
 //! failing with "name is reserved" (the containerd complaint).
 
+mod limits;
 mod nested;
 mod recovery;
 mod sandbox;
+mod sessions;
 mod supervision;
 #[cfg(test)]
 mod tests;
