@@ -4,14 +4,8 @@
 use super::*;
 
 impl MesosContainerizer {
-    /// ExecSync: runs a command in the container's namespaces and cgroup, with the
-    /// container's env, user and cwd.
-    pub(super) async fn exec_sync_in(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        timeout: i64,
-    ) -> Result<ExecResult> {
+    /// The container a session is for, which must be running, and its pod.
+    fn running_with_pod(&self, id: &str) -> Result<(ContainerRecord, PodRecord)> {
         let record = self.find_container(id)?;
         if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
             return Err(ContainerizerError::FailedPrecondition(format!(
@@ -20,6 +14,18 @@ impl MesosContainerizer {
             )));
         }
         let pod = self.find_pod(&record.pod_id)?;
+        Ok((record, pod))
+    }
+
+    /// ExecSync: runs a command in the container's namespaces and cgroup, with the
+    /// container's env, user and cwd.
+    pub(super) async fn exec_sync_in(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecResult> {
+        let (record, pod) = self.running_with_pod(id)?;
         let mut exec = exec_info(&record, cmd, false);
         exec.timeout_ms = (timeout > 0).then(|| (timeout as u64).saturating_mul(1000));
         // The supervisor enforces the timeout; ours only guards against a lost reply.
@@ -38,10 +44,7 @@ impl MesosContainerizer {
                 record.id
             ))),
             Ok(result) => Ok(result),
-            Err(SupervisorError::Refused(message)) => {
-                Err(ContainerizerError::FailedPrecondition(message))
-            }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(session_error(e)),
         }
     }
 
@@ -53,72 +56,40 @@ impl MesosContainerizer {
         tty: bool,
         want: [bool; 3],
     ) -> Result<ExecStream> {
-        let record = self.find_container(id)?;
-        if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerizerError::FailedPrecondition(format!(
-                "container {} is not running",
-                record.id
-            )));
-        }
-        let pod = self.find_pod(&record.pod_id)?;
+        let (record, pod) = self.running_with_pod(id)?;
         let exec = exec_info(&record, cmd, tty);
-        match self
-            .launcher
+        self.launcher
             .exec_stream(&pod.supervisor_socket, exec, want)
             .await
-        {
-            Ok(stream) => Ok(stream),
-            Err(SupervisorError::Refused(message)) => {
-                Err(ContainerizerError::FailedPrecondition(message))
-            }
-            Err(e) => Err(e.into()),
-        }
+            .map_err(session_error)
     }
 
     /// Attach: the container's live output (and its stdin when asked).
     pub(super) async fn attach_stream_in(&self, id: &str, stdin: bool) -> Result<AttachStream> {
-        let record = self.find_container(id)?;
-        if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerizerError::FailedPrecondition(format!(
-                "container {} is not running",
-                record.id
-            )));
-        }
-        let pod = self.find_pod(&record.pod_id)?;
-        match self
-            .launcher
+        let (record, pod) = self.running_with_pod(id)?;
+        self.launcher
             .attach_stream(&pod.supervisor_socket, &record.id, stdin)
             .await
-        {
-            Ok(stream) => Ok(stream),
-            Err(SupervisorError::Refused(message)) => {
-                Err(ContainerizerError::FailedPrecondition(message))
-            }
-            Err(e) => Err(e.into()),
-        }
+            .map_err(session_error)
     }
 
     /// ReopenContainerLog: the supervisor reopens the log file by path.
     pub(super) async fn reopen_log_of(&self, id: &str) -> Result<()> {
-        let record = self.find_container(id)?;
-        if record.cri_state(&record.exit()) != cri::ContainerState::ContainerRunning {
-            return Err(ContainerizerError::FailedPrecondition(format!(
-                "container {} is not running",
-                record.id
-            )));
-        }
-        let pod = self.find_pod(&record.pod_id)?;
-        match self
-            .launcher
+        let (record, pod) = self.running_with_pod(id)?;
+        self.launcher
             .reopen_log(&pod.supervisor_socket, &record.id)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(SupervisorError::Refused(message)) => {
-                Err(ContainerizerError::FailedPrecondition(message))
-            }
-            Err(e) => Err(e.into()),
-        }
+            .map(drop)
+            .map_err(session_error)
+    }
+}
+
+/// A supervisor that refuses a session (the container is gone from it) is a failed
+/// precondition to the client; anything else keeps its own kind.
+fn session_error(e: SupervisorError) -> ContainerizerError {
+    match e {
+        SupervisorError::Refused(message) => ContainerizerError::FailedPrecondition(message),
+        e => e.into(),
     }
 }
 
