@@ -760,8 +760,7 @@ impl RuntimeService for CriRuntime {
             .filter(|p| labels_match(&p.info.config.labels, &filter.label_selector))
             .collect();
         let mut stats = Vec::with_capacity(pods.len());
-        let usage = self.usage();
-        for result in futures_util::future::join_all(pods.iter().map(|p| usage.pod(p))).await {
+        for result in self.usage().pods(&pods).await {
             match result {
                 Ok(s) => stats.push(s),
                 // Removed meanwhile: not listed, as if listed a moment later.

@@ -61,8 +61,22 @@ impl Usage<'_> {
     }
 
     pub async fn pod(&self, pod: &PodRecord) -> Result<cri::PodSandboxStats, Status> {
-        let usage = self.of_pod(pod).await?;
+        self.pod_among(pod, &self.containerizer.containers()).await
+    }
+
+    /// Each pod's stats at once, from one listing of the containers.
+    pub async fn pods(&self, pods: &[PodRecord]) -> Vec<Result<cri::PodSandboxStats, Status>> {
         let all = self.containerizer.containers();
+        futures_util::future::join_all(pods.iter().map(|p| self.pod_among(p, &all))).await
+    }
+
+    /// `pod`'s stats with those of its containers in `all`.
+    async fn pod_among(
+        &self,
+        pod: &PodRecord,
+        all: &[ContainerRecord],
+    ) -> Result<cri::PodSandboxStats, Status> {
+        let usage = self.of_pod(pod).await?;
         let mine: Vec<&ContainerRecord> = all.iter().filter(|c| c.pod_id == pod.id()).collect();
         let containers = self.containers(&mine).await;
         Ok(stats::pod_stats(pod, &usage, containers, self.rates))
